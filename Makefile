@@ -1,0 +1,34 @@
+# Set-up and the two jobs a new user runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.geolabel-setup
+REQS := requirements/requirements.txt requirements/requirements-nodeps.txt requirements/extra.txt \
+        requirements/constraints.txt requirements/constraints-lock.txt setup.cfg
+export PIP_CACHE_DIR ?= $(HOME)/.cache/geolabel-pip
+
+.PHONY: setup test demo benchmark clean
+
+setup: $(STAMP)
+
+# Three pip steps: (1) TF/Keras/geo stack resolved against the lock; (2) TFX pieces with
+# --no-deps (their declared ml-metadata/TFDV 1.21 wheels need glibc >= 2.39); (3) geolabel.
+$(STAMP): $(REQS)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(VENV)/bin/pip install -q -c requirements/constraints.txt -c requirements/constraints-lock.txt \
+		-r requirements/requirements.txt -r requirements/extra.txt
+	$(VENV)/bin/pip install -q --no-deps -c requirements/constraints-lock.txt -r requirements/requirements-nodeps.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/python -m pytest -n 2 -q
+
+demo: setup
+	$(VENV)/bin/geolabel demo --out demo-output
+
+benchmark: setup
+	$(VENV)/bin/python -m pytest -q -m benchmark benchmarks
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

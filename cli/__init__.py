@@ -1,0 +1,57 @@
+"""The `geolabel` command: a thin click shell over the library.
+
+Subcommands are imported only when used, so `geolabel --help` stays fast and a
+command never pays for another's heavy imports (TensorFlow, TFX, Beam).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+import geolabel
+from geolabel.errors import GeolabelError
+from geolabel.progress import setup_logging
+
+# command name -> "module:attribute" under geolabel.cli
+COMMANDS = {
+    "info": "geolabel.cli.info:info",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(geolabel.__version__, prog_name="geolabel")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """geolabel: classify aerial and satellite imagery, pixel by pixel, into maps."""
+    setup_logging(verbose)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: library errors become one clear line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="geolabel", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except GeolabelError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(2)

@@ -1,0 +1,3 @@
+from geolabel.cli import main
+
+main()

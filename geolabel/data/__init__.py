@@ -1,0 +1,1 @@
+"""Data layer: raster I/O, fetching, rasterising labels and chipping them for training."""
