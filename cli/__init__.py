@@ -18,6 +18,10 @@ from geolabel.progress import setup_logging
 # command name -> "module:attribute" under geolabel.cli
 COMMANDS = {
     "info": "geolabel.cli.info:info",
+    "pipeline": "geolabel.cli.pipeline:pipeline",
+    "align": "geolabel.cli.align:align",
+    "mapupdate": "geolabel.cli.mapupdate:mapupdate",
+    "polycnn-train": "geolabel.cli.polycnn:polycnn_train",
 }
 
 

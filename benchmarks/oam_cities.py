@@ -1,0 +1,105 @@
+"""The three shared OAM + OSM cities as arrays, for the training benchmarks.
+
+Prefers the datasets `geolabel fetch` writes (benchmarks/data/oam/{city}/imagery.tif,
+labels.tif); without them, mosaics the XYZ tiles of ../shared/data/oam-osm and
+rasterises the OSM buildings on the same Web Mercator grid. Cached as .npy under
+benchmarks/out/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "oam-osm"
+FETCHED = ROOT / "benchmarks" / "data" / "oam"
+CACHE = ROOT / "benchmarks" / "out" / "oam-cache"
+CITIES = ("zanzibar-tz", "kampala-ug", "virac-ph")
+HALF_WORLD = 20037508.342789244
+
+
+def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    import geopandas as gpd
+    from PIL import Image
+    from rasterio.features import rasterize
+    from rasterio.transform import from_origin
+
+    folder = SHARED / city / "tiles" / str(zoom)
+    tiles = [(int(x.name), int(y.stem)) for x in folder.iterdir() for y in x.glob("*.jpg")]
+    xs, ys = [t[0] for t in tiles], [t[1] for t in tiles]
+    x0, y0 = min(xs), min(ys)
+    width, height = (max(xs) - x0 + 1) * 256, (max(ys) - y0 + 1) * 256
+    image = np.zeros((height, width, 3), np.uint8)
+    valid = np.zeros((height, width), bool)
+    for x, y in tiles:
+        tile = np.asarray(Image.open(folder / str(x) / f"{y}.jpg").convert("RGB"))
+        r, c = (y - y0) * 256, (x - x0) * 256
+        image[r : r + 256, c : c + 256] = tile
+        valid[r : r + 256, c : c + 256] = True
+    size = 2 * HALF_WORLD / 2**zoom
+    transform = from_origin(-HALF_WORLD + x0 * size, HALF_WORLD - y0 * size, size / 256, size / 256)
+    buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson").to_crs("EPSG:3857")
+    shapes = [(g, 1) for g in buildings.geometry if g is not None and not g.is_empty]
+    labels = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="uint8")
+    labels[~valid] = 255
+    return image, labels
+
+
+def _from_fetched(city: str) -> tuple[np.ndarray, np.ndarray] | None:
+    import rasterio
+
+    folder = FETCHED / city
+    if not (folder / "imagery.tif").is_file() or not (folder / "labels.tif").is_file():
+        return None
+    with rasterio.open(folder / "imagery.tif") as src:
+        image = src.read([1, 2, 3]).transpose(1, 2, 0)
+        valid = src.dataset_mask() > 0
+    with rasterio.open(folder / "labels.tif") as src:
+        labels = src.read(1)
+    labels = np.where(valid, labels, 255).astype(np.uint8)
+    return np.ascontiguousarray(image), labels
+
+
+def load_city(city: str, zoom: int = 21) -> tuple[np.ndarray, np.ndarray, str]:
+    """(image HxWx3 uint8, labels HxW uint8 with 255 = no imagery, source description)."""
+    fetched = _from_fetched(city) if zoom == 21 else None
+    if fetched is not None:
+        return (*fetched, f"geolabel fetch dataset {FETCHED / city}")
+    cache = CACHE / f"{city}-z{zoom}.npz"
+    if not cache.is_file():
+        image, labels = _from_tiles(city, zoom)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, image=image, labels=labels)
+    data = np.load(cache)
+    return data["image"], data["labels"], f"XYZ tiles z{zoom} + OSM rasterised ({SHARED / city})"
+
+
+def downsample(image: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-average the image by `factor`; label = building where >= half the known pixels are,
+    255 where fewer than half the pixels are known (matches the models' input AveragePooling)."""
+    if factor == 1:
+        return image, labels
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor, -1).astype(np.float32)
+    small = np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    lab = labels[:h, :w].reshape(h // factor, factor, w // factor, factor)
+    known = (lab != 255).mean(axis=(1, 3))
+    building = (lab == 1).sum(axis=(1, 3)) / np.maximum((lab != 255).sum(axis=(1, 3)), 1)
+    out = np.where(building >= 0.5, 1, 0).astype(np.uint8)
+    out[known < 0.5] = 255
+    return small, out
+
+
+def city_chips(image: np.ndarray, labels: np.ndarray, size: int, step: int, source: str, min_known: float = 0.3):
+    """Chips of `size` every `step` px with at least `min_known` labelled pixels."""
+    from geolabel.data.chips import Chip
+
+    h, w = labels.shape
+    for r in range(0, max(h - size, 0) + 1, step):
+        for c in range(0, max(w - size, 0) + 1, step):
+            lab = labels[r : r + size, c : c + size]
+            if (lab != 255).mean() >= min_known:
+                yield Chip(image[r : r + size, c : c + size].copy(), lab.copy(), (c, r, c + size, r + size), "pixel", source)

@@ -1,0 +1,138 @@
+"""Apply an alignment model to a whole scene: predict the field tile by tile, move the vertices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import keras
+import numpy as np
+import shapely
+
+from geolabel.align.data import rasterize_map
+from geolabel.atomic import atomic_path
+from geolabel.errors import InputError
+from geolabel.align.fields import undisplace
+from geolabel.progress import progress
+
+
+def model_stride(model: keras.Model) -> int:
+    """The multiple the model's input H and W must be (32 when the model does not say)."""
+    return int(getattr(model, "stride", 32))
+
+
+def predict_field(
+    model: keras.Model, image: np.ndarray, amap: np.ndarray, tile: int = 512, margin: int = 32
+) -> np.ndarray:
+    """The aligning field (H, W, 2) of a whole image, predicted on overlapping tiles.
+
+    Args:
+        model: a MultiscaleAligner or AlignUpdateNet (anything returning a dict with
+            `displacement`, or the field itself, from `[image, map]`).
+        image: (H, W, 3) 0-255; amap: (H, W, 3) rasterised map (fill, edge, vertex).
+        tile: core tile size; margin: context kept around each tile and then cropped.
+    """
+    stride = model_stride(model)
+    h, w = image.shape[:2]
+    tile = max(stride, tile // stride * stride)
+    margin = -(-margin // stride) * stride
+    ph, pw = -(-h // tile) * tile, -(-w // tile) * tile
+    pad = ((margin, ph - h + margin), (margin, pw - w + margin), (0, 0))
+    img = np.pad(image.astype(np.float32), pad, mode="edge")
+    mp = np.pad(amap.astype(np.float32), pad, mode="constant")
+    field = np.zeros((ph, pw, 2), np.float32)
+    cells = [(r, c) for r in range(0, ph, tile) for c in range(0, pw, tile)]
+    for r, c in progress(cells, desc="align", total=len(cells), unit="tile"):
+        span = tile + 2 * margin
+        x = [img[None, r : r + span, c : c + span], mp[None, r : r + span, c : c + span]]
+        out = model(x, training=False)
+        out = out["displacement"] if isinstance(out, dict) else out
+        field[r : r + tile, c : c + tile] = keras.ops.convert_to_numpy(out)[0, margin:-margin, margin:-margin]
+    return field[:h, :w]
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    x = image[:h, :w].astype(np.float32)
+    return x.reshape(h // factor, factor, w // factor, factor, -1).mean(axis=(1, 3))
+
+
+def align_geometries(
+    model: keras.Model,
+    image: np.ndarray,
+    geoms: np.ndarray,
+    factors: tuple[int, ...] = (1,),
+    tile: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move each polygon's vertices by the predicted field, coarse to fine.
+
+    At each downsampling factor (e.g. (4, 2, 1) for a single-scale AlignUpdateNet; (1,)
+    for the MultiscaleAligner, which chains scales inside) the image is averaged down,
+    the current polygons are rasterised on that grid, the field is predicted and the
+    vertices moved. Returns the aligned geometries (pixel coordinates of `image`) and the
+    last full-resolution field.
+    """
+    current = np.asarray(geoms, dtype=object)
+    field = np.zeros((*image.shape[:2], 2), np.float32)
+    for factor in factors:
+        small = _block_mean(image, factor) if factor > 1 else image.astype(np.float32)
+        coarse = shapely.transform(current, lambda pts, f=factor: pts / f)
+        amap = rasterize_map(coarse, small.shape[0], small.shape[1])
+        field_c = predict_field(model, small, amap, tile=tile)
+        current = shapely.transform(undisplace(coarse, field_c), lambda pts, f=factor: pts * f)
+        if factor == 1:
+            field = field_c
+    return current, field
+
+
+def load_alignment_model(path: str | os.PathLike) -> keras.Model:
+    """Load a saved MultiscaleAligner / AlignUpdateNet (.keras); InputError names a bad path."""
+    import geolabel.models.align_update  # noqa: F401  (registers the classes)
+    import geolabel.models.alignment  # noqa: F401
+
+    if not Path(path).is_file():
+        raise InputError(path, "no such model file (expected a .keras file)")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for foreign files
+        raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
+
+
+def align_file(
+    image_path: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    downsample: int = 1,
+    factors: tuple[int, ...] = (1,),
+    tile: int = 512,
+) -> dict:
+    """Align a vector file's polygons to an image and write them (same attributes, input CRS).
+
+    Returns a summary: polygon count and the mean / max vertex move in pixels and metres.
+    """
+    from geolabel.align.data import read_image, read_polygons
+    from geolabel.align.fields import to_crs, to_pixels, vertex_errors
+
+    model = load_alignment_model(model_path)
+    image, transform, crs = read_image(image_path, downsample)
+    frame, geoms = read_polygons(labels_path, crs)
+    source_crs = gpd.read_file(labels_path, rows=1).crs
+    pixels = to_pixels(geoms, transform)
+    aligned, _ = align_geometries(model, image, pixels, factors=factors, tile=tile)
+    moves = vertex_errors(pixels, aligned) if len(pixels) else np.zeros(0)
+    frame = frame.set_geometry(list(to_crs(aligned, transform)), crs=crs).to_crs(source_crs)
+    out = Path(out_path)
+    driver = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}.get(out.suffix.lower())
+    if driver is None:
+        raise InputError(out_path, "unknown vector format (use .gpkg or .geojson)")
+    with atomic_path(out) as tmp:
+        frame.to_file(tmp, driver=driver)
+    res = abs(transform.a)
+    return {
+        "polygons": int(len(frame)),
+        "mean_move_px": float(moves.mean()) if moves.size else 0.0,
+        "max_move_px": float(moves.max()) if moves.size else 0.0,
+        "mean_move_m": float(moves.mean() * res) if moves.size else 0.0,
+    }

@@ -1,0 +1,139 @@
+"""Training loops for the alignment, align-and-update and recurrent-refinement models.
+
+Batches are generated on the fly from real scenes (`geolabel.align.data.make_batch`),
+so every epoch sees new crops and new random misregistrations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from geolabel.align.data import Scene, make_batch
+from geolabel.models.align_update import AlignUpdateNet, SteppedLevelWeights
+from geolabel.models.alignment import MultiscaleAligner
+from geolabel.models.rnn_refine import RNNRefine
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends after `seconds` of training."""
+
+    def __init__(self, seconds: float | None):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None) -> None:
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+            self.model.stop_training = True
+
+
+class AlignmentBatches(keras.utils.PyDataset):
+    """`steps` batches per epoch of synthetic misregistrations of the scenes' real polygons.
+
+    Args:
+        kind: "aligner" (x = [image, map], y = field) or "align_update"
+            (y = {"displacement", "segmentation"}).
+        keep_fraction: share of true polygons kept in the input map.
+    """
+
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        steps: int,
+        batch: int,
+        size: int,
+        max_amplitude: float,
+        kind: str = "aligner",
+        keep_fraction: float = 1.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.scenes, self.steps, self.batch, self.size = list(scenes), int(steps), int(batch), int(size)
+        self.max_amplitude, self.kind, self.keep_fraction = float(max_amplitude), kind, float(keep_fraction)
+        self.seed, self.epoch = int(seed), 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        scene = self.scenes[int(rng.integers(len(self.scenes)))]
+        b = make_batch(scene, self.batch, self.size, self.max_amplitude, rng, self.keep_fraction)
+        x = (b["image"], b["map"])
+        if self.kind == "aligner":
+            return x, b["displacement"]
+        return x, {"displacement": b["displacement"], "segmentation": b["segmentation"]}
+
+
+def train_aligner(
+    model: MultiscaleAligner,
+    scenes: Sequence[Scene],
+    epochs: int,
+    steps: int,
+    batch: int = 8,
+    size: int = 128,
+    max_amplitude: float = 8.0,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    time_limit_s: float | None = None,
+) -> dict[str, list[float]]:
+    """Fit a MultiscaleAligner on synthetic misregistrations; returns the Keras history."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "aligner", 1.0, seed)
+    return model.fit(data, epochs=epochs, verbose=0, callbacks=[TimeLimit(time_limit_s)]).history
+
+
+def train_align_update(
+    model: AlignUpdateNet,
+    scenes: Sequence[Scene],
+    epochs: int,
+    steps: int,
+    batch: int = 8,
+    size: int = 128,
+    max_amplitude: float = 8.0,
+    keep_fraction: float = 0.5,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    time_limit_s: float | None = None,
+) -> dict[str, list[float]]:
+    """Fit an AlignUpdateNet with polygons dropped from the input map and stepped level weights.
+
+    With `time_limit_s` the stepped weights advance with the elapsed share of the budget.
+    """
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "align_update", keep_fraction, seed)
+    stepped = SteppedLevelWeights(epochs, steps=min(4, max(2, epochs)), time_budget_s=time_limit_s)
+    callbacks = [stepped, TimeLimit(time_limit_s)]
+    return model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks).history
+
+
+def train_rnn_refine(
+    refine: RNNRefine,
+    base_predict: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    epochs: int,
+    batch: int = 8,
+    learning_rate: float = 1e-3,
+    time_limit_s: float | None = None,
+) -> dict[str, list[float]]:
+    """Fit the refinement on a (small, clean) labelled set on top of a frozen base model.
+
+    Args:
+        base_predict: images (N, H, W, C) 0-255 -> probabilities (N, H, W, K).
+        images: (N, H, W, C) float32 0-255; labels: (N, H, W) int class ids.
+    """
+    probs = np.concatenate([base_predict(images[i : i + batch]) for i in range(0, len(images), batch)])
+    refine.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    return refine.fit(
+        [images, probs], labels, batch_size=batch, epochs=epochs, verbose=0, callbacks=[TimeLimit(time_limit_s)]
+    ).history

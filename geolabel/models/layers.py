@@ -1,0 +1,146 @@
+"""Reusable Keras 3 layers and initialisers of geolabel's segmentation models.
+
+Only `keras` and `keras.ops` are used, so the models run on any Keras backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="geolabel")
+class Normalize(keras.layers.Layer):
+    """Map raw pixel values to network inputs: `(x - offset) * scale`, per channel or global.
+
+    Args:
+        offset: value (or one per band) subtracted from the pixels.
+        scale: factor (or one per band) applied after the offset.
+    """
+
+    def __init__(self, offset: float | list[float] = 127.5, scale: float | list[float] = 1 / 127.5, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.offset = offset
+        self.scale = scale
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        offset = ops.convert_to_tensor(np.asarray(self.offset, dtype="float32"), dtype=self.compute_dtype)
+        scale = ops.convert_to_tensor(np.asarray(self.scale, dtype="float32"), dtype=self.compute_dtype)
+        return (x - offset) * scale
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "offset": self.offset, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="geolabel")
+class ReflectPad2D(keras.layers.Layer):
+    """Pad the two spatial axes of (B, H, W, C) by `pad` pixels on every side, mirroring the edge.
+
+    Args:
+        pad: pixels added on each side (needs H, W > pad).
+        mode: "reflect" (edge pixel not repeated) or "symmetric".
+    """
+
+    def __init__(self, pad: int, mode: str = "reflect", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+        self.mode = mode
+
+    def call(self, inputs):
+        p = self.pad
+        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], mode=self.mode)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        grow = lambda n: None if n is None else n + 2 * self.pad  # noqa: E731
+        return (b, grow(h), grow(w), c)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pad": self.pad, "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="geolabel")
+class BilinearUpsampleInit(keras.initializers.Initializer):
+    """Initialise a (k, k, out, in) transposed-conv kernel as a per-channel bilinear upsampler.
+
+    Caffe's "bilinear" filler: channel i maps to channel i, other pairs start at zero.
+    """
+
+    def __call__(self, shape, dtype=None):
+        k, _, n_out, n_in = shape
+        factor = (k + 1) // 2
+        center = factor - 1 if k % 2 == 1 else factor - 0.5
+        og = np.arange(k, dtype="float64")
+        filt1d = 1 - np.abs(og - center) / factor
+        filt = np.outer(filt1d, filt1d)
+        kernel = np.zeros((k, k, n_out, n_in), dtype="float32")
+        for i in range(min(n_out, n_in)):
+            kernel[:, :, i, i] = filt
+        return ops.convert_to_tensor(kernel, dtype=dtype or "float32")
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+
+@keras.saving.register_keras_serializable(package="geolabel")
+class ResizeBilinear(keras.layers.Layer):
+    """Resize (B, h, w, C) to the spatial size of a reference tensor, bilinearly.
+
+    Call as `layer([x, reference])`; used to bring every stage of a network to one grid.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        size = ops.shape(reference)[1:3]
+        return ops.image.resize(x, size, interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+def norm_layer(kind: str, name: str, groups: int = 8) -> keras.layers.Layer | None:
+    """A normalisation layer by name: "batch", "group", "layer" or "none" (returns None)."""
+    if kind == "batch":
+        return keras.layers.BatchNormalization(name=name)
+    if kind == "group":
+        return keras.layers.GroupNormalization(groups=groups, name=name)
+    if kind == "layer":
+        return keras.layers.LayerNormalization(name=name)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown normalisation {kind!r}; use batch, group, layer or none")
+
+
+def conv_bn_relu(x, filters: int, kernel: int, name: str, norm: str = "batch", strides: int = 1, padding: str = "same"):
+    """Conv (no bias when normalised) -> optional norm -> ReLU."""
+    layer_norm = norm_layer(norm, f"{name}_norm", groups=min(8, filters))
+    x = keras.layers.Conv2D(
+        filters, kernel, strides=strides, padding=padding, use_bias=layer_norm is None, name=f"{name}_conv"
+    )(x)
+    if layer_norm is not None:
+        x = layer_norm(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def softmax_output(logits):
+    """Per-pixel class probabilities, computed in float32 (safe under mixed precision)."""
+    return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+
+
+def downsample_input(x, factor: int):
+    """Average-pool the input by `factor` (train and predict at a coarser ground resolution)."""
+    if factor == 1:
+        return x
+    return keras.layers.AveragePooling2D(factor, name="input_downsample")(x)
+
+
+def upsample_output(x, factor: int, name: str = "output_upsample"):
+    """Bilinear upsampling of logits back to the input grid (undoes `downsample_input`)."""
+    if factor == 1:
+        return x
+    return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=name)(x)

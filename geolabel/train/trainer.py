@@ -1,0 +1,505 @@
+"""The training loop behind `geolabel train`: one run folder per training.
+
+Run folder: `config.yaml`, `model.keras` (best epoch on validation IoU), `history.csv`,
+`curves.png`, `metrics.json`, `checkpoints/` (model + optimizer state every epoch, for
+`--resume`), `logs/` (TensorBoard). A custom loop (rather than `Model.fit`) gives the
+two-stage workflow what it needs: a frozen encoder for the first steps of fine-tuning
+and a separate learning rate for the encoder, under any `tf.distribute` strategy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolabel.atomic import atomic_path, write_text_atomic
+from geolabel.config import dump_config, load_config
+from geolabel.errors import InputError
+from geolabel.progress import logger, progress
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs (the run folder's `config.yaml`).
+
+    Args:
+        model: registry name (`geolabel.models.MODELS`).
+        model_config: builder options (e.g. {"depth": 4, "width": 32, "downsample": 2}).
+        classes: class names, background first.
+        train: dataset folders (or folders of shards) for training.
+        val: dataset folders for validation (default: the `val` split of `train`).
+        crop: training crop side in pixels (multiple of the model stride).
+        val_crop: validation crop side (default: `crop`).
+        batch_size: global batch size.
+        epochs: maximum number of epochs.
+        steps_per_epoch: optimizer steps per epoch.
+        val_steps: validation batches per epoch (None: the whole val split).
+        optimizer: "adamw" or "sgd".
+        lr: (peak) learning rate.
+        min_lr: lower rate of the triangular schedule (default lr / 10).
+        schedule: "onecycle", "triangular" or "constant".
+        weight_decay: AdamW decoupled decay / SGD weight decay.
+        momentum: SGD momentum.
+        loss: "ce", "jaccard" or "ce_jaccard".
+        class_weights: cross-entropy weight per class.
+        jitter: photometric jitter strength (0 = off).
+        d4: random dihedral transforms.
+        balance: sample training datasets equally often.
+        mixed_precision: bfloat16 compute on CPU, float16 with loss scaling on GPU.
+        seed: seed of weights, data order and augmentation.
+        patience: stop after this many epochs without a better val IoU (None: never).
+        freeze_encoder_steps: encoder weights held still for the first N steps.
+        encoder_lr_scale: encoder learning rate = this x the schedule.
+        init: run folder whose model initialises this one (fine-tuning).
+        time_limit_s: stop (after validating) once training has used this many seconds.
+        iou_class: class whose IoU drives early stopping and the best checkpoint.
+        downsample: train at a coarser resolution: chips are area-averaged by this factor
+            in the input pipeline (`crop` and `val_crop` are in coarse pixels), and the saved
+            `model.keras` contains the factor (average pooling in, bilinear upsampling out),
+            so it still takes pixels at the dataset's resolution.
+    """
+
+    model: str = "unet"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=lambda: ["background", "building"])
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    crop: int = 256
+    val_crop: int | None = None
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    val_steps: int | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float | None = None
+    schedule: str = "onecycle"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    loss: str = "ce_jaccard"
+    class_weights: list[float] | None = None
+    jitter: float = 1.0
+    d4: bool = True
+    balance: bool = True
+    mixed_precision: bool = False
+    seed: int = 0
+    patience: int | None = None
+    freeze_encoder_steps: int = 0
+    encoder_lr_scale: float = 1.0
+    init: str | None = None
+    time_limit_s: float | None = None
+    iou_class: int = 1
+    downsample: int = 1
+
+
+def choose_strategy():
+    """Mirrored over all GPUs (or over several logical CPUs when configured), else the default."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    return tf.distribute.get_strategy()
+
+
+def _optimizer(config: TrainConfig, lr):
+    import keras
+
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, weight_decay=config.weight_decay or None)
+    raise InputError("--optimizer", f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
+
+
+def _validate(config: TrainConfig) -> None:
+    if not config.train:
+        raise InputError("--train", "no training dataset given")
+    for name in ("crop", "batch_size", "epochs", "steps_per_epoch"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')}", "must be >= 1")
+    if config.lr <= 0:
+        raise InputError("--lr", "must be > 0")
+    if config.downsample < 1:
+        raise InputError("--downsample", "must be >= 1")
+    if config.downsample > 1 and config.model_config.get("downsample", 1) != 1:
+        raise InputError("--downsample", "give the factor either to the trainer or in model_config, not both")
+
+
+def load_run(run_dir: str | Path):
+    """The trained model of a run folder (its `model.keras`)."""
+    import keras
+
+    import geolabel.losses  # noqa: F401  (register custom objects)
+    import geolabel.metrics  # noqa: F401
+    import geolabel.models  # noqa: F401
+    import geolabel.train.schedules  # noqa: F401
+
+    path = Path(run_dir) / "model.keras"
+    if not path.is_file():
+        raise InputError(run_dir, "not a finished run folder (no model.keras)")
+    return keras.models.load_model(path, compile=False)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run folder was trained with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise InputError(run_dir, "not a run folder (no config.yaml)")
+    return load_config(TrainConfig, path)
+
+
+class _History:
+    """Epoch rows -> history.csv, curves.png and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, rows: list[dict[str, float]]):
+        import tensorflow as tf
+
+        self.run_dir = run_dir
+        self.rows = rows
+        self.writer = tf.summary.create_file_writer(str(run_dir / "logs"))
+
+    def add(self, row: dict[str, float]) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        # what tensorboard's `summary.scalar` writes, without needing the tensorboard package
+        metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        self.rows.append(row)
+        with self.writer.as_default():
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value is not None and np.isfinite(value):
+                    tf.summary.write(key, tf.constant(float(value), tf.float32), step=int(row["step"]), metadata=metadata)
+        self.writer.flush()
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        out = csv.DictWriter(buffer, fieldnames=keys)
+        out.writeheader()
+        out.writerows(self.rows)
+        write_text_atomic(self.run_dir / "history.csv", buffer.getvalue())
+        self.plot()
+
+    def plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [r["epoch"] for r in self.rows]
+        fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
+        for key, ax in (("loss", ax_loss), ("val_loss", ax_loss), ("iou", ax_iou), ("val_iou", ax_iou)):
+            values = [r.get(key) for r in self.rows]
+            if any(v is not None and np.isfinite(v) for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=key)
+        for ax, title in ((ax_loss, "loss"), (ax_iou, "IoU")):
+            ax.set_xlabel("epoch")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        with atomic_path(self.run_dir / "curves.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
+        plt.close(fig)
+
+
+def _summarise(confusion: np.ndarray, iou_class: int, prefix: str = "") -> dict[str, float]:
+    from geolabel.metrics import iou_per_class, pixel_accuracy
+
+    ious = iou_per_class(confusion)
+    row = {f"{prefix}iou": float(ious[iou_class]) if iou_class < len(ious) else float("nan")}
+    row[f"{prefix}pixel_accuracy"] = pixel_accuracy(confusion)
+    row[f"{prefix}mean_iou"] = float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
+    return row
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train `config` into `run_dir`; returns the validation metrics written to `metrics.json`.
+
+    With `resume`, continues from the last epoch checkpoint of `run_dir` (the config
+    must be the same). Data order after a resume is reseeded per epoch, so it is
+    deterministic but not identical to an uninterrupted run.
+    """
+    import keras
+    import tensorflow as tf
+
+    from geolabel.losses import get_loss
+    from geolabel.models import build_model, encoder_layers, stride_of
+    from geolabel.train.dataset import dataset_shards, make_dataset
+    from geolabel.train.schedules import ScaledSchedule, make_schedule
+
+    _validate(config)
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    state_path = ckpt_dir / "state.json"
+    if resume:
+        if not state_path.is_file():
+            raise InputError(run_dir, "nothing to resume (no checkpoints/state.json)")
+        saved = load_run_config(run_dir)
+        if dump_config(replace(saved, time_limit_s=None)) != dump_config(replace(config, time_limit_s=None)):
+            raise InputError(run_dir, "--resume with a different configuration than the run's config.yaml")
+    elif (run_dir / "model.keras").exists() or state_path.exists():
+        raise InputError(run_dir, "run folder already holds a run (use --resume or another folder)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+
+    train_shards = [dataset_shards(d, "train") for d in config.train]
+    val_sources = config.val or config.train
+    val_shards: list = []
+    for d in val_sources:
+        try:
+            val_shards.extend(dataset_shards(d, "val"))
+        except InputError:
+            if config.val:
+                raise
+    num_classes = len(config.classes)
+
+    previous_policy = keras.config.dtype_policy()
+    strategy = choose_strategy()
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    keras.utils.set_random_seed(config.seed)
+    total_steps = config.epochs * config.steps_per_epoch
+    try:
+        with strategy.scope():
+            if config.init:
+                source = load_run(config.init)
+                model = build_model(config.model, num_classes, **config.model_config)
+                if len(source.weights) != len(model.weights) or any(
+                    tuple(a.shape) != tuple(b.shape) for a, b in zip(source.weights, model.weights)
+                ):
+                    raise InputError(config.init, f"its model does not match {config.model} {config.model_config}")
+                model.set_weights(source.get_weights())
+            else:
+                model = build_model(config.model, num_classes, **config.model_config)
+            stride = stride_of(model)
+            val_crop = config.val_crop or config.crop
+            for name, size in (("--crop", config.crop), ("--val-crop", val_crop)):
+                if size % stride:
+                    raise InputError(name, f"{size} is not a multiple of the model stride {stride}")
+            schedule = make_schedule(config.schedule, config.lr, total_steps, config.min_lr)
+            encoder = encoder_layers(model)
+            encoder_ids = {id(v) for layer in encoder for v in layer.trainable_weights}
+            split = bool(encoder_ids) and (config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0)
+            enc_vars = [v for v in model.trainable_weights if id(v) in encoder_ids] if split else []
+            rest_vars = [v for v in model.trainable_weights if id(v) not in encoder_ids] if split else list(model.trainable_weights)
+            optimizer = _optimizer(config, schedule)
+            enc_optimizer = None
+            if split:
+                enc_lr = ScaledSchedule(schedule, config.encoder_lr_scale, config.freeze_encoder_steps)
+                enc_optimizer = _optimizer(config, enc_lr)
+            if config.mixed_precision and on_gpu:
+                # one loss scale for the whole model; encoder gradients are unscaled by hand
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(rest_vars)
+            if enc_optimizer is not None:
+                enc_optimizer.build(enc_vars)
+            loss_fn = get_loss(config.loss, config.class_weights)
+            epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+            step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step=step_var)
+            if enc_optimizer is not None:
+                checkpoint.encoder_optimizer = enc_optimizer
+        manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=2)
+
+        state: dict[str, Any] = {"best_iou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_time_s": 0.0}
+        if resume:
+            checkpoint.restore(manager.latest_checkpoint).expect_partial()
+            state = json.loads(state_path.read_text())
+            logger.info("resumed %s at epoch %d", run_dir, int(epoch_var.numpy()))
+        history = _History(run_dir, state["history"])
+
+        replicas = strategy.num_replicas_in_sync
+
+        def forward(images, labels, training: bool):
+            probs = model(images, training=training)
+            loss = loss_fn(labels, probs)
+            pred = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            flat = tf.reshape(tf.cast(labels, tf.int32), [-1])
+            keep = tf.not_equal(flat, 255)
+            confusion = tf.math.confusion_matrix(
+                tf.boolean_mask(flat, keep), tf.boolean_mask(tf.reshape(pred, [-1]), keep), num_classes, dtype=tf.int64
+            )
+            return loss, confusion
+
+        def make_train_step(update_encoder: bool):
+            def replica_step(images, labels):
+                with tf.GradientTape() as tape:
+                    loss, confusion = forward(images, labels, True)
+                    scaled = loss / replicas
+                    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                        scaled = optimizer.scale_loss(scaled)
+                watched = rest_vars + (enc_vars if update_encoder else [])
+                grads = tape.gradient(scaled, watched)
+                optimizer.apply(grads[: len(rest_vars)], rest_vars)
+                if update_encoder and enc_vars:
+                    enc_grads = grads[len(rest_vars) :]
+                    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                        enc_grads = [g / optimizer.dynamic_scale for g in enc_grads]
+                    enc_optimizer.apply(enc_grads, enc_vars)
+                return loss, confusion
+
+            @tf.function
+            def step(iterator):
+                loss, confusion = strategy.run(replica_step, args=next(iterator))
+                return (
+                    strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None),
+                )
+
+            return step
+
+        @tf.function
+        def val_step(batch):
+            loss, confusion = strategy.run(lambda x, y: forward(x, y, False), args=batch)
+            return (
+                strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None),
+            )
+
+        step_all = make_train_step(True)
+        step_frozen = make_train_step(False) if enc_vars and config.freeze_encoder_steps > 0 else step_all
+
+        start_epoch = int(epoch_var.numpy())
+        stopped = False
+        for epoch in range(start_epoch, config.epochs):
+            if stopped:
+                break
+            # reseeded per epoch: deterministic, and a resumed run needs no iterator state
+            ds = make_dataset(
+                train_shards, config.crop, config.batch_size, True, config.seed + 7919 * epoch,
+                jitter=config.jitter, d4=config.d4, balance=config.balance,
+                downsample=config.downsample, num_classes=num_classes,
+            )
+            iterator = iter(strategy.experimental_distribute_dataset(ds))
+            losses, confusion = [], np.zeros((num_classes, num_classes), np.int64)
+            started = time.perf_counter()
+            steps_done = 0
+            for _ in progress(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step"):
+                frozen = int(step_var.numpy()) < config.freeze_encoder_steps
+                loss, conf = (step_frozen if frozen else step_all)(iterator)
+                step_var.assign_add(1)
+                losses.append(float(loss))
+                confusion += conf.numpy()
+                steps_done += 1
+                elapsed = state["train_time_s"] + time.perf_counter() - started
+                if config.time_limit_s is not None and elapsed >= config.time_limit_s:
+                    logger.info("time limit %.0f s reached at step %d", config.time_limit_s, int(step_var.numpy()))
+                    stopped = True
+                    break
+            seconds = time.perf_counter() - started
+            state["train_time_s"] += seconds
+            lr_now = schedule(int(step_var.numpy())) if callable(schedule) else schedule
+            row: dict[str, float] = {
+                "epoch": epoch + 1,
+                "step": int(step_var.numpy()),
+                "lr": float(lr_now),
+                "loss": float(np.mean(losses)),
+                **_summarise(confusion, config.iou_class),
+                "steps_per_s": steps_done / seconds,
+                "px_per_s": steps_done * config.batch_size * config.crop**2 / seconds,
+            }
+            if val_shards:
+                val_ds = make_dataset(
+                    val_shards, val_crop, config.batch_size, training=False, seed=config.seed,
+                    downsample=config.downsample, num_classes=num_classes,
+                )
+                if config.val_steps:
+                    val_ds = val_ds.take(config.val_steps)
+                val_losses, val_conf = [], np.zeros((num_classes, num_classes), np.int64)
+                for batch in strategy.experimental_distribute_dataset(val_ds):
+                    loss, conf = val_step(batch)
+                    val_losses.append(float(loss))
+                    val_conf += conf.numpy()
+                row["val_loss"] = float(np.mean(val_losses)) if val_losses else float("nan")
+                row.update(_summarise(val_conf, config.iou_class, "val_"))
+            history.add(row)
+            logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+
+            score = row.get("val_iou", row["iou"])
+            score = -1.0 if not np.isfinite(score) else score
+            if score > state["best_iou"]:
+                state.update(best_iou=score, best_epoch=epoch + 1, bad_epochs=0, best_row=row)
+                with atomic_path(ckpt_dir / "best.weights.h5", suffix=".weights.h5") as tmp:
+                    model.save_weights(tmp)
+            else:
+                state["bad_epochs"] += 1
+            epoch_var.assign(epoch + 1)
+            manager.save(checkpoint_number=epoch + 1)
+            state["history"] = history.rows
+            write_text_atomic(state_path, json.dumps(state, indent=1))
+            if config.patience is not None and state["bad_epochs"] >= config.patience:
+                logger.info("early stop: no better val IoU for %d epochs", config.patience)
+                break
+
+        if (ckpt_dir / "best.weights.h5").is_file():
+            model.load_weights(ckpt_dir / "best.weights.h5")
+        # the saved model computes in float32 whatever the training precision was
+        keras.config.set_dtype_policy("float32")
+        final_config = dict(config.model_config)
+        if config.downsample > 1:
+            final_config["downsample"] = config.downsample
+        final = build_model(config.model, num_classes, **final_config)
+        final.set_weights([np.asarray(w, dtype="float32") for w in model.get_weights()])
+        with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+            final.save(tmp)
+        best = state.get("best_row", {})
+        metrics = {
+            "best_epoch": state["best_epoch"],
+            "epochs_run": len(history.rows),
+            "steps": int(step_var.numpy()),
+            "train_time_s": state["train_time_s"],
+            "selected_on": "val_iou" if val_shards else "iou (no val split)",
+            **{k: v for k, v in best.items() if k.startswith("val_")},
+            "train_iou_at_best": best.get("iou"),
+            "classes": config.classes,
+            "iou_class": config.classes[config.iou_class] if config.iou_class < num_classes else config.iou_class,
+            "stride": stride_of(final),
+        }
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+        return metrics
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def train_two_stage(pretrain: TrainConfig, finetune: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Pretrain on noisy (OSM) datasets into `run_dir/pretrain`, then fine-tune into `run_dir`.
+
+    The fine-tuning run starts from the pretrained model (`finetune.init`), so the
+    top-level run folder is the final model and `load_run(run_dir)` returns it.
+    """
+    run_dir = Path(run_dir)
+    pre_dir = run_dir / "pretrain"
+    if not (pre_dir / "model.keras").is_file():
+        train(pretrain, pre_dir, resume=resume and (pre_dir / "checkpoints" / "state.json").is_file())
+    finetune = replace(finetune, init=str(pre_dir))
+    fine_resume = resume and (run_dir / "checkpoints" / "state.json").is_file()
+    metrics = train(finetune, run_dir, resume=fine_resume)
+    pre_metrics = json.loads((pre_dir / "metrics.json").read_text())
+    metrics["pretrain"] = {k: v for k, v in pre_metrics.items() if k.startswith("val_") or k in ("steps", "train_time_s")}
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    return metrics
+
+
+def remove_run(run_dir: str | Path) -> None:
+    """Delete a run folder (used by benchmarks that retrain from scratch)."""
+    path = Path(run_dir)
+    if path.exists():
+        shutil.rmtree(path)
+
+

@@ -1,0 +1,111 @@
+"""`run_fn` for the standard TFX Trainer (GenericExecutor): geolabel's training loop + export.
+
+The Trainer passes the Examples splits, the budget (TrainArgs/EvalArgs and
+`custom_config`) and, for fine-tuning, the pretrained `base_model`. `run_fn`:
+
+1. trains with `geolabel.train.train` into the ModelRun folder (`fn_args.model_run_dir`:
+   config.yaml, history, curves, checkpoints, TensorBoard logs);
+2. keeps the Keras model in the Model artifact as `Format-Keras/model.keras` (the
+   evaluator scores it, and a fine-tuning Trainer warm-starts from it via `base_model`);
+3. exports the TF Serving SavedModel (`geolabel.serving.export`) to
+   `fn_args.serving_model_dir`, which the Pusher copies to a versioned serving folder.
+
+custom_config: {"stage": str, "classes": [names], "model": {"name", "options"},
+"budget": BudgetConfig as a dict}.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from geolabel.errors import InputError
+from geolabel.pipelines.evaluation import KERAS_DIR, KERAS_FILE
+from geolabel.progress import logger
+
+# BudgetConfig fields -> TrainConfig fields (the rest of TrainConfig comes from budget["options"])
+_BUDGET_TO_TRAIN = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "lr"}
+
+
+def _split_dirs(patterns: list[str]) -> list[str]:
+    """Split folders from the Trainer's file patterns (`<uri>/Split-train/*`)."""
+    dirs = []
+    for pattern in patterns:
+        folder = pattern[:-2] if pattern.endswith("/*") else os.path.dirname(pattern)
+        if folder not in dirs:
+            dirs.append(folder)
+    return dirs
+
+
+def train_config_from_fn_args(fn_args: Any, run_dir: str | os.PathLike) -> Any:
+    """The `geolabel.train.TrainConfig` for this Trainer execution."""
+    from geolabel.train.trainer import TrainConfig
+
+    custom = dict(fn_args.custom_config or {})
+    budget = dict(custom.get("budget") or {})
+    model = dict(custom.get("model") or {})
+    values: dict[str, Any] = {"model": model.get("name", "unet"), "model_config": dict(model.get("options") or {})}
+    if custom.get("classes"):
+        values["classes"] = list(custom["classes"])
+    for key, field_name in _BUDGET_TO_TRAIN.items():
+        if budget.get(key) is not None:
+            values[field_name] = budget[key]
+    epochs = int(values.get("epochs", 1))
+    steps = budget.get("steps_per_epoch") or (fn_args.train_steps // epochs if fn_args.train_steps else None)
+    if steps:
+        values["steps_per_epoch"] = int(steps)
+    eval_steps = budget.get("eval_steps") or fn_args.eval_steps
+    if eval_steps:
+        values["val_steps"] = int(eval_steps)
+    values.update(budget.get("options") or {})
+    values["train"] = _split_dirs(list(fn_args.train_files))
+    values["val"] = _split_dirs(list(fn_args.eval_files))
+    if fn_args.base_model:
+        init = Path(fn_args.base_model).parent / KERAS_DIR
+        if not (init / KERAS_FILE).is_file():
+            raise InputError(fn_args.base_model, f"base model holds no {KERAS_DIR}/{KERAS_FILE} to warm-start from")
+        values["init"] = str(init)
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError("budget.options", f"unknown training option(s) {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def export_serving(model: Any, serving_model_dir: str | os.PathLike, class_names: list[str], source: str) -> None:
+    """Write the TF Serving SavedModel of `model` into `serving_model_dir` (no version level)."""
+    from geolabel.serving.export import export_saved_model
+
+    target = Path(serving_model_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        version_dir = export_saved_model(model, staging, 1, class_names=class_names, sources={"segmentation": source})
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(version_dir, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_fn(fn_args: Any) -> None:
+    """TFX Trainer entry point: train, keep the Keras model, export the SavedModel."""
+    from geolabel.train import trainer
+
+    run_dir = Path(fn_args.model_run_dir)
+    config = train_config_from_fn_args(fn_args, run_dir)
+    stage = (fn_args.custom_config or {}).get("stage", "train")
+    logger.info("Trainer %s: %s on %s (init %s)", stage, config.model, config.train, config.init)
+    metrics = trainer.train(config, run_dir)
+    model_uri = Path(fn_args.serving_model_dir).parent
+    keras_dir = model_uri / KERAS_DIR
+    keras_dir.mkdir(parents=True, exist_ok=True)
+    for name in (KERAS_FILE, "config.yaml", "metrics.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, keras_dir / name)
+    model = trainer.load_run(run_dir)
+    export_serving(model, fn_args.serving_model_dir, list(config.classes), f"{stage}:{run_dir}")
+    logger.info("Trainer %s: val metrics %s", stage, {k: v for k, v in metrics.items() if k.startswith("val_")})

@@ -1,0 +1,361 @@
+"""Export trained models as TF Serving SavedModels (`BASE/VERSION/saved_model.pb`).
+
+Signatures (all keep the batch dimension `None`; every output shares it):
+
+- `serving_default`: `images` float32 (B, H, W, C) pixel values in [0, 255] (a uint8
+  batch sent as JSON integers is accepted by TF Serving's float conversion) ->
+  `probabilities` float32 (B, H, W, K) and `classes` int64 (B, H, W).
+- `serving_uint8`: the same from a uint8 tensor (gRPC clients sending raw bytes of pixels).
+- `serving_bytes`: `image_bytes` string (B,) of encoded PNG/JPEG images of one size,
+  sent over REST as `{"b64": ...}` (TF Serving decodes the base64, the graph decodes
+  the image) -> the same outputs.
+- `polygons` (with a PolyCNN run): `patches` float32 (B, P, P, C) -> `vertices`
+  float32 (B, 4, 2), (x, y) in [0, 1] of the patch, x to the right, y down.
+- `map_update` (with an align/update run): `image` float32 (B, H, W, 3) and `map`
+  float32 (B, H, W, 3) rasterised (fill, edge, vertex) in [0, 1] -> `displacement`
+  float32 (B, H, W, 2) in pixels and `segmentation` float32 (B, H, W, 4).
+
+Segmentation signatures pad H and W up to a multiple of the network's stride by
+mirroring the border and crop the outputs back to the input size.
+Warm-up requests for every signature go to `assets.extra/tf_serving_warmup_requests`,
+and `assets.extra/geolabel.json` records the stride, bands, classes and sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from geolabel.errors import InputError
+from geolabel.progress import logger
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "geolabel.json"
+
+
+def load_keras_model(source: str | os.PathLike) -> Any:
+    """Load a model from a run folder (`geolabel.train.load_run`) or a `.keras` file."""
+    import keras
+
+    import geolabel.models  # noqa: F401  (registers the custom layers)
+
+    for module in ("geolabel.models.polycnn", "geolabel.models.align_update"):
+        try:  # register their serialisable classes when present
+            __import__(module)
+        except ImportError:  # pragma: no cover
+            pass
+    path = Path(source)
+    if path.is_dir():
+        try:
+            from geolabel.train import load_run
+        except ImportError:
+            load_run = None
+        if load_run is not None:
+            return load_run(path)
+        path = path / "model.keras"
+    if not path.is_file():
+        raise InputError(source, "not a run folder with model.keras nor a .keras file")
+    if path.suffix != ".keras":
+        raise InputError(source, "expected a run folder or a .keras file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError) as err:
+        raise InputError(source, f"cannot load the model ({err})") from err
+
+
+def _model_stride(model: Any) -> int:
+    stride = getattr(model, "stride", None)
+    if isinstance(stride, int) and stride > 0:
+        return stride
+    from geolabel.models import stride_of
+
+    return int(stride_of(model))
+
+
+def _mirror_pad_to(x: Any, stride: int) -> tuple[Any, Any, Any]:
+    """Pad (B, H, W, C) at the bottom/right to multiples of `stride` by mirroring (any size works)."""
+    import tensorflow as tf
+
+    shape = tf.shape(x)
+    h, w = shape[1], shape[2]
+    hp = (h + stride - 1) // stride * stride
+    wp = (w + stride - 1) // stride * stride
+
+    def index(n: Any, n_pad: Any) -> Any:
+        i = tf.range(n_pad)
+        period = tf.maximum(2 * n, 1)
+        i = tf.math.floormod(i, period)
+        return tf.where(i < n, i, period - 1 - i)
+
+    x = tf.gather(x, index(h, hp), axis=1)
+    x = tf.gather(x, index(w, wp), axis=2)
+    return x, h, w
+
+
+@contextlib.contextmanager
+def _symbolic_resize() -> Iterator[None]:
+    """Let `keras.ops.image.resize` take sizes that are graph tensors while tracing.
+
+    Keras 3's `ops.image.resize` checks `size[0] <= 0` in Python, which fails when a
+    signature with unknown H and W is traced (bilinear `UpSampling2D`, U-Net decoders
+    resizing to a skip's shape). The backend op itself accepts tensor sizes, so during
+    the export trace such calls go straight to it; other calls are unchanged.
+    """
+    import keras
+    import keras.src.ops.image as src_image
+    import tensorflow as tf
+
+    original = src_image.resize
+
+    def resize(images: Any, size: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(tf.is_tensor(s) for s in size):
+            return src_image._resize(images, tuple(size), *args, **kwargs)
+        return original(images, size, *args, **kwargs)
+
+    src_image.resize = resize
+    keras.ops.image.resize = resize
+    try:
+        yield
+    finally:
+        src_image.resize = original
+        keras.ops.image.resize = original
+
+
+def _segment_fn(model: Any, stride: int) -> Any:
+    import tensorflow as tf
+
+    def run(images: Any) -> dict[str, Any]:
+        x = tf.cast(images, tf.float32)
+        padded, h, w = _mirror_pad_to(x, stride)
+        probs = model(padded, training=False)
+        probs = tf.cast(probs[:, :h, :w, :], tf.float32)
+        return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1, output_type=tf.int64)}
+
+    return run
+
+
+def _decode_batch(image_bytes: Any, bands: int) -> Any:
+    import tensorflow as tf
+
+    def decode(data: Any) -> Any:
+        image = tf.io.decode_image(data, channels=bands, expand_animations=False, dtype=tf.uint8)
+        image.set_shape([None, None, bands])
+        return image
+
+    return tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([None, None, bands], tf.uint8))
+
+
+def _write_warmup(version_dir: Path, requests: list[tuple[str, dict[str, Any]]], model_name: str) -> None:
+    """Write PredictionLog protos (one PredictRequest per signature) as TF Serving warm-up data."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    extra = version_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+        for signature, inputs in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def export_saved_model(
+    model: Any,
+    out_base: str | os.PathLike,
+    version: int,
+    *,
+    polycnn: Any = None,
+    align_update: Any = None,
+    class_names: list[str] | None = None,
+    sources: dict[str, str] | None = None,
+    model_name: str = "geolabel",
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` (and optional PolyCNN / align-update models) as `out_base/version/`.
+
+    The version folder is assembled under a hidden temporary name beside it and renamed
+    into place at the end, so a polling server never sees a half-written version.
+    Returns the version folder.
+    """
+    with _symbolic_resize():
+        return _export(model, out_base, version, polycnn, align_update, class_names, sources, model_name, overwrite)
+
+
+def _export(
+    model: Any,
+    out_base: str | os.PathLike,
+    version: int,
+    polycnn: Any,
+    align_update: Any,
+    class_names: list[str] | None,
+    sources: dict[str, str] | None,
+    model_name: str,
+    overwrite: bool,
+) -> Path:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    if int(version) < 0:
+        raise InputError("--version", f"must be a non-negative integer, got {version}")
+    base = Path(out_base)
+    final = base / str(int(version))
+    if final.exists() and not overwrite:
+        raise InputError(final, "version folder already exists (pass overwrite=True / --overwrite)")
+    base.mkdir(parents=True, exist_ok=True)
+
+    stride = _model_stride(model)
+    bands = int(model.input_shape[-1])
+    num_classes = int(model.output_shape[-1])
+    if bands not in (1, 3, 4):
+        logger.warning("model has %d bands: the serving_bytes signature decodes only 1, 3 or 4", bands)
+    segment = _segment_fn(model, stride)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    image_spec = tf.TensorSpec([None, None, None, bands], tf.float32, name="images")
+    archive.add_endpoint("serving_default", tf.function(lambda images: segment(images), input_signature=[image_spec]))
+    uint8_spec = tf.TensorSpec([None, None, None, bands], tf.uint8, name="images")
+    archive.add_endpoint("serving_uint8", tf.function(lambda images: segment(images), input_signature=[uint8_spec]))
+    bytes_bands = bands if bands in (1, 3, 4) else 3
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    archive.add_endpoint(
+        "serving_bytes",
+        tf.function(lambda image_bytes: segment(_decode_batch(image_bytes, bytes_bands)), input_signature=[bytes_spec]),
+    )
+    warm_size = 2 * stride
+    warm_image = np.full((1, warm_size, warm_size, bands), 127, np.uint8)
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("serving_default", {"images": warm_image.astype(np.float32)}),
+        ("serving_uint8", {"images": warm_image}),
+    ]
+    if bytes_bands == bands:
+        png = tf.io.encode_png(warm_image[0]).numpy()
+        requests.append(("serving_bytes", {"image_bytes": np.array([png], dtype=object)}))
+    signatures = ["serving_default", "serving_uint8", "serving_bytes"]
+
+    if polycnn is not None:
+        archive.track(polycnn)
+        patch = int(polycnn.input_shape[1])
+        patch_bands = int(polycnn.input_shape[-1])
+
+        def polygons(patches: Any) -> dict[str, Any]:
+            out = polycnn(tf.cast(patches, tf.float32), training=False)
+            return {"vertices": tf.reshape(tf.cast(out, tf.float32), [-1, out.shape[-1] // 2, 2])}
+
+        spec = tf.TensorSpec([None, patch, patch, patch_bands], tf.float32, name="patches")
+        archive.add_endpoint("polygons", tf.function(polygons, input_signature=[spec]))
+        requests.append(("polygons", {"patches": np.full((1, patch, patch, patch_bands), 127, np.float32)}))
+        signatures.append("polygons")
+
+    if align_update is not None:
+        archive.track(align_update)
+        align_stride = _model_stride(align_update)
+
+        def map_update(image: Any, map: Any) -> dict[str, Any]:  # noqa: A002  (the signature's input name)
+            both = tf.concat([tf.cast(image, tf.float32), tf.cast(map, tf.float32)], axis=-1)
+            padded, h, w = _mirror_pad_to(both, align_stride)
+            out = align_update((padded[..., :3], padded[..., 3:]), training=False)
+            return {
+                "displacement": tf.cast(out["displacement"][:, :h, :w, :], tf.float32),
+                "segmentation": tf.cast(out["segmentation"][:, :h, :w, :], tf.float32),
+            }
+
+        specs = [
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="image"),
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="map"),
+        ]
+        archive.add_endpoint("map_update", tf.function(map_update, input_signature=specs))
+        size = 2 * align_stride
+        requests.append(
+            (
+                "map_update",
+                {"image": np.full((1, size, size, 3), 127, np.float32), "map": np.zeros((1, size, size, 3), np.float32)},
+            )
+        )
+        signatures.append("map_update")
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".export-{int(version)}-", dir=base))
+    try:
+        saved = tmp / "model"
+        archive.write_out(str(saved), verbose=False)
+        _write_warmup(saved, requests, model_name)
+        meta = {
+            "stride": stride,
+            "bands": bands,
+            "num_classes": num_classes,
+            "class_names": list(class_names) if class_names else None,
+            "signatures": signatures,
+            "sources": dict(sources or {}),
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+        }
+        (saved / "assets.extra" / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        if final.exists():
+            trash = tmp / "old"
+            os.replace(final, trash)
+        os.replace(saved, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("exported %s with signatures %s", final, ", ".join(signatures))
+    return final
+
+
+def export_run(
+    run: str | os.PathLike,
+    out_base: str | os.PathLike,
+    version: int,
+    *,
+    polycnn_run: str | os.PathLike | None = None,
+    align_update_run: str | os.PathLike | None = None,
+    model_name: str = "geolabel",
+    overwrite: bool = False,
+) -> Path:
+    """Load the runs (folders or `.keras` files) and export them; see `export_saved_model`."""
+    model = load_keras_model(run)
+    polycnn = load_keras_model(polycnn_run) if polycnn_run else None
+    align = load_keras_model(align_update_run) if align_update_run else None
+    sources = {"segmentation": os.fspath(run)}
+    if polycnn_run:
+        sources["polygons"] = os.fspath(polycnn_run)
+    if align_update_run:
+        sources["map_update"] = os.fspath(align_update_run)
+    return export_saved_model(
+        model,
+        out_base,
+        version,
+        polycnn=polycnn,
+        align_update=align,
+        class_names=_run_class_names(run),
+        sources=sources,
+        model_name=model_name,
+        overwrite=overwrite,
+    )
+
+
+def _run_class_names(run: str | os.PathLike) -> list[str] | None:
+    """Class names from a run folder's config.yaml (`classes:` list), when it has one."""
+    path = Path(run)
+    config = path / "config.yaml" if path.is_dir() else path.with_name("config.yaml")
+    if not config.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    classes = data.get("classes") if isinstance(data, dict) else None
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        return classes
+    return None

@@ -1,0 +1,176 @@
+"""PolyCNN data, schedule and inference (geolabel.vectorize.polycnn) on real OAM/OSM data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from shapely.geometry import Polygon, box
+
+from geolabel.errors import InputError
+from geolabel.models.polycnn import build_polycnn, polygon_distance
+from geolabel.vectorize import polycnn as pc
+
+
+def test_generator_polygons_valid_inside_frame_and_clockwise():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        quad = pc.random_quadrilateral(rng)
+        assert quad.shape == (4, 2)
+        assert Polygon(quad).is_valid
+        assert quad.min() >= 0 and quad.max() <= 1
+        assert pc.signed_area(quad) > 0
+
+
+def test_artificial_batches_images_and_targets():
+    images, vertices = next(pc.artificial_batches(6, patch=64, seed=1))
+    assert images.shape == (6, 64, 64, 3) and images.dtype == np.float32
+    assert vertices.shape == (6, 8)
+    assert 0 <= images.min() and images.max() <= 255
+    for image, v in zip(images, vertices, strict=True):
+        quad = Polygon(v.reshape(4, 2) * 64)
+        assert quad.is_valid and box(0, 0, 64, 64).contains(quad)
+        yy, xx = np.mgrid[0:64, 0:64] + 0.5
+        inside = np.array([quad.contains(Polygon([(x - .2, y - .2), (x + .2, y - .2), (x + .2, y + .2)])) for x, y in zip(xx.ravel(), yy.ravel())])
+        inside = inside.reshape(64, 64)
+        # the roof is drawn where the polygon is: its colour differs from the ground around it
+        assert np.abs(image[inside].mean(0) - image[~inside].mean(0)).max() > 5
+
+
+def test_orient_and_quad_from_polygon():
+    ring = np.array([[0, 0], [0, 10], [10, 10], [10, 0]], dtype=float)  # counter-clockwise on screen
+    assert pc.signed_area(ring) < 0
+    assert pc.signed_area(pc.orient(ring)) > 0
+    notched = Polygon([(0, 0), (5, 0.05), (10, 0), (10, 6), (10, 10), (0, 10)])
+    quad = pc.quad_from_polygon(notched, tolerance=0.3)
+    assert quad is not None and len(quad) == 4
+    l_shape = Polygon([(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)])
+    assert pc.quad_from_polygon(l_shape, tolerance=0.3) is None
+
+
+def test_dihedral_moves_vertices_with_the_pixels():
+    patch = 32
+    yy, xx = np.mgrid[0:patch, 0:patch].astype("float32")
+    image = np.stack([xx, yy, np.zeros_like(xx)], axis=-1)  # each pixel holds its own (col, row)
+    quad = pc.orient(np.array([[0.1, 0.2], [0.8, 0.15], [0.9, 0.7], [0.2, 0.9]]))
+    corners = np.floor(quad * patch).astype(int)  # pixel holding each vertex
+    for k in range(8):
+        out, v = pc.dihedral(image, quad, k)
+        assert pc.signed_area(v) > 0
+        moved = np.floor(v * patch).astype(int)
+        seen = {tuple(out[r, c, :2].astype(int)) for c, r in moved}
+        assert seen == {tuple(c) for c in corners}
+
+
+def test_loss_matches_shift_of_dihedral_target():
+    quad = pc.random_quadrilateral(np.random.default_rng(3)).reshape(1, 8).astype("float32")
+    shifted = np.roll(quad.reshape(1, 4, 2), 1, axis=1).reshape(1, 8)
+    assert float(np.asarray(polygon_distance(quad, shifted))[0]) == pytest.approx(0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def virac(shared_data):
+    return pc.load_city(shared_data / "oam-osm" / "virac-ph", zoom=19, tolerance_m=0.5)
+
+
+def test_real_quadrilaterals_and_jittered_crops(virac):
+    assert virac.image.ndim == 3 and virac.image.shape[2] == 3
+    assert 30 <= len(virac.quads) <= virac.buildings
+    h, w = virac.image.shape[:2]
+    for q in virac.quads:
+        assert q.shape == (4, 2) and Polygon(q).is_valid and pc.signed_area(q) > 0
+        assert 0 <= q[:, 0].min() and q[:, 0].max() < w and 0 <= q[:, 1].min() and q[:, 1].max() < h
+    images, targets = pc.city_examples(virac, copies=2, patch=67, jitter=0.5, seed=0)
+    assert images.shape == (2 * len(virac.quads), 67, 67, 3)
+    assert targets.min() >= 0 and targets.max() <= 1
+    assert not np.allclose(targets[0], targets[1])  # two jittered crops of one building differ
+    # un-jittered crop: the building's bbox sits centred with the margin around it
+    q = virac.quads[0]
+    crop = pc.sample_crop(virac.image, pc.crop_window((*q.min(0), *q.max(0)), margin=0.25), 67)
+    uv = crop.to_crop(q)
+    extent = (uv.max(0) - uv.min(0)).max()
+    assert extent == pytest.approx(1 / 1.25, rel=1e-6)
+    np.testing.assert_allclose(crop.to_source(uv), q)
+
+
+def test_staged_schedule_freezes_decoder_then_extractor():
+    model = build_polycnn(width=4, encoder_hidden=16)
+    batches = pc.artificial_batches(4, seed=0)
+
+    def snapshot():
+        return {n: [w.copy() for w in model.get_layer(n).get_weights()] for n in ("feature_extractor", "encoder", "decoder")}
+
+    def changed(a, b, name):
+        return any(not np.array_equal(x, y) for x, y in zip(a[name], b[name], strict=True))
+
+    before = snapshot()
+    history = pc.train_staged(model, batches, steps=2, decoder_frozen_steps=2, extractor_frozen_steps=2)
+    after = snapshot()
+    assert [h["stage"] for h in history] == ["encoder-only"]
+    assert changed(before, after, "encoder")
+    assert not changed(before, after, "decoder") and not changed(before, after, "feature_extractor")
+
+    history = pc.train_staged(model, batches, steps=2, decoder_frozen_steps=0, extractor_frozen_steps=2)
+    later = snapshot()
+    assert [h["stage"] for h in history] == ["extractor-frozen"]
+    assert changed(after, later, "decoder") and not changed(after, later, "feature_extractor")
+    with pytest.raises(InputError, match="decoder_frozen_steps"):
+        pc.train_staged(model, batches, steps=2, decoder_frozen_steps=3, extractor_frozen_steps=2)
+
+
+def test_polygonize_components_georeferenced(virac):
+    from rasterio.features import rasterize
+    from shapely import affinity
+
+    # class raster: a real window of Virac with its quadrilateral buildings burnt in
+    x0, y0 = virac.quads[0].min(0).astype(int) - 40
+    x0, y0 = max(x0, 0), max(y0, 0)
+    window = virac.image[y0 : y0 + 200, x0 : x0 + 200]
+    shapes = [affinity.translate(Polygon(q), -x0, -y0) for q in virac.quads]
+    classes = rasterize([(s, 1) for s in shapes], out_shape=window.shape[:2], fill=0, dtype="uint8")
+    probs = np.stack([1 - classes * 0.8, classes * 0.8], axis=-1).astype("float32")
+    transform = virac.transform * virac.transform.translation(x0, y0)
+    model = build_polycnn(width=4, encoder_hidden=16)
+    frame = pc.polygonize_polycnn(
+        classes, transform, "EPSG:3857", image=window, model=model, class_names=["background", "building"], probabilities=probs
+    )
+    assert len(frame) >= 1
+    assert list(frame.columns) == ["class", "area", "confidence", "geometry"]
+    assert set(frame["class"]) == {"building"}
+    assert np.allclose(frame["confidence"], 0.8)
+    left, top = transform * (0, 0)
+    right, bottom = transform * (200, 200)
+    extent = box(left, bottom, right, top).buffer(30)
+    assert all(extent.contains(g) for g in frame.geometry)
+    assert all(g.is_valid and len(g.exterior.coords) in (4, 5) for g in frame.geometry)
+    assert frame.crs.to_epsg() == 3857
+    with pytest.raises(InputError, match="image"):
+        pc.polygonize_polycnn(classes, transform, "EPSG:3857", image=window[:10], model=model)
+
+
+def test_cli_polycnn_train_writes_run(shared_data, tmp_path):
+    from geolabel.cli import cli
+
+    out = tmp_path / "run"
+    args = [
+        "polycnn-train", "--data-root", str(shared_data / "oam-osm"), "--train-city", "virac-ph",
+        "--val-city", "kampala-ug", "--zoom", "19", "--width", "4", "--batch-size", "4",
+        "--pretrain-steps", "2", "--steps", "3", "--decoder-frozen-steps", "1",
+        "--extractor-frozen-steps", "2", "--transfer", "decoder", "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "model.keras", "history.csv", "metrics.json"):
+        assert (out / name).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_city"] == "kampala-ug" and metrics["val"]["count"] > 50
+    assert 0 <= metrics["val"]["mean_iou"] <= 1
+    stages = [line.split(",")[0] for line in (out / "history.csv").read_text().splitlines()[1:]]
+    assert stages == ["artificial", "encoder-only", "extractor-frozen", "all"]
+    model = pc.load_polycnn(out)
+    assert model.output_shape == (None, 8)
+
+    bad = CliRunner().invoke(cli, [*args[:7], "--val-city", "atlantis", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "atlantis" in str(bad.exception)
