@@ -101,6 +101,7 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         seed=seed,
         time_limit_s=args.time_limit,
         downsample=args.downsample,
+        cache=True,
     )
     started = time.perf_counter()
     metrics = train(config, run_dir)
@@ -179,9 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--model-config", default='{"depth": 4, "width": 16}')
     parser.add_argument("--downsample", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--val-crop", type=int, default=256)
-    parser.add_argument("--val-steps", type=int, default=None)
+    parser.add_argument("--val-steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=5)

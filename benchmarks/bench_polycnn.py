@@ -138,14 +138,14 @@ def main() -> None:
 
     from geolabel.config import dump_config
 
-    steps = 30 if args.quick else 1200
+    steps = 30 if args.quick else 800
     config = pc.PolyCNNConfig(
         data_root=str(DATA),
         zoom=20,
         width=32,
         batch_size=32,
         copies=4,
-        pretrain_steps=30 if args.quick else 1200,
+        pretrain_steps=30 if args.quick else 800,
         steps=steps,
         decoder_frozen_steps=steps // 12,
         extractor_frozen_steps=steps // 6,

@@ -22,6 +22,8 @@ COMMANDS = {
     "align": "geolabel.cli.align:align",
     "mapupdate": "geolabel.cli.mapupdate:mapupdate",
     "polycnn-train": "geolabel.cli.polycnn:polycnn_train",
+    "export": "geolabel.cli.export:export",
+    "serve": "geolabel.cli.serve:serve",
 }
 
 

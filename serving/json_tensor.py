@@ -410,7 +410,7 @@ def instances_to_arrays(instances: list[Any], inputs: dict[str, np.dtype]) -> di
 def _stack_objects(arrs: list[np.ndarray]) -> np.ndarray:
     out = np.empty((len(arrs), *arrs[0].shape), dtype=object)
     for i, a in enumerate(arrs):
-        out[i] = a
+        out[i] = a[()] if a.ndim == 0 else a
     return out
 
 

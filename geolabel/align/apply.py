@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -127,8 +128,9 @@ def align_file(
     driver = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}.get(out.suffix.lower())
     if driver is None:
         raise InputError(out_path, "unknown vector format (use .gpkg or .geojson)")
-    with atomic_path(out) as tmp:
-        frame.to_file(tmp, driver=driver)
+    layer = {"layer": re.sub(r"\W", "_", out.stem) or "aligned"} if driver == "GPKG" else {}
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        frame.to_file(tmp, driver=driver, **layer)
     res = abs(transform.a)
     return {
         "polygons": int(len(frame)),

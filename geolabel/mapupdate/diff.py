@@ -54,7 +54,7 @@ class DiffParams:
     match: float = 0.5  # mean probability under a footprint to call it seen
     max_shift: int = 12  # largest translation searched, pixels
     min_shift: float = 1.5  # smaller best shifts count as unchanged
-    gain: float = 0.1  # a shift must raise the footprint score at least this much
+    gain: float = 0.1  # a shift must improve the fit (see best_shift) at least this much
     min_area: int = 30  # smallest new building, pixels
     new_overlap: float = 0.3  # a predicted blob overlapping known footprints more than this is not new
     simplify: float = 1.0  # Douglas-Peucker tolerance of new outlines, pixels
@@ -65,16 +65,23 @@ def _footprint(geom, shape: tuple[int, int], origin: tuple[int, int]) -> np.ndar
     return rasterio.features.rasterize([geom], shape, transform=t, dtype="uint8").astype(np.float32)
 
 
-def best_shift(prob: np.ndarray, geom, max_shift: int) -> tuple[float, tuple[int, int], float]:
-    """Score (mean probability) of `geom` at its place, its best integer shift and that score."""
+def best_shift(prob: np.ndarray, geom, max_shift: int) -> tuple[float, tuple[int, int], float, float]:
+    """Where `geom` fits the probability map best within +-max_shift pixels.
+
+    The fit of a placement is the mean probability inside the footprint minus half the
+    mean probability in a 2-pixel ring around it (so a footprint does not slide onto a
+    neighbouring building). Returns (coverage at its place, best integer shift,
+    coverage there, fit gain of the best shift over no shift); coverage = mean probability.
+    """
     h, w = prob.shape
     minx, miny, maxx, maxy = geom.bounds
-    c0, r0 = int(np.floor(minx)), int(np.floor(miny))
-    fw, fh = int(np.ceil(maxx)) - c0 + 1, int(np.ceil(maxy)) - r0 + 1
+    c0, r0 = int(np.floor(minx)) - 2, int(np.floor(miny)) - 2
+    fw, fh = int(np.ceil(maxx)) - c0 + 3, int(np.ceil(maxy)) - r0 + 3
     mask = _footprint(geom, (fh, fw), (c0, r0))
     area = float(mask.sum())
     if area == 0:
-        return 0.0, (0, 0), 0.0
+        return 0.0, (0, 0), 0.0, 0.0
+    ring = ndimage.binary_dilation(mask > 0, iterations=2).astype(np.float32) - mask
     m = max_shift
     window = np.zeros((fh + 2 * m, fw + 2 * m), np.float32)
     rs, cs = r0 - m, c0 - m
@@ -82,13 +89,13 @@ def best_shift(prob: np.ndarray, geom, max_shift: int) -> tuple[float, tuple[int
     rr1, cc1 = min(rs + fh + 2 * m, h), min(cs + fw + 2 * m, w)
     if rr1 > rr0 and cc1 > cc0:
         window[rr0 - rs : rr1 - rs, cc0 - cs : cc1 - cs] = prob[rr0:rr1, cc0:cc1]
-    scores = signal.correlate(window, mask, mode="valid", method="fft") / area  # (2m+1, 2m+1)
+    cover = signal.correlate(window, mask, mode="valid", method="fft") / area  # (2m+1, 2m+1)
+    outside = signal.correlate(window, ring, mode="valid", method="fft") / max(float(ring.sum()), 1.0)
+    fit = cover - 0.5 * outside
     yy, xx = np.mgrid[-m : m + 1, -m : m + 1]
-    scores = scores - 1e-4 * np.sqrt(xx**2 + yy**2)  # ties go to the smallest shift
-    here = float(scores[m, m])
-    k = int(np.argmax(scores))
+    k = int(np.argmax(fit - 1e-3 * np.sqrt(xx**2 + yy**2)))  # ties go to the smallest shift
     dy, dx = divmod(k, 2 * m + 1)
-    return here, (dx - m, dy - m), float(scores.flat[k])
+    return float(cover[m, m]), (dx - m, dy - m), float(cover.flat[k]), float(fit.flat[k] - fit[m, m])
 
 
 def polygons_of(labels: np.ndarray, simplify: float = 1.0) -> list[tuple[object, int]]:
@@ -119,8 +126,8 @@ def compare(prob: np.ndarray, geoms: np.ndarray, ids: np.ndarray | None = None, 
     for geom, gid in zip(geoms, ids):
         if geom is None or geom.is_empty:
             continue
-        here, (dx, dy), best = best_shift(prob, geom, p.max_shift)
-        if here >= p.match and (best - here < p.gain or np.hypot(dx, dy) < p.min_shift):
+        here, (dx, dy), best, gain = best_shift(prob, geom, p.max_shift)
+        if here >= p.match and (gain < p.gain or np.hypot(dx, dy) < p.min_shift):
             change = Change("unchanged", geom, here, gid, (0.0, 0.0), geom)
         elif best >= p.match and np.hypot(dx, dy) >= p.min_shift:
             moved = shapely.transform(geom, lambda pts, d=(dx, dy): pts + np.array(d, float))
@@ -132,13 +139,23 @@ def compare(prob: np.ndarray, geoms: np.ndarray, ids: np.ndarray | None = None, 
             explained |= _footprint(change.geometry, (h, w), (0, 0)) > 0
     explained = ndimage.binary_dilation(explained, iterations=2)
     predicted = prob >= p.threshold
-    labels, n = ndimage.label(predicted)
+    # what the existing (or corrected) footprints do not explain, without thin slivers
+    unexplained = ndimage.binary_opening(predicted & ~explained, iterations=2)
+    labels, n = ndimage.label(unexplained)
     if n:
         index = np.arange(1, n + 1)
         areas = ndimage.sum(np.ones_like(prob), labels, index)
-        overlap = ndimage.sum(explained, labels, index) / np.maximum(areas, 1)
+        blob_labels, _ = ndimage.label(predicted)
         mean_prob = ndimage.mean(prob, labels, index)
-        candidates = {int(i) for i, a, o in zip(index, areas, overlap) if a >= p.min_area and o <= p.new_overlap}
+        candidates = set()
+        for i, area in zip(index, areas):
+            if area < p.min_area:
+                continue
+            # the whole predicted blob this piece belongs to must be mostly unexplained
+            blob_ids = np.unique(blob_labels[labels == i])
+            blob = np.isin(blob_labels, blob_ids[blob_ids > 0])
+            if area / max(blob.sum(), 1) >= 1.0 - p.new_overlap or explained[blob].mean() <= p.new_overlap:
+                candidates.add(int(i))
         for poly, value in polygons_of(np.where(np.isin(labels, list(candidates)), labels, 0), p.simplify):
             if value in candidates and poly.area >= p.min_area / 2:
                 changes.append(Change("new", poly, float(mean_prob[value - 1]), None))

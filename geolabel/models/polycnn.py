@@ -109,6 +109,11 @@ def build_polycnn(
         code: length of the shape code (128).
         decoder_hidden: units of the decoder's hidden dense layer (256).
         feature_weights: optional local weights file for the feature extractor.
+
+    Example:
+        >>> model = build_polycnn(width=8)
+        >>> model(np.zeros((2, 67, 67, 3), "float32")).shape
+        (2, 8)
     """
     extractor = build_feature_extractor(patch, bands, width, feature_weights)
     encoder = build_encoder(tuple(extractor.output.shape[1:]), code, encoder_hidden)

@@ -57,7 +57,7 @@ def downsample_chip(image: tf.Tensor, mask: tf.Tensor, factor: int, num_classes:
     fractions = tf.nn.avg_pool2d(onehot[None], factor, factor, "VALID")[0]
     coarse = tf.argmax(fractions[..., :num_classes], axis=-1, output_type=tf.int32)
     coarse = tf.where(fractions[..., num_classes] > 0.5, IGNORE, coarse)
-    return tf.round(x), tf.cast(coarse, tf.uint8)
+    return tf.cast(tf.round(x), image.dtype), tf.cast(coarse, tf.uint8)
 
 
 def _jitter(image: tf.Tensor, seeds: tf.Tensor, strength: float) -> tf.Tensor:
@@ -82,10 +82,11 @@ def make_dataset(
     channels: int = 3,
     jitter: float = 1.0,
     d4: bool = True,
-    shuffle_buffer: int = 512,
+    shuffle_buffer: int = 256,
     balance: bool = True,
     downsample: int = 1,
     num_classes: int = 2,
+    cache: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (float32 pixels [0, 255] (B, crop, crop, C), uint8 labels (B, crop, crop)).
 
@@ -104,6 +105,8 @@ def make_dataset(
         downsample: area-average chips by this factor first (train at a coarser resolution);
             `crop` is then in coarse pixels.
         num_classes: classes of the labels (for the majority vote of `downsample`).
+        cache: keep the decoded (and downsampled) chips in memory after the first pass:
+            for datasets that fit in RAM, it removes PNG decoding from every later step.
     """
     groups = [list(shards)] if shards and isinstance(shards[0], (str, os.PathLike)) else [list(g) for g in shards]
     groups = [g for g in groups if g]
@@ -116,7 +119,7 @@ def make_dataset(
 
     def records(group: list, index: int) -> tf.data.Dataset:
         files = tf.data.Dataset.from_tensor_slices([str(p) for p in group])
-        if training:
+        if training and not cache:
             files = files.shuffle(len(group), seed=seed + index).repeat()
         ds = files.interleave(
             lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
@@ -124,6 +127,9 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+        if training and not cache:
+            # shuffle the still-encoded records: cheap to hold, no decoding before the first batch
+            ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 + index)
         ds = ds.map(lambda r: parse_chip(r, channels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if downsample > 1:
             ds = ds.map(
@@ -131,8 +137,10 @@ def make_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-        if training:
-            ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 + index)
+        if cache:
+            ds = ds.cache()
+            if training:
+                ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 + index).repeat()
         return ds
 
     parts = [records(group, i) for i, group in enumerate(groups)]

@@ -65,6 +65,7 @@ class TrainConfig:
             in the input pipeline (`crop` and `val_crop` are in coarse pixels), and the saved
             `model.keras` contains the factor (average pooling in, bilinear upsampling out),
             so it still takes pixels at the dataset's resolution.
+        cache: keep decoded chips in memory (datasets that fit in RAM).
     """
 
     model: str = "unet"
@@ -98,6 +99,7 @@ class TrainConfig:
     time_limit_s: float | None = None
     iou_class: int = 1
     downsample: int = 1
+    cache: bool = False
 
 
 def choose_strategy():
@@ -376,17 +378,18 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         step_frozen = make_train_step(False) if enc_vars and config.freeze_encoder_steps > 0 else step_all
 
         start_epoch = int(epoch_var.numpy())
+        # one stream across epochs (a cached dataset is decoded once); a resumed run reseeds
+        # it by the epoch it restarts at: deterministic, and no iterator state to checkpoint
+        ds = make_dataset(
+            train_shards, config.crop, config.batch_size, True, config.seed + 7919 * start_epoch,
+            jitter=config.jitter, d4=config.d4, balance=config.balance,
+            downsample=config.downsample, num_classes=num_classes, cache=config.cache,
+        )
+        iterator = iter(strategy.experimental_distribute_dataset(ds))
         stopped = False
         for epoch in range(start_epoch, config.epochs):
             if stopped:
                 break
-            # reseeded per epoch: deterministic, and a resumed run needs no iterator state
-            ds = make_dataset(
-                train_shards, config.crop, config.batch_size, True, config.seed + 7919 * epoch,
-                jitter=config.jitter, d4=config.d4, balance=config.balance,
-                downsample=config.downsample, num_classes=num_classes,
-            )
-            iterator = iter(strategy.experimental_distribute_dataset(ds))
             losses, confusion = [], np.zeros((num_classes, num_classes), np.int64)
             started = time.perf_counter()
             steps_done = 0

@@ -291,7 +291,7 @@ class LabelMesh:
         self.regions = regions
         self.region_class = region_class
         self.vertex_cost = lam_px * lam_px
-        self.angle_cost = mu_px * mu_px
+        self.angle_cost = mu_px
         self.chains = _trace_chains(regions, region_class, regular_classes)
         self._build()
 
@@ -434,27 +434,44 @@ class LabelMesh:
         ax, ay = pos.get(a, (self.px[a], self.py[a]))
         bx, by = pos.get(v, (self.px[v], self.py[v]))
         cx, cy = pos.get(c, (self.px[c], self.py[c]))
-        return _deviation(ax, ay, bx, by, cx, cy)
+        return _deviation(ax, ay, bx, by, cx, cy) * min(math.hypot(bx - ax, by - ay), math.hypot(cx - bx, cy - by))
 
-    def collapse_gain(self, u: int) -> float | None:
-        """Energy change of removing chain vertex u (None when not allowed)."""
+    def collapse_gain(self, u: int, max_run: int = 3) -> tuple[float, int] | None:
+        """Best energy change of removing chain vertex u and the k-1 that follow it (k <= max_run).
+
+        Removing a short run at once gets past the local minima of one-vertex collapses
+        (a one-pixel notch needs two vertices removed before the wall is straight again).
+        Returns (delta, k), or None when u cannot be removed.
+        """
         ci = self.vchain[u]
         if ci < 0 or self.vfixed[u]:
             return None
         ch = self.chains[ci]
-        if ch.loop and self.ccount[ci] <= 3:
-            return None
-        if not ch.loop and self.cstart[ci] == self.cend[ci] and self.ccount[ci] <= 2:
-            return None
-        a, b = self.vprev[u], self.vnext[u]
-        old = self._cached_err(a, u, ci) + self._cached_err(u, b, ci)
-        new = self._err(a, b, ci, self.px[a], self.py[a], self.px[b], self.py[b])
-        delta = new - old - self.vertex_cost
-        if self.angle_cost > 0 and ch.regular:
-            before = self._irr(a, {}) + self._irr(u, {}) + self._irr(b, {})
-            after = self._irr(a, {}, nxt=b) + self._irr(b, {}, prev=a)
-            delta += self.angle_cost * (after - before)
-        return delta
+        floor = 3 if ch.loop else 2 if self.cstart[ci] == self.cend[ci] else 0
+        a = self.vprev[u]
+        best: tuple[float, int] | None = None
+        old = self._cached_err(a, u, ci)
+        last = u
+        before = self._irr(a, {}) + self._irr(u, {})
+        for k in range(1, max_run + 1):
+            if self.ccount[ci] - k < floor:
+                break
+            c = self.vnext[last]
+            if c == a:
+                break
+            old += self._cached_err(last, c, ci)
+            new = self._err(a, c, ci, self.px[a], self.py[a], self.px[c], self.py[c])
+            delta = new - old - k * self.vertex_cost
+            if self.angle_cost > 0 and ch.regular:
+                after = self._irr(a, {}, nxt=c) + self._irr(c, {}, prev=a)
+                delta += self.angle_cost * (after - before - self._irr(c, {}))
+            if best is None or delta < best[0]:
+                best = (delta, k)
+            if self.vchain[c] != ci or self.vfixed[c]:
+                break
+            before += self._irr(c, {})
+            last = c
+        return best
 
     # ---- mesh operations
     def _cross(self, i: int, j: int, k: int, moved: int = -1, mx: float = 0.0, my: float = 0.0) -> float:
@@ -540,48 +557,52 @@ class LabelMesh:
         self.vfixed[u] = True
         self.ccount[ci] -= 1
 
-    def _neighbourhood(self, u: int) -> list[int]:
-        """u and the chain vertices whose collapse gain depends on u's position."""
+    def _neighbourhood(self, u: int, reach: int) -> list[int]:
+        """u and the chain vertices up to `reach` steps away along its chain."""
         out = [u]
         ci = self.vchain[u]
         for side in (self.vprev, self.vnext):
             x = side[u]
-            for _ in range(2):
+            for _ in range(reach):
                 if x < 0 or self.vchain[x] != ci:
                     break
                 out.append(x)
                 x = side[x]
         return out
 
-    def simplify(self) -> int:
-        """Greedy collapses while one lowers the energy; returns how many were done."""
-        heap: list[tuple[float, int, int]] = []
+    def _push(self, heap: list, version: list[int], x: int) -> None:
+        got = self.collapse_gain(x)
+        if got is not None and got[0] < 0:
+            heapq.heappush(heap, (got[0], version[x], x, got[1]))
+
+    def simplify(self, max_run: int = 3) -> int:
+        """Greedy collapses (best energy gain first) while one lowers the energy; returns the count."""
+        heap: list[tuple[float, int, int, int]] = []
         version = [0] * len(self.px)
         for u in range(len(self.px)):
-            g = self.collapse_gain(u)
-            if g is not None and g < 0:
-                heap.append((g, 0, u))
+            got = self.collapse_gain(u, max_run)
+            if got is not None and got[0] < 0:
+                heap.append((got[0], 0, u, got[1]))
         heapq.heapify(heap)
         done = 0
         while heap:
-            g, ver, u = heapq.heappop(heap)
+            _, ver, u, k = heapq.heappop(heap)
             if ver != version[u] or self.vchain[u] < 0:
                 continue
-            a, b = self.vprev[u], self.vnext[u]
-            touched = self._neighbourhood(u)
-            if not (self.try_collapse(u, b) or self.try_collapse(u, a)):
-                continue
-            ci = self.vchain[u]
-            self._remove_from_chain(u)
-            self.edge_err[(a, b)] = self._err(a, b, ci, self.px[a], self.py[a], self.px[b], self.py[b])
-            done += 1
+            touched = self._neighbourhood(u, k + 3)
+            x = u
+            for _ in range(k):
+                a, b = self.vprev[x], self.vnext[x]
+                if not (self.try_collapse(x, b) or self.try_collapse(x, a)):
+                    break
+                self._remove_from_chain(x)
+                done += 1
+                x = b
             for x in touched:
-                if x == u or self.vchain[x] < 0:
+                if self.vchain[x] < 0:
                     continue
                 version[x] += 1
-                gx = self.collapse_gain(x)
-                if gx is not None and gx < 0:
-                    heapq.heappush(heap, (gx, version[x], x))
+                self._push(heap, version, x)
         return done
 
     def _independent(self, cands: list[int]) -> tuple[list[int], list[int]]:
@@ -620,7 +641,7 @@ class LabelMesh:
         q = np.arctan2(ux * vy - uy * vx, ux * vx + uy * vy) / _HALF_PI
         dev = np.abs(q - np.round(q)) * _HALF_PI
         degenerate = ((ux == 0) & (uy == 0)) | ((vx == 0) & (vy == 0))
-        return np.where(degenerate, 0.0, dev)
+        return np.where(degenerate, 0.0, dev) * np.minimum(np.hypot(ux, uy), np.hypot(vx, vy))
 
     def _relocate_batch(self, group: list[int], step: float) -> list[int]:
         """Move each vertex of an independent group to its best of 9 nearby positions."""
@@ -694,13 +715,23 @@ class LabelMesh:
                     moved.update(self._relocate_batch(group, step))
         return len(moved)
 
-    def optimise(self, rounds: int = 2) -> None:
-        """Alternate greedy collapses and vertex relocation."""
-        for _ in range(rounds):
-            self.simplify()
-            if self.relocate() == 0:
-                break
+    def optimise(self, rounds: int = 2, continuation: bool = True) -> None:
+        """Collapse greedily on fidelity + complexity, then add regularity: relocate and collapse.
+
+        The staircase of the fine mesh has only right angles, so the regularity term is
+        switched on after the first simplification (a continuation that keeps it from
+        pinning the mesh to the pixel steps).
+        """
+        angle_cost = self.angle_cost
+        if continuation:
+            self.angle_cost = 0.0
         self.simplify()
+        self.angle_cost = angle_cost
+        for _ in range(rounds):
+            moved = self.relocate()
+            done = self.simplify()
+            if moved == 0 and done == 0:
+                break
 
     # ---- checks and output
     def triangles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

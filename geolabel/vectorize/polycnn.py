@@ -276,11 +276,17 @@ def sample_crop(image: np.ndarray, window: tuple[float, float, float], patch: in
     centres = (np.arange(patch) + 0.5) * step
     rows = (y0 + centres - 0.5)[:, None].repeat(patch, 1)
     cols = (x0 + centres - 0.5)[None, :].repeat(patch, 0)
+    # read only the source pixels the crop touches (clamped to the image, as mode="nearest")
+    h, w = image.shape[:2]
+    r0 = int(np.clip(math.floor(rows.min()), 0, h - 1))
+    r1 = int(np.clip(math.ceil(rows.max()) + 1, r0 + 1, h))
+    c0 = int(np.clip(math.floor(cols.min()), 0, w - 1))
+    c1 = int(np.clip(math.ceil(cols.max()) + 1, c0 + 1, w))
+    window = np.asarray(image[r0:r1, c0:c1], dtype="float32")
+    rows = np.clip(rows, 0, h - 1) - r0
+    cols = np.clip(cols, 0, w - 1) - c0
     out = np.stack(
-        [
-            map_coordinates(image[..., c].astype("float32"), [rows, cols], order=1, mode="nearest")
-            for c in range(image.shape[-1])
-        ],
+        [map_coordinates(window[..., c], [rows, cols], order=1, mode="nearest") for c in range(image.shape[-1])],
         axis=-1,
     )
     return Crop(out.astype("float32"), x0, y0, side)

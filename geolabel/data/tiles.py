@@ -1,0 +1,356 @@
+"""XYZ/TMS/WMS tile sources: Web-Mercator tile math, a disk tile cache, and block-wise mosaics.
+
+A tile source is a URL template. Placeholders: `{z}`, `{x}`, `{y}` (XYZ, Google scheme),
+`{-y}` (TMS, flipped rows), `{s}` (subdomain, chosen from `subdomains` by tile), `{q}`
+(Bing quadkey), and for WMS GetMap `{bbox-epsg-3857}` (the tile's bounds in EPSG:3857,
+`minx,miny,maxx,maxy`) with `{width}`/`{height}`; a WMS template needs no z/x/y.
+
+Tiles are fetched concurrently into a cache folder (one file per tile, written
+atomically; a 404 leaves a `.missing` marker), so a re-run downloads only what is
+not on disk yet. The mosaic is an RGB GeoTIFF/COG in EPSG:3857 whose transform is
+exactly the Web-Mercator geometry of the tile range; missing tiles are nodata (0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from PIL import Image, UnidentifiedImageError
+from rasterio.windows import Window
+
+from geolabel.atomic import write_bytes_atomic
+from geolabel.data.http import HttpClient
+from geolabel.data.raster import RasterWriter
+from geolabel.errors import FetchError, InputError
+from geolabel.progress import progress
+
+HALF_WORLD = 20037508.342789244  # pi * 6378137: half the Web-Mercator world width in metres
+MAX_LAT = 85.0511287798066
+WEB_MERCATOR = "EPSG:3857"
+_SNAP = 1e-7  # fractional tile coordinates this close to an integer are that integer
+
+Tile = tuple[int, int, int]  # (z, x, y), XYZ scheme
+
+
+def tile_size_m(z: int) -> float:
+    """Side of a tile at zoom `z`, in Web-Mercator metres."""
+    return 2 * HALF_WORLD / 2**z
+
+
+def lonlat_to_tile_fraction(lon: float, lat: float, z: int) -> tuple[float, float]:
+    """Fractional XYZ tile coordinates (x to the east, y to the south) of a point."""
+    lat = max(-MAX_LAT, min(MAX_LAT, lat))
+    n = 2**z
+    x = (lon + 180.0) / 360.0 * n
+    y = (1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n
+    return x, y
+
+
+def tile_to_lonlat(x: float, y: float, z: int) -> tuple[float, float]:
+    """Longitude and latitude of (fractional) tile coordinates (a tile's north-west corner for ints)."""
+    n = 2**z
+    lon = x / n * 360.0 - 180.0
+    lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
+    return lon, lat
+
+
+def _snap(value: float) -> float:
+    nearest = round(value)
+    return float(nearest) if abs(value - nearest) < _SNAP else value
+
+
+@dataclass(frozen=True)
+class TileRange:
+    """An inclusive rectangle of tiles at one zoom: columns x0..x1, rows y0..y1 (XYZ scheme)."""
+
+    z: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+    @property
+    def columns(self) -> int:
+        return self.x1 - self.x0 + 1
+
+    @property
+    def rows(self) -> int:
+        return self.y1 - self.y0 + 1
+
+    def __len__(self) -> int:
+        return self.columns * self.rows
+
+    def tiles(self) -> Iterator[Tile]:
+        """Tiles row by row (north to south, west to east)."""
+        for y in range(self.y0, self.y1 + 1):
+            for x in range(self.x0, self.x1 + 1):
+                yield (self.z, x, y)
+
+    def bounds_3857(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in EPSG:3857 metres."""
+        size = tile_size_m(self.z)
+        return (
+            -HALF_WORLD + self.x0 * size,
+            HALF_WORLD - (self.y1 + 1) * size,
+            -HALF_WORLD + (self.x1 + 1) * size,
+            HALF_WORLD - self.y0 * size,
+        )
+
+    def bounds_lonlat(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in EPSG:4326."""
+        west, north = tile_to_lonlat(self.x0, self.y0, self.z)
+        east, south = tile_to_lonlat(self.x1 + 1, self.y1 + 1, self.z)
+        return west, south, east, north
+
+    def transform(self, tile_px: int = 256) -> Affine:
+        """The exact pixel -> EPSG:3857 transform of a mosaic of this range."""
+        res = tile_size_m(self.z) / tile_px
+        left, _, _, top = self.bounds_3857()
+        return Affine(res, 0.0, left, 0.0, -res, top)
+
+
+def tile_range(bbox: tuple[float, float, float, float], z: int) -> TileRange:
+    """The tiles at zoom `z` that cover an EPSG:4326 bbox (W, S, E, N); edges on a tile
+    boundary do not pull in the neighbouring tile."""
+    if not 0 <= z <= 30:
+        raise InputError("zoom", f"{z} is not a zoom level in 0..30")
+    west, south, east, north = bbox
+    fx0, fy0 = (_snap(v) for v in lonlat_to_tile_fraction(west, north, z))
+    fx1, fy1 = (_snap(v) for v in lonlat_to_tile_fraction(east, south, z))
+    last = 2**z - 1
+    x0, y0 = int(math.floor(fx0)), int(math.floor(fy0))
+    x1, y1 = int(math.ceil(fx1)) - 1, int(math.ceil(fy1)) - 1
+    x0, y0 = min(max(x0, 0), last), min(max(y0, 0), last)
+    x1, y1 = min(max(x1, x0), last), min(max(y1, y0), last)
+    return TileRange(z, x0, y0, x1, y1)
+
+
+def quadkey(x: int, y: int, z: int) -> str:
+    """Bing Maps quadkey of a tile."""
+    digits = []
+    for i in range(z, 0, -1):
+        mask = 1 << (i - 1)
+        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
+    return "".join(digits)
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_KNOWN = {"z", "x", "y", "-y", "s", "q", "bbox-epsg-3857", "width", "height"}
+
+
+@dataclass(frozen=True)
+class TileTemplate:
+    """A tile URL template (see the module docstring for the placeholders).
+
+    Args:
+        url: the template.
+        subdomains: values of `{s}`, picked per tile deterministically.
+        tile_px: side of a tile in pixels (also `{width}`/`{height}` for WMS).
+    """
+
+    url: str
+    subdomains: tuple[str, ...] = ("a", "b", "c")
+    tile_px: int = 256
+
+    def __post_init__(self) -> None:
+        names = set(_PLACEHOLDER.findall(self.url))
+        unknown = names - _KNOWN
+        if unknown:
+            raise InputError(self.url, f"unknown placeholder(s) {', '.join('{' + n + '}' for n in sorted(unknown))}")
+        if not self.is_wms and not ({"z", "x"} <= names and names & {"y", "-y"}) and "q" not in names:
+            raise InputError(self.url, "a tile URL template needs {z}, {x} and {y} (or {-y} for TMS, {q}, or {bbox-epsg-3857} for WMS)")
+        if "s" in names and not self.subdomains:
+            raise InputError(self.url, "uses {s} but no subdomains were given")
+        if self.tile_px <= 0 or self.tile_px % 16:
+            raise InputError("tile size", f"{self.tile_px} is not a positive multiple of 16")
+
+    @property
+    def is_wms(self) -> bool:
+        return "{bbox-epsg-3857}" in self.url
+
+    def url_for(self, z: int, x: int, y: int) -> str:
+        """The URL of one tile."""
+        size = tile_size_m(z)
+        values = {
+            "z": str(z),
+            "x": str(x),
+            "y": str(y),
+            "-y": str(2**z - 1 - y),
+            "s": self.subdomains[(x + y) % len(self.subdomains)] if self.subdomains else "",
+            "q": quadkey(x, y, z),
+            "width": str(self.tile_px),
+            "height": str(self.tile_px),
+            "bbox-epsg-3857": ",".join(
+                repr(v) for v in (-HALF_WORLD + x * size, HALF_WORLD - (y + 1) * size, -HALF_WORLD + (x + 1) * size, HALF_WORLD - y * size)
+            ),
+        }
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.url)
+
+    @property
+    def key(self) -> str:
+        """Short stable id of this source, used to name its cache folder."""
+        return hashlib.sha1(f"{self.url}|{self.tile_px}".encode()).hexdigest()[:16]
+
+
+class TileCache:
+    """Tiles on disk: `folder/{z}/{x}/{y}.tile` (raw bytes as served) or `{y}.missing` (404).
+
+    Args:
+        folder: cache root of ONE tile source (see `TileTemplate.key`).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def _base(self, tile: Tile) -> Path:
+        z, x, y = tile
+        return self.folder / str(z) / str(x) / str(y)
+
+    def status(self, tile: Tile) -> str | None:
+        """"tile", "missing", or None when not fetched yet."""
+        base = self._base(tile)
+        if base.with_suffix(".tile").exists():
+            return "tile"
+        if base.with_suffix(".missing").exists():
+            return "missing"
+        return None
+
+    def get(self, tile: Tile) -> bytes | None:
+        """Cached bytes of a tile, or None (missing or not fetched)."""
+        path = self._base(tile).with_suffix(".tile")
+        return path.read_bytes() if path.exists() else None
+
+    def put(self, tile: Tile, data: bytes | None) -> None:
+        """Store a tile's bytes, or None to record that the server has no such tile."""
+        base = self._base(tile)
+        if data is None:
+            write_bytes_atomic(base.with_suffix(".missing"), b"")
+        else:
+            write_bytes_atomic(base.with_suffix(".tile"), data)
+
+
+def decode_tile(data: bytes, tile_px: int, source: str) -> np.ndarray:
+    """Decode tile bytes (JPEG/PNG/WebP/...) as (3, tile_px, tile_px) uint8 RGB.
+
+    Transparent pixels become 0 (nodata); a grey tile is expanded to RGB.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            alpha = None
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = np.asarray(image.convert("RGBA"))
+                rgb, alpha = rgba[..., :3], rgba[..., 3]
+            else:
+                rgb = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise FetchError(f"{source}: not an image tile ({err})") from err
+    if rgb.shape[:2] != (tile_px, tile_px):
+        raise FetchError(f"{source}: tile is {rgb.shape[1]}x{rgb.shape[0]} px, expected {tile_px}x{tile_px} (set the tile size)")
+    if alpha is not None:
+        rgb = np.where((alpha == 0)[..., None], 0, rgb)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def fetch_tiles(
+    template: TileTemplate,
+    tiles: Iterable[Tile],
+    cache: TileCache,
+    client: HttpClient,
+    total: int | None = None,
+) -> dict[str, int]:
+    """Download every tile not yet in `cache` (concurrently, with retries).
+
+    Returns:
+        counts: {"cached": already on disk, "fetched": downloaded now, "missing": 404 in all}.
+    """
+    counts = {"cached": 0, "fetched": 0, "missing": 0}
+    todo = []
+    for tile in tiles:
+        state = cache.status(tile)
+        if state is None:
+            todo.append(tile)
+        else:
+            counts["cached"] += 1
+            counts["missing"] += state == "missing"
+
+    def one(tile: Tile) -> bool:
+        data = client.get_bytes(template.url_for(*tile))
+        cache.put(tile, data)
+        return data is not None
+
+    for found in progress(client.map(one, todo), desc="tiles", total=len(todo), unit="tile"):
+        counts["fetched"] += 1
+        counts["missing"] += not found
+    return counts
+
+
+def mosaic_tiles(
+    cache: TileCache,
+    trange: TileRange,
+    path: str | os.PathLike,
+    tile_px: int = 256,
+    block_tiles: int = 8,
+    compress: str = "deflate",
+    tags: dict[str, str] | None = None,
+    source: str = "tile",
+) -> dict[str, int]:
+    """Write the cached tiles of `trange` as an RGB COG in EPSG:3857 (nodata 0), block by block.
+
+    Memory holds one block of `block_tiles` x `block_tiles` tiles at a time.
+
+    Returns:
+        counts: {"tiles": tiles present, "missing": tiles absent (nodata)}.
+    """
+    width, height = trange.columns * tile_px, trange.rows * tile_px
+    blocksize = 512 if tile_px % 512 == 0 or 512 % tile_px == 0 else tile_px
+    counts = {"tiles": 0, "missing": 0}
+    with RasterWriter(
+        path, width=width, height=height, count=3, dtype="uint8", crs=WEB_MERCATOR, transform=trange.transform(tile_px),
+        nodata=0, blocksize=blocksize, compress=compress, tags=tags, band_descriptions=["red", "green", "blue"],
+        overview_resampling="average",
+    ) as writer:
+        blocks = [(r, c) for r in range(0, trange.rows, block_tiles) for c in range(0, trange.columns, block_tiles)]
+        for r, c in progress(blocks, desc="mosaic", unit="block"):
+            nr, nc = min(block_tiles, trange.rows - r), min(block_tiles, trange.columns - c)
+            block = np.zeros((3, nr * tile_px, nc * tile_px), np.uint8)
+            for i in range(nr):
+                for j in range(nc):
+                    tile = (trange.z, trange.x0 + c + j, trange.y0 + r + i)
+                    data = cache.get(tile)
+                    if data is None:
+                        counts["missing"] += 1
+                        continue
+                    counts["tiles"] += 1
+                    block[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = decode_tile(
+                        data, tile_px, f"{source} {tile}"
+                    )
+            writer.write(block, Window(c * tile_px, r * tile_px, nc * tile_px, nr * tile_px))
+    return counts
+
+
+def local_tile_range(folder: str | os.PathLike, z: int) -> TileRange:
+    """The extent of the tiles present in a local `folder/{z}/{x}/{y}.ext` tree (XYZ scheme)."""
+    root = Path(folder) / str(z)
+    if not root.is_dir():
+        raise InputError(root, "no such tile folder")
+    xs, ys = [], []
+    for column in root.iterdir():
+        if column.is_dir() and column.name.isdigit():
+            for tile in column.iterdir():
+                stem = tile.name.split(".")[0]
+                if stem.isdigit():
+                    xs.append(int(column.name))
+                    ys.append(int(stem))
+    if not xs:
+        raise InputError(root, "holds no tiles")
+    return TileRange(z, min(xs), min(ys), max(xs), max(ys))

@@ -1,0 +1,1140 @@
+"""An embedded TF-Serving-compatible model server: REST (8501) and gRPC (8500).
+
+It serves SavedModels from `BASE/<integer version>/` exactly as `tensorflow_model_server`
+does on the points of `docs/tf-serving-contract.md`: the REST routes, JSON formats and
+error messages and codes, gRPC `PredictionService` and `ModelService` (stubs from the
+`tensorflow-serving-api` wheel), text `ModelServerConfig` files, version policies
+(latest N, all, specific) and labels, file-system polling where a new version is
+loaded before the old one is unloaded, and warm-up requests. On top of that it
+batches concurrent small requests, bounds request sizes and concurrency, and never
+turns a model name into a path (names are looked up in the configuration only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolabel.errors import InputError
+from geolabel.progress import logger
+from geolabel.serving import json_tensor as jt
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_PATH = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
+
+# gRPC status code name -> HTTP status (model_servers/http_server.cc ToHTTPStatusCode)
+HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
+}
+
+PREDICT_RE = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
+STATUS_RE = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
+V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+VALID_NAME = re.compile(r"[^/:\s]+")
+INT64_MAX = (1 << 63) - 1
+
+
+class ServingError(Exception):
+    """An error with a gRPC status code name (`INVALID_ARGUMENT`, `NOT_FOUND`, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+# --------------------------------------------------------------------- servables
+
+
+@dataclass
+class Signature:
+    """One signature of a loaded SavedModel."""
+
+    name: str
+    method_name: str
+    inputs: dict[str, tuple[np.dtype, list[int] | None]]  # alias -> (dtype, dims with -1; None = unknown rank)
+    outputs: dict[str, tuple[np.dtype, list[int] | None]]
+    fn: Any = None
+
+    @property
+    def input_dtypes(self) -> dict[str, np.dtype]:
+        return {k: v[0] for k, v in self.inputs.items()}
+
+
+@dataclass
+class Servable:
+    """One loaded version of a model."""
+
+    name: str
+    version: int
+    path: Path
+    signatures: dict[str, Signature]
+    signature_def_map: Any  # get_model_metadata_pb2.SignatureDefMap
+    loaded: Any = field(default=None, repr=False)
+
+
+def _np_dtype(enum: int) -> np.dtype:
+    import tensorflow as tf
+
+    dtype = tf.dtypes.as_dtype(enum)
+    return np.dtype(object) if dtype == tf.string else np.dtype(dtype.as_numpy_dtype)
+
+
+def _dims(shape_proto: Any) -> list[int] | None:
+    return None if shape_proto.unknown_rank else [int(d.size) for d in shape_proto.dim]
+
+
+def load_servable(name: str, version: int, path: Path) -> Servable:
+    """Load `path` (a SavedModel folder) and index its signatures like TF Serving does."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    pb = path / "saved_model.pb"
+    if not pb.is_file():
+        raise ServingError(
+            "NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}"
+        )
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb.read_bytes())
+    meta = proto.meta_graphs[0]
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in meta.signature_def.items():
+        if key == "__saved_model_init_op":
+            continue
+        sig_map.signature_def[key].CopyFrom(sig)
+    loaded = tf.saved_model.load(str(path))
+    signatures = {}
+    for key, sig in sig_map.signature_def.items():
+        signatures[key] = Signature(
+            name=key,
+            method_name=sig.method_name,
+            inputs={k: (_np_dtype(v.dtype), _dims(v.tensor_shape)) for k, v in sig.inputs.items()},
+            outputs={k: (_np_dtype(v.dtype), _dims(v.tensor_shape)) for k, v in sig.outputs.items()},
+            fn=loaded.signatures.get(key),
+        )
+    return Servable(name, version, path, signatures, sig_map, loaded)
+
+
+def _check_inputs(sig: Signature, inputs: dict[str, np.ndarray]) -> None:
+    """TF Serving's request checks: input names (`VerifyRequestInputsSize`), dtypes and shapes."""
+    expected = set(sig.inputs)
+    given = set(inputs)
+    if len(given) != len(expected) or given != expected:
+        if len(given) == len(expected):
+            alias = sorted(given - expected)[0]
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}.",
+            )
+        raise ServingError(
+            "INVALID_ARGUMENT",
+            f"input size does not match signature: {len(given)}!={len(expected)} "
+            f"len({{{','.join(sorted(given))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(given - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - given))}}}.",
+        )
+    for i, alias in enumerate(sorted(expected)):
+        dtype, dims = sig.inputs[alias]
+        arr = inputs[alias]
+        same_kind = (dtype.kind in "OSU") == (arr.dtype.kind in "OSU")
+        if not same_kind or (dtype.kind not in "OSU" and arr.dtype != dtype):
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"Expects arg[{i}] to be {jt.type_name(dtype)} but {jt.type_name(arr.dtype)} is provided",
+            )
+        if dims is not None and (
+            arr.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims, arr.shape, strict=True))
+        ):
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"input '{alias}' of signature '{sig.name}' has shape [{','.join(map(str, arr.shape))}] "
+                f"but the signature expects [{','.join('?' if d < 0 else str(d) for d in dims)}]",
+            )
+
+
+def run_signature(sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a signature function on numpy inputs; TF errors become INVALID_ARGUMENT like a session's."""
+    import tensorflow as tf
+
+    try:
+        out = sig.fn(**{k: tf.constant(v) for k, v in inputs.items()})
+    except tf.errors.OpError as err:
+        code = {
+            tf.errors.InvalidArgumentError: "INVALID_ARGUMENT",
+            tf.errors.ResourceExhaustedError: "RESOURCE_EXHAUSTED",
+            tf.errors.UnimplementedError: "UNIMPLEMENTED",
+        }.get(type(err), "INTERNAL")
+        raise ServingError(code, err.message.split("\n")[0]) from err
+    except (ValueError, TypeError) as err:
+        raise ServingError("INVALID_ARGUMENT", str(err).split("\n")[0]) from err
+    return {k: v.numpy() for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------- batching
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.items: list[dict[str, np.ndarray]] = []
+        self.sizes: list[int] = []
+        self.full = threading.Event()
+        self.done = threading.Event()
+        self.results: list[Any] = []
+
+
+class Batcher:
+    """Merge concurrent small requests to one signature into one batched call.
+
+    The first request of a batch leads: when other requests for the same signature are
+    in flight it waits up to `timeout_s` for them to join (or until `max_batch_size`
+    rows), runs the concatenated batch and hands every caller its slice. A lone request
+    runs at once. A failing batch is re-run request by request so one bad request never
+    fails the others.
+    """
+
+    def __init__(self, max_batch_size: int = 32, timeout_s: float = 0.002):
+        self.max_batch_size = int(max_batch_size)
+        self.timeout_s = float(timeout_s)
+        self._lock = threading.Lock()
+        self._open: dict[Any, _Batch] = {}
+        self._in_flight: dict[Any, int] = {}
+        self.batches_run = 0
+        self.requests_batched = 0
+
+    def run(self, servable: Servable, sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sizes = {v.shape[0] if v.ndim else -1 for v in inputs.values()}
+        n = sizes.pop() if len(sizes) == 1 else -1
+        if n <= 0 or n >= self.max_batch_size:
+            return run_signature(sig, inputs)
+        key = (id(servable), sig.name, tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items())))
+        sig_key = (id(servable), sig.name)
+        with self._lock:
+            self._in_flight[sig_key] = self._in_flight.get(sig_key, 0) + 1
+            others = self._in_flight[sig_key] > 1
+            batch = self._open.get(key)
+            leader = batch is None or sum(batch.sizes) + n > self.max_batch_size
+            if leader:
+                batch = _Batch()
+                self._open[key] = batch
+            index = len(batch.items)
+            batch.items.append(inputs)
+            batch.sizes.append(n)
+            if sum(batch.sizes) >= self.max_batch_size:
+                batch.full.set()
+                if self._open.get(key) is batch:
+                    del self._open[key]
+        try:
+            if leader:
+                if others:
+                    batch.full.wait(self.timeout_s)
+                with self._lock:
+                    if self._open.get(key) is batch:
+                        del self._open[key]
+                self._execute(sig, batch)
+            else:
+                batch.done.wait()
+        finally:
+            with self._lock:
+                self._in_flight[sig_key] -= 1
+                if not self._in_flight[sig_key]:
+                    del self._in_flight[sig_key]
+        result = batch.results[index]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _execute(self, sig: Signature, batch: _Batch) -> None:
+        try:
+            if len(batch.items) == 1:
+                batch.results = [self._safe(sig, batch.items[0])]
+                return
+            merged = {k: np.concatenate([item[k] for item in batch.items]) for k in batch.items[0]}
+            total = sum(batch.sizes)
+            try:
+                out = run_signature(sig, merged)
+                if any(v.ndim == 0 or v.shape[0] != total for v in out.values()):
+                    raise ValueError("outputs do not share the batch dimension")
+            except (ServingError, ValueError):
+                batch.results = [self._safe(sig, item) for item in batch.items]
+                return
+            bounds = np.cumsum([0, *batch.sizes])
+            batch.results = [{k: v[a:b] for k, v in out.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+            self.batches_run += 1
+            self.requests_batched += len(batch.items)
+        finally:
+            batch.done.set()
+
+    @staticmethod
+    def _safe(sig: Signature, inputs: dict[str, np.ndarray]) -> Any:
+        try:
+            return run_signature(sig, inputs)
+        except ServingError as err:
+            return err
+
+
+# ------------------------------------------------------------------ model manager
+
+
+@dataclass
+class VersionState:
+    state: str = "START"
+    error_code: str = "OK"
+    error_message: str = ""
+    failures: int = 0
+
+
+class ModelManager:
+    """The versions of one model: polling its base path, loading and unloading per policy."""
+
+    def __init__(self, config: Any, max_load_retries: int = 5):
+        self.name = config.name
+        self.base_path = Path(config.base_path)
+        self.max_load_retries = max_load_retries
+        self._lock = threading.RLock()
+        self.loaded: dict[int, Servable] = {}
+        self.states: dict[int, VersionState] = {}
+        self.update_config(config)
+
+    def update_config(self, config: Any) -> None:
+        policy = config.model_version_policy
+        which = policy.WhichOneof("policy_choice")
+        with self._lock:
+            if which == "all":
+                self.policy: tuple[str, Any] = ("all", None)
+            elif which == "specific":
+                self.policy = ("specific", {int(v) for v in policy.specific.versions})
+            else:
+                n = policy.latest.num_versions if which == "latest" else 1
+                self.policy = ("latest", max(1, int(n)))
+            self.labels = {str(k): int(v) for k, v in config.version_labels.items()}
+
+    def on_disk(self) -> dict[int, Path]:
+        """Numeric version folders directly under the base path (others are ignored)."""
+        found: dict[int, Path] = {}
+        try:
+            entries = list(os.scandir(self.base_path))
+        except OSError:
+            return found
+        for entry in entries:
+            if entry.name.isdigit() and entry.is_dir() and int(entry.name) <= INT64_MAX:
+                found[int(entry.name)] = Path(entry.path)
+        return found
+
+    def aspired(self, on_disk: dict[int, Path]) -> set[int]:
+        kind, arg = self.policy
+        if kind == "all":
+            return set(on_disk)
+        if kind == "specific":
+            return set(on_disk) & arg
+        return set(sorted(on_disk, reverse=True)[:arg])
+
+    def poll(self, warmup: Any = None) -> None:
+        """Load aspired versions first, then unload the others: no gap in availability."""
+        on_disk = self.on_disk()
+        aspired = self.aspired(on_disk)
+        for version in sorted(aspired - set(self.loaded), reverse=True):
+            state = self.states.get(version)
+            if state is not None and state.state == "END" and state.failures >= self.max_load_retries:
+                continue
+            self._load(version, on_disk[version], warmup)
+        for version in sorted(set(self.loaded) - aspired):
+            self._unload(version)
+
+    def _load(self, version: int, path: Path, warmup: Any) -> None:
+        with self._lock:
+            previous = self.states.get(version)
+            self.states[version] = VersionState("LOADING", failures=previous.failures if previous else 0)
+        try:
+            servable = load_servable(self.name, version, path)
+            if warmup is not None:
+                warmup(servable)
+        except Exception as err:  # any load failure is reported in the version status
+            code = err.code if isinstance(err, ServingError) else "UNKNOWN"
+            message = err.message if isinstance(err, ServingError) else f"{type(err).__name__}: {err}"
+            logger.warning("model %s version %d failed to load: %s", self.name, version, message)
+            with self._lock:
+                failures = self.states[version].failures + 1
+                self.states[version] = VersionState("END", code, message, failures)
+            return
+        with self._lock:
+            self.loaded[version] = servable
+            self.states[version] = VersionState("AVAILABLE")
+        logger.info("model %s version %d AVAILABLE", self.name, version)
+
+    def _unload(self, version: int) -> None:
+        with self._lock:
+            self.states[version] = VersionState("UNLOADING")
+            self.loaded.pop(version, None)
+            self.states[version] = VersionState("END")
+        logger.info("model %s version %d unloaded", self.name, version)
+
+    def unload_all(self) -> None:
+        for version in list(self.loaded):
+            self._unload(version)
+
+    def resolve_label(self, label: str) -> int:
+        with self._lock:
+            if label not in self.labels:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            return self.labels[label]
+
+    def servable(self, version: int | None) -> Servable | None:
+        with self._lock:
+            if version is None:
+                return self.loaded[max(self.loaded)] if self.loaded else None
+            return self.loaded.get(version)
+
+
+# -------------------------------------------------------------------- server core
+
+
+def _spec_text(name: str, version: int | None) -> str:
+    return f"Latest({name})" if version is None else f"Specific({name}, {version})"
+
+
+def parse_model_config(text: str, source: str = "model config") -> Any:
+    """Parse a text-format `ModelServerConfig`."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise InputError(source, f"not a text ModelServerConfig ({err})") from err
+    return config
+
+
+def single_model_config(name: str, base_path: str | os.PathLike) -> Any:
+    """The config of `--model_name NAME --model_base_path BASE` (latest version)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = name
+    model.base_path = os.fspath(base_path)
+    model.model_platform = "tensorflow"
+    return config
+
+
+class ServerCore:
+    """Models by name, their versions, and predict/status/metadata with TF Serving's semantics."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        enable_batching: bool = True,
+        max_batch_size: int = 32,
+        batch_timeout_s: float = 0.002,
+        max_concurrent_requests: int = 256,
+    ):
+        self._lock = threading.RLock()
+        self.models: dict[str, ModelManager] = {}
+        self.batcher = Batcher(max_batch_size, batch_timeout_s) if enable_batching else None
+        self._slots = threading.BoundedSemaphore(max_concurrent_requests)
+        self.max_concurrent_requests = max_concurrent_requests
+        self.reload_config(config)
+
+    # -- configuration
+    def reload_config(self, config: Any) -> None:
+        """Apply a `ModelServerConfig`: add, update and remove models (new ones poll at once)."""
+        which = config.WhichOneof("config")
+        if which != "model_config_list":
+            raise ServingError("INVALID_ARGUMENT", "ServerCore only supports model_config_list")
+        seen: set[str] = set()
+        for model in config.model_config_list.config:
+            if model.name in seen:
+                raise ServingError("INVALID_ARGUMENT", f"Illegal to list model {model.name} multiple times in config list")
+            if not VALID_NAME.fullmatch(model.name or ""):
+                raise ServingError("INVALID_ARGUMENT", f"Illegal model name {model.name!r}: no '/', ':' or spaces")
+            if not model.base_path:
+                raise ServingError("INVALID_ARGUMENT", f"Model {model.name} has no base_path")
+            if model.model_platform not in ("", "tensorflow"):
+                raise ServingError("INVALID_ARGUMENT", f"Model {model.name} has unsupported platform {model.model_platform}")
+            seen.add(model.name)
+        with self._lock:
+            for name in list(self.models):
+                if name not in seen:
+                    self.models.pop(name).unload_all()
+            for model in config.model_config_list.config:
+                manager = self.models.get(model.name)
+                if manager is not None and manager.base_path == Path(model.base_path):
+                    manager.update_config(model)
+                else:
+                    if manager is not None:
+                        manager.unload_all()
+                    self.models[model.name] = ModelManager(model)
+            self.config = config
+        self.poll()
+
+    def poll(self) -> None:
+        with self._lock:
+            managers = list(self.models.values())
+        for manager in managers:
+            manager.poll(self._warmup)
+
+    def _warmup(self, servable: Servable) -> None:
+        """Replay `assets.extra/tf_serving_warmup_requests` (PredictionLog records) before serving."""
+        path = servable.path / WARMUP_PATH
+        if not path.is_file():
+            return
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        for i, record in enumerate(tf.data.TFRecordDataset(str(path))):
+            if i >= MAX_WARMUP_RECORDS:
+                break
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ServingError("UNIMPLEMENTED", "Unsupported log_type for warmup: only predict_log is replayed")
+            request = log.predict_log.request
+            sig = self.signature(servable, request.model_spec.signature_name, rest=False)
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            _check_inputs(sig, inputs)
+            run_signature(sig, inputs)
+
+    # -- lookup
+    def manager(self, name: str) -> ModelManager | None:
+        with self._lock:
+            return self.models.get(name)
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """`GetServableHandle`: the latest, a specific or a labelled version."""
+        manager = self.manager(name)
+        if label is not None:
+            if manager is None:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            version = manager.resolve_label(label)
+        servable = manager.servable(version) if manager is not None else None
+        if servable is None:
+            raise ServingError("NOT_FOUND", f"Servable not found for request: {_spec_text(name, version)}")
+        return servable
+
+    @staticmethod
+    def signature(servable: Servable, name: str, rest: bool) -> Signature:
+        key = name or DEFAULT_SIGNATURE
+        sig = servable.signatures.get(key)
+        if sig is None:
+            if rest:
+                raise ServingError("INVALID_ARGUMENT", f'Serving signature name: "{key}" not found in signature def')
+            raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{key}" not found.')
+        return sig
+
+    # -- API
+    def acquire(self) -> None:
+        if not self._slots.acquire(blocking=False):
+            raise ServingError(
+                "RESOURCE_EXHAUSTED",
+                f"Too many concurrent requests (limit {self.max_concurrent_requests}); retry later",
+            )
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def predict(
+        self,
+        servable: Servable,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: Iterable[str] = (),
+    ) -> tuple[Signature, dict[str, np.ndarray]]:
+        """`RunPredict`: signature, input checks, the (batched) call and the output filter."""
+        sig = self.signature(servable, signature_name, rest=False)
+        if sig.method_name != PREDICT_METHOD:
+            raise ServingError(
+                "INTERNAL",
+                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, {CLASSIFY_METHOD}, "
+                f"{REGRESS_METHOD}}}. Was: {sig.method_name}",
+            )
+        _check_inputs(sig, inputs)
+        wanted = list(output_filter)
+        seen: set[str] = set()
+        for alias in wanted:
+            if alias not in sig.outputs:
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{','.join(sorted(sig.outputs))}}}.",
+                )
+            if alias in seen:
+                raise ServingError("INVALID_ARGUMENT", f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        outputs = self.batcher.run(servable, sig, inputs) if self.batcher else run_signature(sig, inputs)
+        if wanted:
+            outputs = {k: outputs[k] for k in wanted}
+        return sig, outputs
+
+    def classify_or_regress(self, servable: Servable, signature_name: str, method: str) -> None:
+        """Classify/Regress: TF Serving's signature checks; Keras exports only have predict signatures."""
+        key = signature_name or DEFAULT_SIGNATURE
+        sig = servable.signatures.get(key)
+        if sig is None:
+            raise ServingError("INVALID_ARGUMENT", f"No signature was found with the name: {key}")
+        expected = CLASSIFY_METHOD if method == "classify" else REGRESS_METHOD
+        kind = "classification" if method == "classify" else "regression"
+        if sig.method_name != expected:
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Expected {kind} signature method_name to be {expected}. Was: {sig.method_name}"
+            )
+        raise ServingError("UNIMPLEMENTED", f"{kind} signatures over tf.Example are not served by geolabel's server")
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[tuple[int, VersionState]]:
+        """`GetModelStatus`: (version, state) pairs, newest first."""
+        manager = self.manager(name)
+        if label is not None:
+            if manager is None:
+                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+            version = manager.resolve_label(label)
+        states = dict(manager.states) if manager is not None else {}
+        if version is not None:
+            if version not in states:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
+            return [(version, states[version])]
+        if not states:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        return sorted(states.items(), reverse=True)
+
+
+# --------------------------------------------------------------------------- REST
+
+
+def status_json(states: list[tuple[int, VersionState]]) -> dict[str, Any]:
+    return {
+        "model_version_status": [
+            {
+                "version": str(version),
+                "state": state.state,
+                "status": {"error_code": state.error_code, "error_message": state.error_message},
+            }
+            for version, state in states
+        ]
+    }
+
+
+def metadata_json(servable: Servable) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    sig_map = json_format.MessageToDict(
+        servable.signature_def_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return {
+        "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+        "metadata": {"signature_def": sig_map},
+    }
+
+
+class RestHandler(BaseHTTPRequestHandler):
+    """TF Serving's REST API (`http_rest_api_handler.cc`)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "geolabel-serving"
+    core: ServerCore
+    max_body_bytes: int
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
+        logger.debug("rest %s: " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._handle("PATCH")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks, total = [], 0
+            while True:
+                line = self.rfile.readline(65537)
+                try:
+                    size = int(line.split(b";")[0].strip() or b"0", 16)
+                except ValueError as err:
+                    self.close_connection = True
+                    raise ServingError("INVALID_ARGUMENT", "Malformed chunked request body") from err
+                if size == 0:
+                    self.rfile.readline(65537)
+                    break
+                total += size
+                if total > self.max_body_bytes:
+                    self.close_connection = True
+                    raise ServingError(
+                        "RESOURCE_EXHAUSTED", f"Request body too large: more than {self.max_body_bytes} bytes"
+                    )
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError as err:
+            self.close_connection = True
+            raise ServingError("INVALID_ARGUMENT", "Malformed Content-Length header") from err
+        if length < 0:
+            self.close_connection = True
+            raise ServingError("INVALID_ARGUMENT", "Malformed Content-Length header")
+        if length > self.max_body_bytes:
+            # drain what is cheap to drain so the client reads the answer, then drop the connection
+            remaining = length if length <= 4 * self.max_body_bytes else 0
+            while remaining > 0:
+                got = self.rfile.read(min(remaining, 1 << 20))
+                if not got:
+                    break
+                remaining -= len(got)
+            self.close_connection = True
+            raise ServingError(
+                "RESOURCE_EXHAUSTED",
+                f"Request body too large: {length} bytes (limit {self.max_body_bytes} bytes)",
+            )
+        return self.rfile.read(length) if length else b""
+
+    def _handle(self, method: str) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        try:
+            body = self._read_body()
+        except ServingError as err:
+            self._reply(err.http_status, jt.error_json(err.message))
+            return
+        if not V1_RE.fullmatch(path):
+            self._reply(404, jt.error_json(f"Not found: {method} {path}"))
+            return
+        try:
+            payload = self._dispatch(method, path, body)
+        except ServingError as err:
+            self._reply(err.http_status, jt.error_json(err.message))
+            return
+        except jt.JsonTensorError as err:
+            self._reply(HTTP_STATUS.get(err.code, 500), jt.error_json(str(err)))
+            return
+        except Exception as err:  # an unexpected failure is an INTERNAL error, not a dropped connection
+            logger.exception("REST request %s %s failed", method, path)
+            self._reply(500, jt.error_json(f"{type(err).__name__}: {err}"))
+            return
+        self._reply(200, payload)
+
+    def _reply(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        malformed = ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
+        match = None
+        if method == "POST":
+            match = PREDICT_RE.fullmatch(path)
+        elif method == "GET":
+            match = STATUS_RE.fullmatch(path)
+        if match is None:
+            raise malformed
+        name = urllib.parse.unquote(match.group(1) or "")
+        version_text, label = match.group(2), match.group(3)
+        version = None
+        if version_text:
+            version = int(version_text)
+            if version > INT64_MAX:
+                raise ServingError("INVALID_ARGUMENT", f"Failed to convert version: {version_text} to numeric.")
+        if label is not None:
+            label = urllib.parse.unquote(label)
+        if method == "POST":
+            verb = match.group(4)
+            if verb not in ("predict", "classify", "regress"):
+                raise malformed
+            self.core.acquire()
+            try:
+                if verb == "predict":
+                    return self._predict(name, version, label, body)
+                return self._classify_regress(name, version, label, body, verb)
+            finally:
+                self.core.release()
+        if not name:
+            raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")
+        if match.group(4) and match.group(4) == "metadata":
+            servable = self.core.servable(name, version, label)
+            return _dumps(metadata_json(servable))
+        return _dumps(status_json(self.core.status(name, version, label)))
+
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        doc = jt.parse_json(body)
+        signature_name = jt.signature_name_of(doc)
+        servable = self.core.servable(name, version, label)
+        sig = self.core.signature(servable, signature_name, rest=True)
+        if not sig.inputs:
+            raise ServingError("INVALID_ARGUMENT", f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+        inputs, fmt = jt.predict_request_arrays(doc, sig.input_dtypes)
+        _, outputs = self.core.predict(servable, signature_name, inputs)
+        return jt.outputs_to_json(outputs, fmt)
+
+    def _classify_regress(self, name: str, version: int | None, label: str | None, body: bytes, verb: str) -> bytes:
+        doc = jt.parse_json(body)
+        signature_name = jt.signature_name_of(doc)
+        if "context" in doc and not isinstance(doc["context"], dict):
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Example must be JSON object but got JSON {jt.json_type(doc['context'])}"
+            )
+        if "examples" not in doc:
+            raise ServingError(
+                "INVALID_ARGUMENT",
+                f"JSON Value: {jt.value_to_string(doc)} When method is classify, key 'examples' is expected and "
+                "was not found",
+            )
+        if not isinstance(doc["examples"], list):
+            raise ServingError(
+                "INVALID_ARGUMENT", f"JSON Value: {jt.value_to_string(doc)} Expecting 'examples' value to be an list/array"
+            )
+        if not doc["examples"]:
+            raise ServingError("INVALID_ARGUMENT", f"JSON Value: {jt.value_to_string(doc)} 'examples' value is an empty array")
+        servable = self.core.servable(name, version, label)
+        self.core.classify_or_regress(servable, signature_name, verb)
+        raise ServingError("INTERNAL", "unreachable")
+
+
+def _dumps(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj, indent=2).encode("utf-8")
+
+
+class _RestServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+# --------------------------------------------------------------------------- gRPC
+
+
+def _grpc_abort(context: Any, err: ServingError) -> None:
+    import grpc
+
+    context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.UNKNOWN), err.message)
+
+
+def _spec_args(spec: Any) -> tuple[str, int | None, str | None]:
+    which = spec.WhichOneof("version_choice")
+    version = int(spec.version.value) if which == "version" else None
+    label = spec.version_label if which == "version_label" else None
+    return spec.name, version, label
+
+
+def make_grpc_servicers(core: ServerCore) -> tuple[Any, Any]:
+    """PredictionService and ModelService servicers over `core`."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+    from tensorflow.core.protobuf import error_codes_pb2
+
+    class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802  (gRPC method names)
+            try:
+                core.acquire()
+            except ServingError as err:
+                return _grpc_abort(context, err)
+            try:
+                servable = core.servable(*_spec_args(request.model_spec))
+                try:
+                    inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+                except (TypeError, ValueError) as err:
+                    raise ServingError("INVALID_ARGUMENT", f"Malformed TensorProto in request: {err}") from err
+                sig, outputs = core.predict(
+                    servable, request.model_spec.signature_name, inputs, request.output_filter
+                )
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                response.model_spec.signature_name = sig.name
+                for key, value in outputs.items():
+                    response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+                return response
+            except ServingError as err:
+                return _grpc_abort(context, err)
+            finally:
+                core.release()
+
+        def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return self._classify_regress(request, context, "classify")
+
+        def Regress(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return self._classify_regress(request, context, "regress")
+
+        def _classify_regress(self, request: Any, context: Any, verb: str) -> Any:
+            try:
+                servable = core.servable(*_spec_args(request.model_spec))
+                core.classify_or_regress(servable, request.model_spec.signature_name, verb)
+            except ServingError as err:
+                return _grpc_abort(context, err)
+
+        def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
+            return _grpc_abort(context, ServingError("UNIMPLEMENTED", "MultiInference is not served"))
+
+        def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+            try:
+                if not request.metadata_field:
+                    raise ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field")
+                for field_name in request.metadata_field:
+                    if field_name != "signature_def":
+                        raise ServingError("INVALID_ARGUMENT", f"Metadata field {field_name} is not supported")
+                if not request.HasField("model_spec"):
+                    raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+                servable = core.servable(*_spec_args(request.model_spec))
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                response.metadata["signature_def"].Pack(servable.signature_def_map)
+                return response
+            except ServingError as err:
+                return _grpc_abort(context, err)
+
+    class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
+            try:
+                if not request.HasField("model_spec"):
+                    raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
+                states = core.status(*_spec_args(request.model_spec))
+                response = get_model_status_pb2.GetModelStatusResponse()
+                for version, state in states:
+                    entry = response.model_version_status.add()
+                    entry.version = version
+                    entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+                    entry.status.error_code = error_codes_pb2.Code.Value(state.error_code)
+                    entry.status.error_message = state.error_message
+                return response
+            except ServingError as err:
+                return _grpc_abort(context, err)
+
+        def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:  # noqa: N802
+            response = model_management_pb2.ReloadConfigResponse()
+            try:
+                core.reload_config(request.config)
+                response.status.error_code = 0
+            except ServingError as err:
+                response.status.error_code = error_codes_pb2.Code.Value(err.code)
+                response.status.error_message = err.message
+            return response
+
+    return PredictionService(), ModelService()
+
+
+# ------------------------------------------------------------------------- server
+
+
+class ModelServer:
+    """REST + gRPC servers over one `ServerCore`, with file-system and config-file polling.
+
+    Args:
+        config: a `ModelServerConfig`; or give `model_name` and `model_base_path`.
+        model_config_file: path of a text `ModelServerConfig` (re-read every
+            `config_poll_seconds` when that is > 0).
+        rest_api_port, port: REST and gRPC ports (0 = any free port; gRPC None = off).
+        host: address to bind (`0.0.0.0` in containers, `127.0.0.1` for local use).
+        poll_seconds: file-system poll interval for new or removed versions (<= 0: never).
+        max_body_bytes: largest accepted request (REST body or gRPC message).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Any = None,
+        model_name: str | None = None,
+        model_base_path: str | os.PathLike | None = None,
+        model_config_file: str | os.PathLike | None = None,
+        rest_api_port: int | None = 8501,
+        port: int | None = 8500,
+        host: str = "0.0.0.0",
+        poll_seconds: float = 1.0,
+        config_poll_seconds: float = 0.0,
+        enable_batching: bool = True,
+        max_batch_size: int = 32,
+        batch_timeout_s: float = 0.002,
+        max_body_bytes: int = 64 << 20,
+        max_concurrent_requests: int = 256,
+        rest_threads: int = 64,
+    ):
+        self.model_config_file = Path(model_config_file) if model_config_file else None
+        if config is None:
+            if self.model_config_file is not None:
+                if not self.model_config_file.is_file():
+                    raise InputError(self.model_config_file, "model config file not found")
+                config = parse_model_config(self.model_config_file.read_text(), os.fspath(self.model_config_file))
+            elif model_name and model_base_path:
+                if not Path(model_base_path).is_dir():
+                    raise InputError(model_base_path, "model base path is not a folder")
+                config = single_model_config(model_name, Path(model_base_path).resolve())
+            else:
+                raise InputError("--model_base_path", "give --model_name and --model_base_path, or --model_config_file")
+        self.host = host
+        self.poll_seconds = poll_seconds
+        self.config_poll_seconds = config_poll_seconds
+        self.max_body_bytes = int(max_body_bytes)
+        self.rest_threads = rest_threads
+        try:
+            self.core = ServerCore(
+                config,
+                enable_batching=enable_batching,
+                max_batch_size=max_batch_size,
+                batch_timeout_s=batch_timeout_s,
+                max_concurrent_requests=max_concurrent_requests,
+            )
+        except ServingError as err:
+            raise InputError(model_config_file or "model config", err.message) from err
+        self._rest_port_wanted = rest_api_port
+        self._grpc_port_wanted = port
+        self.rest_port: int | None = None
+        self.grpc_port: int | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._http: _RestServer | None = None
+        self._grpc: Any = None
+        self._config_mtime = self.model_config_file.stat().st_mtime if self.model_config_file else None
+
+    def start(self) -> ModelServer:
+        """Bind the ports and start serving (non-blocking)."""
+        if self._rest_port_wanted is not None:
+            handler = type("BoundRestHandler", (RestHandler,), {"core": self.core, "max_body_bytes": self.max_body_bytes})
+            self._http = _RestServer((self.host, int(self._rest_port_wanted)), handler)
+            self.rest_port = self._http.server_address[1]
+            self._spawn(self._http.serve_forever, "rest")
+        if self._grpc_port_wanted is not None:
+            import grpc
+            from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+            options = [
+                ("grpc.max_receive_message_length", self.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+            ]
+            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.rest_threads), options=options)
+            predict, models = make_grpc_servicers(self.core)
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, self._grpc)
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, self._grpc)
+            bound = self._grpc.add_insecure_port(f"{self.host}:{int(self._grpc_port_wanted)}")
+            if not bound:
+                raise InputError("--port", f"cannot bind gRPC port {self._grpc_port_wanted}")
+            self.grpc_port = bound
+            self._grpc.start()
+        if self.poll_seconds > 0 or self.config_poll_seconds > 0:
+            self._spawn(self._poll_loop, "poll")
+        return self
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=f"geolabel-serving-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _poll_loop(self) -> None:
+        last_fs = last_cfg = time.monotonic()
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            if self.config_poll_seconds > 0 and now - last_cfg >= self.config_poll_seconds:
+                last_cfg = now
+                self._reload_config_file()
+            if self.poll_seconds > 0 and now - last_fs >= self.poll_seconds:
+                last_fs = now
+                try:
+                    self.core.poll()
+                except Exception:  # a polling failure must never stop the server
+                    logger.exception("file-system poll failed")
+
+    def _reload_config_file(self) -> None:
+        assert self.model_config_file is not None
+        try:
+            mtime = self.model_config_file.stat().st_mtime
+            if mtime == self._config_mtime:
+                return
+            self._config_mtime = mtime
+            self.core.reload_config(parse_model_config(self.model_config_file.read_text()))
+        except (OSError, InputError, ServingError) as err:
+            logger.warning("model config %s not reloaded: %s", self.model_config_file, err)
+
+    def wait_available(self, name: str | None = None, timeout: float = 60.0) -> None:
+        """Block until every model (or `name`) has an AVAILABLE version."""
+        deadline = time.monotonic() + timeout
+        while True:
+            names = [name] if name else list(self.core.models)
+            if all(self.core.manager(n) is not None and self.core.manager(n).loaded for n in names):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models {names} not available after {timeout} s")
+            time.sleep(0.05)
+
+    def serve_forever(self) -> None:
+        """Block until interrupted."""
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._grpc is not None:
+            self._grpc.stop(grace=1.0).wait()
+            self._grpc = None
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,254 @@
+"""REST contract of the embedded server (docs/tf-serving-contract.md), route by route."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+
+def post(url: str, body, **kw) -> requests.Response:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return requests.post(url, data=data, timeout=60, **kw)
+
+
+def error_of(response: requests.Response) -> str:
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"], body
+    return body["error"]
+
+
+def test_status(rest_url):
+    r = requests.get(f"{rest_url}/v1/models/seg", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert r.json() == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+    assert requests.get(f"{rest_url}/v1/models/seg/versions/1", timeout=10).json() == r.json()
+
+
+def test_metadata_lists_every_signature(rest_url):
+    r = requests.get(f"{rest_url}/v1/models/seg/metadata", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model_spec"] == {"name": "seg", "signature_name": "", "version": "1"}
+    sigs = body["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) == {"serving_default", "serving_uint8", "serving_bytes", "polygons", "map_update"}
+    default = sigs["serving_default"]
+    assert default["method_name"] == "tensorflow/serving/predict"
+    images = default["inputs"]["images"]
+    assert images["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in images["tensor_shape"]["dim"]] == ["-1", "-1", "-1", "3"]
+    assert default["outputs"]["classes"]["dtype"] == "DT_INT64"
+    assert sigs["serving_bytes"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert set(sigs["map_update"]["inputs"]) == {"image", "map"}
+    assert requests.get(f"{rest_url}/v1/models/seg/versions/1/metadata", timeout=10).json() == body
+
+
+def test_row_and_columnar_predict_match_keras(rest_url, tiny_runs, real_tiles):
+    import keras
+
+    model = keras.saving.load_model(tiny_runs["seg"], compile=False)
+    x = real_tiles[:2]
+    expected = np.asarray(model(x))
+    row = post(f"{rest_url}/v1/models/seg:predict", {"instances": x.tolist()})
+    assert row.status_code == 200, row.text
+    preds = row.json()["predictions"]
+    assert len(preds) == 2 and set(preds[0]) == {"classes", "probabilities"}
+    np.testing.assert_allclose(np.asarray([p["probabilities"] for p in preds]), expected, atol=1e-5)
+    assert np.array_equal(np.asarray([p["classes"] for p in preds]), expected.argmax(-1))
+    col = post(f"{rest_url}/v1/models/seg/versions/1:predict", {"inputs": x.tolist()})
+    assert col.status_code == 200
+    outputs = col.json()["outputs"]
+    np.testing.assert_allclose(np.asarray(outputs["probabilities"]), expected, atol=1e-5)
+    named = post(f"{rest_url}/v1/models/seg:predict", {"inputs": {"images": x.tolist()}})
+    np.testing.assert_allclose(np.asarray(named.json()["outputs"]["probabilities"]), expected, atol=1e-5)
+
+
+def test_padding_to_stride_and_crop_back(rest_url, real_tiles):
+    x = real_tiles[:1, :13, :19]  # not multiples of the stride
+    r = post(f"{rest_url}/v1/models/seg:predict", {"inputs": x.astype(int).tolist()})  # ints into a float input
+    assert r.status_code == 200, r.text
+    probs = np.asarray(r.json()["outputs"]["probabilities"])
+    assert probs.shape == (1, 13, 19, 2)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+
+
+def test_b64_png_and_uint8_signatures_agree(rest_url, real_tiles):
+    pixels = real_tiles[0].astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    b64 = base64.b64encode(buffer.getvalue()).decode()
+    r_bytes = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "serving_bytes", "instances": [{"b64": b64}]})
+    assert r_bytes.status_code == 200, r_bytes.text
+    r_uint8 = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "serving_uint8", "instances": [pixels.tolist()]})
+    assert r_uint8.status_code == 200, r_uint8.text
+    a = np.asarray(r_bytes.json()["predictions"][0]["probabilities"])
+    b = np.asarray(r_uint8.json()["predictions"][0]["probabilities"])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # b64 only for string inputs
+    bad = post(f"{rest_url}/v1/models/seg:predict", {"instances": [{"b64": b64}]})
+    assert bad.status_code == 400
+    assert "is not of expected type: float" in error_of(bad)
+
+
+def test_strict_types(rest_url):
+    r = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "serving_uint8", "instances": [[[[1.5, 2, 3]]]]})
+    assert r.status_code == 400
+    assert error_of(r) == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+        "JSON Value: 1.5 Type: Number is not of expected type: uint8"
+    )
+    r = post(f"{rest_url}/v1/models/seg:predict", {"inputs": [[[["a", 2, 3]]]]})
+    assert r.status_code == 400
+    assert error_of(r) == 'JSON Value: "a" Type: String is not of expected type: float'
+    r = post(f"{rest_url}/v1/models/seg:predict", {"inputs": [[[[16777217, 2, 3]]]]})
+    assert error_of(r) == "Cannot convert JSON value: 16777217 to float without loss of precision."
+
+
+def test_multi_input_and_extra_signatures(rest_url, real_tiles):
+    image = real_tiles[0, :16, :16]
+    amap = np.zeros((16, 16, 3))
+    amap[4:10, 4:10, 0] = 1
+    r = post(
+        f"{rest_url}/v1/models/seg:predict",
+        {"signature_name": "map_update", "instances": [{"image": image.tolist(), "map": amap.tolist()}]},
+    )
+    assert r.status_code == 200, r.text
+    pred = r.json()["predictions"][0]
+    assert np.asarray(pred["displacement"]).shape == (16, 16, 2)
+    assert np.asarray(pred["segmentation"]).shape == (16, 16, 4)
+    plain = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "map_update", "instances": [image.tolist()]})
+    assert plain.status_code == 400
+    assert "instances is a plain list, but expecting list of objects" in error_of(plain)
+    missing = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "map_update", "inputs": {"image": [image.tolist()]}})
+    assert error_of(missing) == "Missing named input: map in 'inputs' object."
+    patches = np.full((2, 32, 32, 3), 100.0)
+    poly = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "polygons", "inputs": patches.tolist()})
+    assert poly.status_code == 200, poly.text
+    vertices = np.asarray(poly.json()["outputs"])  # one output: the bare value
+    assert vertices.shape == (2, 4, 2) and ((vertices >= 0) & (vertices <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"", 400, "JSON Parse error: The document is empty"),
+        (b"{", 400, "JSON Parse error: Missing a name for object member. at offset: 1"),
+        (b"[1]", 400, "JSON Value: [\n    1\n] Is not object"),
+        (b"{}", 400, "Missing 'inputs' or 'instances' key"),
+        (b'{"instances": []}', 400, "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array"),
+        (
+            b'{"instances": [1], "inputs": [1]}',
+            400,
+            "JSON Value: {\n    \"instances\": [\n        1\n    ],\n    \"inputs\": [\n        1\n    ]\n} "
+            "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ",
+        ),
+        (b'{"signature_name": 3, "instances": [1]}', 400, None),
+        (b'{"signature_name": "nope", "instances": [1]}', 400, 'Serving signature name: "nope" not found in signature def'),
+    ],
+)
+def test_predict_request_errors(rest_url, body, status, message):
+    r = post(f"{rest_url}/v1/models/seg:predict", body)
+    assert r.status_code == status
+    error = error_of(r)
+    if message is None:
+        assert error.endswith("not formatted correctly. 'signature_name' key must be a string value.")
+    else:
+        assert error == message
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
+        ("POST", "/v1/models/seg/versions/7:predict", 404, "Servable not found for request: Specific(seg, 7)"),
+        ("POST", "/v1/models/seg/labels/stable:predict", 400, "Unrecognized servable version label: stable"),
+        ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
+        ("GET", "/v1/models/seg/versions/7", 404, "Could not find version 7 of model seg"),
+        ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
+        ("GET", "/v1/models", 400, "Missing model name in request."),
+        ("GET", "/v1/foo", 400, "Malformed request: GET /v1/foo"),
+        ("POST", "/v1/models/seg:explain", 400, "Malformed request: POST /v1/models/seg:explain"),
+        ("GET", "/v1/models/seg:predict", 400, "Malformed request: GET /v1/models/seg:predict"),
+        ("DELETE", "/v1/models/seg", 400, "Malformed request: DELETE /v1/models/seg"),
+        ("POST", "/v1/models/seg/versions/x:predict", 400, "Malformed request: POST /v1/models/seg/versions/x:predict"),
+        (
+            "POST",
+            "/v1/models/seg/versions/99999999999999999999:predict",
+            400,
+            "Failed to convert version: 99999999999999999999 to numeric.",
+        ),
+        ("POST", "/v1/models/seg:classify", 400, None),
+    ],
+)
+def test_route_errors(rest_url, method, path, status, message):
+    r = requests.request(method, rest_url + path, data=b'{"instances": [1], "examples": [{}]}', timeout=10)
+    assert r.status_code == status
+    error = error_of(r)
+    if message is None:
+        assert error == (
+            "Expected classification signature method_name to be tensorflow/serving/classify. "
+            "Was: tensorflow/serving/predict"
+        )
+    else:
+        assert error == message
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("name", ["../x", "..%2Fx", "%2e%2e%2fseg", "..%2F..%2Fetc%2Fpasswd", "seg%2F..%2F.."])
+def test_model_names_never_reach_files(server, name):
+    raw = raw_request(
+        server.rest_port, f"GET /v1/models/{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    assert status in (400, 404)
+    message = json.loads(body)["error"]
+    assert message.startswith(("Could not find any versions of model", "Malformed request"))
+    raw = raw_request(
+        server.rest_port,
+        f"POST /v1/models/{name}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\nConnection: close\r\n\r\n"
+        '{"instances":[1]}'.encode(),
+    )
+    assert int(raw.split()[1]) in (400, 404)
+
+
+def test_oversized_and_malformed_requests_rejected(server, rest_url):
+    big = b'{"instances": [' + b"1," * (3 << 20) + b"1]}"  # > the 4 MiB limit of the fixture
+    r = requests.post(f"{rest_url}/v1/models/seg:predict", data=big, timeout=30)
+    assert r.status_code == 429
+    assert error_of(r).startswith("Request body too large")
+    raw = raw_request(
+        server.rest_port,
+        b"POST /v1/models/seg:predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\nConnection: close\r\n\r\n",
+    )
+    assert int(raw.split()[1]) == 400
+    # the server is fine afterwards
+    assert requests.get(f"{rest_url}/v1/models/seg", timeout=10).status_code == 200
+
+
+def test_unknown_top_level_path_is_json(rest_url):
+    r = requests.get(f"{rest_url}/healthz", timeout=10)
+    assert r.status_code == 404
+    assert error_of(r)
