@@ -9,17 +9,20 @@ that building's OSM quadrilateral in source pixels (zoom-20 tiles, ~0.15 m/px):
   centre (else the largest) is polygonised and simplified by Douglas-Peucker;
 - oracle mask + DP: the ground-truth quadrilateral rasterised at the same crop resolution
   (an upper bound for any mask-based route at that resolution);
-- regularised polygons of `geolabel.vectorize.polygons` on the U-Net mask, when available;
+- regularised polygons: `geolabel.vectorize.polygons.regularize_polygon` (right angles) on the
+  U-Net + DP polygons;
+- PolyCNN without the artificial pre-training (ablation, same real schedule);
 - PolyCNN end to end: connected components of the rasterised ground-truth class raster of
   the whole city -> crops -> `polygonize_polycnn`, each building matched to its best polygon.
 
-Usage: .venv/bin/python benchmarks/bench_polycnn.py [--quick]
+Usage: .venv/bin/python benchmarks/bench_polycnn.py [--quick] [--no-ablation]
 Writes benchmarks/results/polycnn.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -110,15 +113,20 @@ def unet_examples(city: pc.CityQuads, copies: int, jitter: float, seed: int) -> 
 
 
 def regularized_fn():
-    """`geolabel.vectorize.polygons`' regularising polygoniser if it exists (None otherwise)."""
+    """`geolabel.vectorize.polygons.regularize_polygon` (the predict layer's right-angle regularisation), if present."""
     try:
-        from geolabel.vectorize import polygons
+        from geolabel.vectorize.polygons import regularize_polygon
     except ImportError:
         return None
-    for name in ("regularize_polygon", "regularize", "regularized_polygon"):
-        if hasattr(polygons, name):
-            return getattr(polygons, name)
-    return None
+    return regularize_polygon
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 2000) -> tuple[float, float, float]:
+    """Mean of a - b and its 95 % bootstrap interval over the paired buildings."""
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(a) - np.asarray(b)
+    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)])
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def summary(scores: pc.QuadScores, res_m: float, vertices: list[int] | None = None) -> dict:
@@ -133,6 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (a smoke test of the script)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ablation", action="store_true", help="skip PolyCNN without artificial pre-training")
     args = parser.parse_args()
     import keras
 
@@ -159,6 +168,13 @@ def main() -> None:
         polycnn_s = time.perf_counter() - t0
         model = pc.load_polycnn(tmp)
         history = (Path(tmp) / "history.csv").read_text()
+    scratch_model, scratch_s = None, 0.0
+    if not args.no_ablation:  # same real schedule, no artificial pre-training
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            pc.train_polycnn(dataclasses.replace(config, pretrain_steps=0), tmp)
+            scratch_s = time.perf_counter() - t0
+            scratch_model = pc.load_polycnn(tmp)
 
     train = [pc.load_city(DATA / c, config.zoom, config.tolerance_m) for c in config.train_cities]
     val = pc.load_city(DATA / config.val_city, config.zoom, config.tolerance_m)
@@ -169,7 +185,13 @@ def main() -> None:
     t0 = time.perf_counter()
     poly_rings = pc.regress_city(model, val, config.margin)
     polycnn_infer_s = time.perf_counter() - t0
-    results: dict[str, dict] = {"PolyCNN": summary(pc.score_quads(val.quads, poly_rings), res_m, [4] * len(poly_rings))}
+    poly_scores = pc.score_quads(val.quads, poly_rings)
+    results: dict[str, dict] = {"PolyCNN": summary(poly_scores, res_m, [4] * len(poly_rings))}
+    per_building = {"PolyCNN": poly_scores.iou}
+    if scratch_model is not None:
+        scores = pc.score_quads(val.quads, pc.regress_city(scratch_model, val, config.margin))
+        per_building["PolyCNN, no artificial pre-training"] = scores.iou
+        results["PolyCNN, no artificial pre-training"] = summary(scores, res_m, [4] * len(poly_rings))
 
     # U-Net + DP, oracle mask + DP
     parts = [unet_examples(c, config.copies, config.jitter, args.seed + i) for i, c in enumerate(train)]
@@ -197,9 +219,19 @@ def main() -> None:
                     continue
                 rings.append(crop.to_source(ring / UNET_PATCH))
                 counts.append(len(ring))
-            results[f"{label} (tol {tol:g} crop px)"] = summary(pc.score_quads(val.quads, rings), res_m, counts)
-    if regularize is not None:
-        results["regularised (U-Net mask)"] = {"note": f"found {regularize.__name__}; not wired: signature unknown"}
+            scores = pc.score_quads(val.quads, rings)
+            per_building[f"{label} (tol {tol:g} crop px)"] = scores.iou
+            results[f"{label} (tol {tol:g} crop px)"] = summary(scores, res_m, counts)
+            if regularize is not None and label == "U-Net + DP" and tol <= 2:
+                from shapely.geometry import Polygon as _P
+
+                reg = [
+                    np.asarray(regularize(_P(r)).exterior.coords)[:-1] if len(r) >= 3 else r for r in rings
+                ]
+                name = f"U-Net + DP + regularised (tol {tol:g} crop px)"
+                scores = pc.score_quads(val.quads, reg)
+                per_building[name] = scores.iou
+                results[name] = summary(scores, res_m, [len(r) for r in reg])
 
     # end to end: connected components of a rasterised GT class raster -> polygonize_polycnn
     from rasterio.features import rasterize
@@ -219,6 +251,7 @@ def main() -> None:
     total_s = time.perf_counter() - t_start
     best_dp = max((k for k in results if k.startswith("U-Net + DP")), key=lambda k: results[k]["mean_iou"])
     ratio = results["PolyCNN"]["mean_iou"] / results[best_dp]["mean_iou"]
+    diff, lo, hi = paired_bootstrap(per_building["PolyCNN"], per_building[best_dp], args.seed)
     payload = {
         "command": command,
         "keras_backend": keras.backend.backend(),
@@ -229,10 +262,12 @@ def main() -> None:
         "train_examples": metrics["train_examples"],
         "resolution_m": res_m,
         "unet": {"depth": 3, "width": 8, "steps": steps, "pixel_iou_vs_oracle": pixel_iou, "final_loss": float(np.mean(unet_losses[-20:]))},
-        "seconds": {"polycnn_total": round(polycnn_s, 1), "polycnn_inference": round(polycnn_infer_s, 2), "unet_train": round(unet_s, 1), "all": round(total_s, 1)},
+        "seconds": {"polycnn_total": round(polycnn_s, 1), "polycnn_no_pretraining": round(scratch_s, 1), "polycnn_inference": round(polycnn_infer_s, 2), "unet_train": round(unet_s, 1), "all": round(total_s, 1)},
         "results": results,
         "polycnn_iou_over_best_unet_dp": ratio,
         "best_unet_dp": best_dp,
+        "iou_difference_vs_best_unet_dp": {"mean": diff, "ci95": [lo, hi]},
+        "per_building_iou": {k: [round(float(v), 4) for v in a] for k, a in per_building.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(RESULTS / "polycnn.json", json.dumps(payload, indent=2) + "\n")
@@ -258,7 +293,13 @@ def render(p: dict, history: str, config_yaml: str) -> str:
             f"| {name} | {r['mean_iou']:.3f} | {r['median_vertex_px']:.1f} / {r['median_vertex_m']:.2f} | {curve} | {r.get('mean_vertices', float('nan')):.1f} |"
         )
     s = p["seconds"]
-    winner = "PolyCNN" if p["polycnn_iou_over_best_unet_dp"] > 1 else "U-Net + Douglas-Peucker"
+    d = p["iou_difference_vs_best_unet_dp"]
+    if d["ci95"][0] > 0:
+        verdict = "PolyCNN wins on mean polygon IoU here"
+    elif d["ci95"][1] < 0:
+        verdict = "U-Net + Douglas-Peucker wins on mean polygon IoU here"
+    else:
+        verdict = "neither wins clearly on mean polygon IoU here (the paired 95 % interval contains 0)"
     return f"""# PolyCNN vs mask + Douglas-Peucker (held-out city: {p['held_out_city']})
 
 Command: `{p['command']}` (Keras backend {p['keras_backend']}, CPU, shared 2-core machine).
@@ -274,8 +315,9 @@ pixels. DP tolerances are in crop pixels of the {UNET_PATCH}x{UNET_PATCH} crop.
 
 {chr(10).join(lines)}
 
-**Result: {winner} wins on mean polygon IoU here**: PolyCNN / best U-Net + DP
-({p['best_unet_dp']}) = {p['polycnn_iou_over_best_unet_dp']:.2f}.
+**Result: {verdict}**: PolyCNN / best U-Net + DP ({p['best_unet_dp']}) =
+{p['polycnn_iou_over_best_unet_dp']:.3f}; paired IoU difference {d['mean']:+.3f}
+(95 % bootstrap interval {d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}, {p['held_out_quadrilaterals']} buildings).
 The masks of "U-Net + DP" are a segmentation model's prediction (a `geolabel.models` U-Net,
 depth 3, width {p['unet']['width']}, trained here for {p['unet']['steps']} steps on the same crops;
 pixel IoU vs the rasterised truth {p['unet']['pixel_iou_vs_oracle']:.3f}); "oracle mask + DP"
@@ -284,7 +326,8 @@ The paper reports 79.5 % vs 62.4 % (Inception-V4 extractor pre-trained on ImageN
 Duke solar panels); here the extractor is small and random-initialised and training lasts
 minutes on a CPU, so these numbers are a lower bound for the method.
 
-Timings (same run): PolyCNN pre-training + staged training {s['polycnn_total']} s,
+Timings (same run): PolyCNN pre-training + staged training {s['polycnn_total']} s
+(without pre-training {s['polycnn_no_pretraining']} s),
 PolyCNN inference on {p['held_out_quadrilaterals']} crops {s['polycnn_inference']} s, U-Net training {s['unet_train']} s,
 whole benchmark {s['all']} s.
 

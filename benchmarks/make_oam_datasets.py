@@ -25,13 +25,14 @@ from geolabel.data.tileserver import TileServer  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "oam-osm"
 OUT = ROOT / "benchmarks" / "data" / "oam"
 CITIES = ("zanzibar-tz", "kampala-ug", "virac-ph")
+PORTS = {"zanzibar-tz": 47211, "kampala-ug": 47212, "virac-ph": 47213}  # fixed: the same URL lets a re-run skip finished work
 
 
 def make(city: str, zoom: int = 21, chip_size: int = 256) -> dict:
     """Fetch one city into OUT/city; return its manifest."""
     tiles = SHARED / city / "tiles"
     extent = local_tile_range(tiles, zoom)
-    with TileServer(tiles) as server:
+    with TileServer(tiles, port=PORTS.get(city, 0)) as server:
         return fetch_dataset(
             OUT / city, server.template("jpg"), str(SHARED / city / "osm-buildings.geojson"),
             bbox=extent.bounds_lonlat(), classes=("background", "building"),

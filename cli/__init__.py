@@ -18,6 +18,11 @@ from geolabel.progress import setup_logging
 # command name -> "module:attribute" under geolabel.cli
 COMMANDS = {
     "info": "geolabel.cli.info:info",
+    "fetch": "geolabel.cli.fetch:fetch",
+    "predict": "geolabel.cli.predict:predict",
+    "evaluate": "geolabel.cli.evaluate:evaluate",
+    "train": "geolabel.cli.train:train",
+    "models": "geolabel.cli.models:models",
     "pipeline": "geolabel.cli.pipeline:pipeline",
     "align": "geolabel.cli.align:align",
     "mapupdate": "geolabel.cli.mapupdate:mapupdate",

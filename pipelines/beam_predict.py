@@ -16,6 +16,7 @@ output folder is on storage every worker can reach.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -58,17 +59,30 @@ class Block:
         return Window(self.read_col, self.read_row, self.read_width, self.read_height)
 
 
-def plan_blocks(width: int, height: int, block_size: int, halo: int) -> list[Block]:
-    """Row-major blocks of `block_size` covering the raster, each with `halo` pixels of context."""
+def plan_blocks(width: int, height: int, block_size: int, halo: int, align: int = 1) -> list[Block]:
+    """Row-major blocks of `block_size` covering the raster, each read with `halo` pixels of context.
+
+    Read windows start on multiples of `align` (clipped to the raster): with `align` the
+    prediction window step and `halo` at least one window, a block sees exactly the
+    windows (positions, weights and order) that cover it in a whole-raster run.
+    """
     from geolabel.data.raster import iter_windows
 
     blocks = []
     for i, w in enumerate(iter_windows(width, height, block_size)):
-        c0, r0 = max(0, int(w.col_off) - halo), max(0, int(w.row_off) - halo)
+        c0 = max(0, (int(w.col_off) - halo) // align * align)
+        r0 = max(0, (int(w.row_off) - halo) // align * align)
         c1 = min(width, int(w.col_off + w.width) + halo)
         r1 = min(height, int(w.row_off + w.height) + halo)
         blocks.append(Block(i, int(w.col_off), int(w.row_off), int(w.width), int(w.height), c0, r0, c1 - c0, r1 - r0))
     return blocks
+
+
+def window_geometry(width: int, height: int, window: int, overlap: int, stride: int) -> tuple[int, int]:
+    """(window size, overlap) exactly as `geolabel.predict.predict_raster` settles them for this raster."""
+    size = min(int(window), max(width, height))
+    size = max(16, math.ceil(size / stride) * stride)
+    return size, min(int(overlap), size // 2)
 
 
 def beam_options(beam_args: list[str] | None):
@@ -85,84 +99,176 @@ def _part(out_dir: Path, kind: str, index: int) -> Path:
     return out_dir / PARTS / f"{kind}-{index:06d}.tif"
 
 
-def _block_polygons(classes: np.ndarray, probabilities: np.ndarray, transform, num_classes: int) -> list[dict]:
-    """Exact pixel-edge polygons of every non-background class region of a block.
+@dataclass(frozen=True)
+class PolygonSpec:
+    """How to vectorise: a `geolabel.vectorize.POLYGONIZERS` name and its options.
 
-    Each record keeps what a merge across seams needs: the geometry (WKB), the class,
-    the pixel count and the summed class probability (for the area-weighted confidence).
+    "dp" and "regularized" run per block on the workers (pieces cut by a seam wait for
+    the merge step, as in `geolabel.vectorize.polygons.polygonize_blocks`); any other
+    polygoniser runs once on the merged rasters.
     """
-    import rasterio.features
-    from shapely.geometry import shape
 
-    records = []
-    for value, in_class in ((c, classes == c) for c in range(1, num_classes)):
-        if not in_class.any():
-            continue
-        labels, count = _label(in_class)
-        for geom, label in rasterio.features.shapes(labels, mask=labels > 0, transform=transform, connectivity=4):
-            region = labels == int(label)
-            records.append(
-                {
-                    "wkb": shape(geom).wkb,
-                    "class": int(value),
-                    "pixels": int(region.sum()),
-                    "prob_sum": float(probabilities[value][region].sum()),
-                }
-            )
-    return records
+    method: str = "regularized"
+    tolerance: float = 0.5
+    min_area: float = 2.0
+
+    @property
+    def blockwise(self) -> bool:
+        return self.method in ("dp", "regularized")
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"min_area": self.min_area}
+        if self.blockwise:
+            options["tolerance"] = self.tolerance
+        return options
 
 
-def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    from scipy import ndimage
+@dataclass(frozen=True)
+class Grid:
+    """The whole raster's georeferencing, as the polygon steps need it."""
 
-    labels, count = ndimage.label(mask, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
-    return labels.astype(np.int32), int(count)
+    width: int
+    height: int
+    transform: Any
+    crs: Any
+    scale: float
+    metric_crs: Any
+
+    @classmethod
+    def of(cls, src) -> Grid:
+        """Ground scale / metric CRS decided exactly as `polygonize_blocks` decides them."""
+        import geopandas as gpd
+        import shapely
+
+        from geolabel.vectorize.polygons import _ground_scale
+
+        metric_crs, scale = None, 1.0
+        if src.crs is not None:
+            try:
+                scale = _ground_scale(src.transform, src.crs, src.width, src.height)
+            except ValueError:
+                left, bottom, right, top = src.bounds
+                box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+                metric_crs = gpd.GeoSeries([box], crs=src.crs).estimate_utm_crs()
+        return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs)
+
+
+def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:
+    if spec.method != "regularized":
+        return set()
+    return {names.index("building")} if "building" in names else {1}
+
+
+def block_pieces(classes: np.ndarray, probabilities: np.ndarray, block: Block, grid: Grid, spec: PolygonSpec,
+                 names: tuple[str, ...]) -> tuple[list, list]:
+    """(finished polygons, pieces waiting on a seam) of one block; probabilities in [0, 1]."""
+    from geolabel.classes import IGNORE
+    from geolabel.vectorize.polygons import _block_pieces, _finish
+
+    seams = (block.row > 0, block.row + block.height < grid.height, block.col > 0, block.col + block.width < grid.width)
+    pieces = _block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
+    done = _finish([p for p in pieces if not p.on_seam], grid.transform, grid.crs, grid.scale, grid.metric_crs,
+                   tolerance=spec.tolerance, min_area=spec.min_area, regularize=_regular_classes(spec, names),
+                   angle_tolerance=20.0)
+    return done, [p for p in pieces if p.on_seam]
+
+
+def merge_pieces(done: list, waiting: list, grid: Grid, spec: PolygonSpec, names: tuple[str, ...]):
+    """Union the seam pieces, finish them, and return every polygon as a GeoDataFrame."""
+    import geopandas as gpd
+
+    from geolabel.vectorize.polygons import _finish, _merge_seam_pieces
+
+    done = list(done) + _finish(_merge_seam_pieces(list(waiting)), grid.transform, grid.crs, grid.scale,
+                                grid.metric_crs, tolerance=spec.tolerance, min_area=spec.min_area,
+                                regularize=_regular_classes(spec, names), angle_tolerance=20.0)
+    labels = [names[o[0]] if o[0] < len(names) else str(o[0]) for o in done]
+    return gpd.GeoDataFrame(
+        {"class": np.asarray(labels, dtype=object), "area": np.asarray([o[1] for o in done], float),
+         "confidence": np.asarray([o[2] for o in done], float)},
+        geometry=gpd.GeoSeries([o[3] for o in done], crs=grid.crs), crs=grid.crs,
+    )
+
+
+def _style(path: Path) -> dict[str, Any]:
+    """Tags, band names, palette and overview resampling of a prediction output, for its parts."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        style: dict[str, Any] = {"tags": src.tags(), "blocksize": max(16, src.block_shapes[0][0])}
+        if any(src.descriptions):
+            style["band_descriptions"] = list(src.descriptions)
+        try:
+            style["colormap"] = src.colormap(1)
+        except ValueError:
+            pass
+    style["overview_resampling"] = "nearest" if "colormap" in style else "average"
+    return style
+
+
+def write_subraster(src, window: Window, path: Path) -> None:
+    """Copy `window` of an open dataset to a GeoTIFF, keeping nodata, band roles and the mask."""
+    import rasterio
+    from rasterio.enums import MaskFlags
+
+    profile = {k: v for k, v in src.profile.items() if k in ("dtype", "count", "crs", "nodata")}
+    profile.update(driver="GTiff", width=int(window.width), height=int(window.height),
+                   transform=src.window_transform(window), tiled=True, blockxsize=256, blockysize=256)
+    data = src.read(window=window)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = src.colorinterp
+        if any(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in src.mask_flag_enums):
+            dst.write_mask(src.read_masks(1, window=window))
 
 
 class PredictBlock:
     """Beam DoFn body: predict one block, write its parts, emit its polygon records."""
 
-    def __init__(self, model: str, input_path: str, out_dir: str, options: dict[str, Any], polygons: bool):
+    def __init__(self, model: str, input_path: str, out_dir: str, options: dict[str, Any], polygons: PolygonSpec | None,
+                 grid: Grid):
         self.model_path = model
         self.input_path = input_path
         self.out_dir = Path(out_dir)
         self.options = dict(options)
         self.polygons = polygons
-        self._model = None
+        self.grid = grid
+        self._predict_fn = None
 
     def setup(self) -> None:
         """Load the model once per worker."""
-        from geolabel.serving.export import load_keras_model
+        from geolabel.predict.predictor import keras_predict_fn, load_model
 
-        self._model = load_keras_model(self.model_path)
+        self._predict_fn = keras_predict_fn(load_model(self.model_path))
 
     def process(self, block: Block) -> Iterator[dict]:
-        from geolabel.data.raster import GeoBlock, open_raster, read_block, read_raster, write_raster
-        from geolabel.predict import predict_raster
+        from geolabel.data.raster import GeoBlock, open_raster, read_raster, write_raster
+        from geolabel.predict.predictor import predict_raster
 
-        if self._model is None:
+        if self._predict_fn is None:
             self.setup()
         with tempfile.TemporaryDirectory(prefix=f"geolabel-block-{block.index}-") as tmp:
-            with open_raster(self.input_path) as src:
-                haloed = read_block(src, block.read_window)
             sub = Path(tmp) / "block.tif"
-            write_raster(sub, haloed)
-            predict_raster(self._model, sub, Path(tmp) / "out", **self.options)
-            dc, dr = block.col - block.read_col, block.row - block.read_row
+            with open_raster(self.input_path) as src:
+                write_subraster(src, block.read_window, sub)
+                transform, crs = src.window_transform(block.window), src.crs
+            predict_raster(self._predict_fn, sub, Path(tmp) / "out", preview=False, **self.options)
             classes = read_raster(Path(tmp) / "out" / "classes.tif")
             probs = read_raster(Path(tmp) / "out" / "probabilities.tif")
+            styles = {kind: _style(Path(tmp) / "out" / f"{kind}.tif") for kind in ("classes", "probabilities")}
+            scale = 255.0 if probs.array.dtype == np.uint8 else 1.0
+        dc, dr = block.col - block.read_col, block.row - block.read_row
         crop = (slice(None), slice(dr, dr + block.height), slice(dc, dc + block.width))
-        with open_raster(self.input_path) as src:
-            transform = src.window_transform(block.window)
-            crs = src.crs
         class_part = GeoBlock(classes.array[crop], transform, crs, classes.nodata)
         prob_part = GeoBlock(probs.array[crop], transform, crs, probs.nodata)
-        write_raster(_part(self.out_dir, "classes", block.index), class_part)
-        write_raster(_part(self.out_dir, "probabilities", block.index), prob_part)
-        records = []
-        if self.polygons:
-            records = _block_polygons(class_part.array[0], prob_part.array, transform, prob_part.array.shape[0])
-        yield {"block": block, "polygons": records}
+        for kind, part in (("classes", class_part), ("probabilities", prob_part)):
+            write_raster(_part(self.out_dir, kind, block.index), part, **styles[kind])
+        done, waiting = [], []
+        if self.polygons is not None and self.polygons.blockwise:
+            names = tuple(json.loads(styles["classes"]["tags"].get("classes", "[]"))) or ("background", "building")
+            probabilities = prob_part.array.astype(np.float32) / scale
+            done, waiting = block_pieces(class_part.array[0], probabilities, block, self.grid, self.polygons, names)
+        yield {"block": block, "done": done, "waiting": waiting}
 
 
 def _merge_rasters(out_dir: Path, blocks: list[Block], input_path: str) -> dict[str, Path]:
@@ -175,28 +281,13 @@ def _merge_rasters(out_dir: Path, blocks: list[Block], input_path: str) -> dict[
         width, height, crs, transform = src.width, src.height, src.crs, src.transform
     written = {}
     for kind in ("classes", "probabilities"):
-        with rasterio.open(_part(out_dir, kind, blocks[0].index)) as first:
-            profile = first.profile
-            tags = first.tags()
-            descriptions = list(first.descriptions) if any(first.descriptions) else None
-            try:
-                colormap = first.colormap(1)
-            except ValueError:
-                colormap = None
+        first = _part(out_dir, kind, blocks[0].index)
+        with rasterio.open(first) as part:
+            profile = part.profile
         path = out_dir / f"{kind}.tif"
         with RasterWriter(
-            path,
-            width=width,
-            height=height,
-            count=profile["count"],
-            dtype=profile["dtype"],
-            crs=crs,
-            transform=transform,
-            nodata=profile.get("nodata"),
-            tags=tags,
-            band_descriptions=descriptions,
-            colormap=colormap,
-            overview_resampling="nearest" if kind == "classes" else "average",
+            path, width=width, height=height, count=profile["count"], dtype=profile["dtype"], crs=crs,
+            transform=transform, nodata=profile.get("nodata"), **_style(first),
         ) as writer:
             for block in blocks:
                 with rasterio.open(_part(out_dir, kind, block.index)) as part:
@@ -205,93 +296,66 @@ def _merge_rasters(out_dir: Path, blocks: list[Block], input_path: str) -> dict[
     return written
 
 
-def merge_polygons(records: list[dict], crs, pixel_area: float):
-    """Merge block polygons that touch across seams (same class) into one; returns a GeoDataFrame.
-
-    Per merged polygon: `class`, `area` (CRS units^2) and `confidence` (mean probability of
-    its class over its pixels).
-    """
-    import geopandas as gpd
-    import shapely
-    from shapely.ops import unary_union
-
-    columns = {"class": [], "area": [], "confidence": [], "geometry": []}
-    by_class: dict[int, list[dict]] = {}
-    for record in records:
-        by_class.setdefault(record["class"], []).append(record)
-    for value, group in sorted(by_class.items()):
-        geoms = [shapely.from_wkb(r["wkb"]) for r in group]
-        tree = shapely.STRtree(geoms)
-        parent = list(range(len(geoms)))
-
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        left, right = tree.query(geoms, predicate="intersects")
-        for a, b in zip(left, right):
-            if a < b and geoms[a].intersection(geoms[b]).length > 0:  # a shared edge, not a corner
-                parent[find(a)] = find(b)
-        groups: dict[int, list[int]] = {}
-        for i in range(len(geoms)):
-            groups.setdefault(find(i), []).append(i)
-        for members in groups.values():
-            geom = unary_union([geoms[i] for i in members]) if len(members) > 1 else geoms[members[0]]
-            pixels = sum(group[i]["pixels"] for i in members)
-            columns["class"].append(value)
-            columns["area"].append(float(geom.area))
-            columns["confidence"].append(sum(group[i]["prob_sum"] for i in members) / max(pixels, 1))
-            columns["geometry"].append(geom)
-    return gpd.GeoDataFrame(columns, geometry="geometry", crs=crs)
-
-
 def predict_raster_beam(
     model: str | os.PathLike,
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    block_size: int = 1024,
-    halo: int = 256,
-    polygons: bool = False,
+    block_size: int = 2048,
+    window: int = 1024,
+    overlap: int = 64,
+    polygons: PolygonSpec | None = None,
+    preview: bool = True,
     beam_args: list[str] | None = None,
     keep_parts: bool = False,
     **predict_options: Any,
 ) -> dict[str, Path]:
-    """Predict `input_path` with the model of `model` (run folder or .keras) as a Beam pipeline.
+    """Predict `input_path` with `model` (run folder or .keras) as a Beam pipeline, one element per block.
+
+    Each block is read with one prediction window of context on every side, on the
+    window grid of a whole-raster run, so its pixels blend exactly the windows they
+    would blend in `geolabel.predict.predict_raster` (the outputs equal a local run's up
+    to float rounding).
 
     Args:
-        model: run folder or `.keras` file.
+        model: run folder or `.keras` file (loaded once per worker).
         input_path: the raster to label.
         out_dir: output folder (shared storage when the runner is distributed).
         block_size: block side in pixels (one Beam element per block).
-        halo: context pixels read around each block (at least the prediction window size
-            keeps the result independent of the block grid).
-        polygons: also write `polygons.gpkg` (merged across block seams).
-        beam_args: Beam flags (default: DirectRunner in this process).
+        window, overlap: prediction windows, as in `predict_raster`.
+        polygons: also write `polygons.gpkg` and `polygons.geojson` (as `geolabel predict
+            --polygons`): polygonised per block on the workers, merged across block seams.
+        preview: also write preview.png.
+        beam_args: Beam flags (default: DirectRunner in this process, one worker).
         keep_parts: keep the per-block COG parts under `out_dir/parts/`.
-        predict_options: passed to `geolabel.predict.predict_raster` for every block.
+        predict_options: further `predict_raster` options (batch_size, tta, classes, bands,
+            tile, probability_dtype, compress).
 
     Returns:
-        {"classes": path, "probabilities": path[, "polygons": path]}.
+        {"classes", "probabilities"[, "polygons"][, "preview"]} -> path.
     """
     import apache_beam as beam
+    import rasterio
 
     from geolabel.data.raster import open_raster
+    from geolabel.predict.predictor import keras_predict_fn, load_model
 
     if block_size < 16:
         raise InputError("--block-size", "must be >= 16 pixels")
-    if halo < 0:
-        raise InputError("--halo", "must be >= 0")
     input_path = os.fspath(input_path)
     out = Path(out_dir)
+    stride = keras_predict_fn(load_model(model)).stride
     with open_raster(input_path) as src:
-        blocks = plan_blocks(src.width, src.height, block_size, halo)
-        crs = src.crs
-        pixel_area = abs(src.transform.a * src.transform.e)
+        width, height = src.width, src.height
+        grid = Grid.of(src)
+    size, overlap = window_geometry(width, height, window, overlap, stride)
+    if max(width, height) <= max(size, block_size):
+        blocks = plan_blocks(width, height, max(width, height), 0)
+    else:
+        blocks = plan_blocks(width, height, block_size, halo=size, align=size - overlap)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
-    body = PredictBlock(os.fspath(model), input_path, os.fspath(out), predict_options, polygons)
+    options = {**predict_options, "window": size, "overlap": overlap}
+    body = PredictBlock(os.fspath(model), input_path, os.fspath(out), options, polygons, grid)
 
     class _PredictDoFn(beam.DoFn):
         def setup(self) -> None:
@@ -305,16 +369,21 @@ def predict_raster_beam(
         if [b.index for b in done] != [b.index for b in blocks]:
             raise RuntimeError(f"{len(blocks) - len(done)} block(s) missing from the Beam output")
         _merge_rasters(out, done, input_path)
-        if polygons:
-            from geolabel.atomic import atomic_path
+        if polygons is not None:
+            from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
-            records = [r for item in items for r in item["polygons"]]
-            frame = merge_polygons(records, crs, pixel_area)
-            path = out / "polygons.gpkg"
-            with atomic_path(path) as tmp:
-                frame.to_file(tmp, driver="GPKG", layer="polygons")
+            if polygons.blockwise:
+                with rasterio.open(out / "classes.tif") as src:
+                    names = tuple(json.loads(src.tags().get("classes", '["background", "building"]')))
+                items = sorted(items, key=lambda item: item["block"].index)
+                done_all = [o for item in items for o in item["done"]]
+                frame = merge_pieces(done_all, [p for item in items for p in item["waiting"]], grid, polygons, names)
+            else:
+                frame = polygonize_raster(out / "classes.tif", out / "probabilities.tif", method=polygons.method,
+                                          **polygons.options())
+            write_polygons(frame, out, "polygons")
 
-    logger.info("Beam predict: %d blocks of %d px (halo %d)", len(blocks), block_size, halo)
+    logger.info("Beam predict: %d block(s) of %d px, windows of %d px (overlap %d)", len(blocks), block_size, size, overlap)
     with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
         (
             pipeline
@@ -325,8 +394,45 @@ def predict_raster_beam(
         )
     if not keep_parts:
         shutil.rmtree(out / PARTS, ignore_errors=True)
-    write_text_atomic(out / "beam.json", json.dumps({"blocks": len(blocks), "block_size": block_size, "halo": halo}))
-    names = {"classes": "classes.tif", "probabilities": "probabilities.tif"}
-    if polygons:
-        names["polygons"] = "polygons.gpkg"
-    return {key: out / name for key, name in names.items()}
+    results = {"classes": out / "classes.tif", "probabilities": out / "probabilities.tif"}
+    if polygons is not None:
+        results["polygons"] = out / "polygons.gpkg"
+        results["geojson"] = out / "polygons.geojson"
+    if preview:
+        results["preview"] = _write_preview(input_path, out, predict_options)
+    info = {"blocks": len(blocks), "block_size": block_size, "window": size, "overlap": overlap,
+            "runner_args": list(beam_args or [])}
+    write_text_atomic(out / "beam.json", json.dumps(info, indent=1))
+    return results
+
+
+def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) -> Path:
+    """preview.png as local predict draws it (image with the classes overlaid)."""
+    import rasterio
+
+    from geolabel.classes import ClassMap
+    from geolabel.predict.predictor import _PALETTE, write_preview
+
+    with rasterio.open(out / "classes.tif") as src:
+        names = json.loads(src.tags().get("classes", '["background", "building"]'))
+        palette = src.colormap(1)
+    colors = tuple(tuple(palette.get(i, _PALETTE[i % len(_PALETTE)])[:3]) for i in range(len(names)))
+    bands = list(predict_options.get("bands") or (1, 2, 3))[:3]
+    return write_preview(input_path, out / "classes.tif", out / "preview.png", ClassMap(tuple(names), colors), bands)
+
+
+def predict_cli(model: str, input_path: str, out_dir: str, beam_args: str, *, window: int, overlap: int, batch_size: int,
+                tta: bool, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float) -> dict:
+    """What `geolabel predict ... --beam [--beam-args FLAGS]` runs; returns the summary the command prints."""
+    import shlex
+
+    spec = PolygonSpec(polygonizer, tolerance, min_area) if polygonizer else None
+    paths = predict_raster_beam(model, input_path, out_dir, window=window, overlap=overlap, polygons=spec,
+                                beam_args=shlex.split(beam_args or ""), batch_size=batch_size, tta=tta, bands=bands)
+    summary = {key: str(path) for key, path in paths.items()}
+    if spec is not None:
+        import pyogrio
+
+        summary["objects"] = int(pyogrio.read_info(paths["polygons"])["features"])
+    summary["beam"] = json.loads((Path(out_dir) / "beam.json").read_text())
+    return summary

@@ -16,6 +16,7 @@ TFX is imported narrowly (see README: `from tfx import v1` pulls packages we do 
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tfx.components import Pusher  # tfx.components before anything importing TFDV
@@ -28,6 +29,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils, proto_utils
 
 from geolabel.pipelines.evaluation import bless, cumulative_iou, load_keras_model
+from geolabel.pipelines.storage import is_remote, join, upload_dir
 from geolabel.progress import logger
 
 SPLITS = {"train": "train", "eval": "val"}  # TFX split name -> geolabel chip prefix
@@ -64,27 +66,30 @@ def FetchExamples(
         classes: JSON list of class names, background first.
     """
     from geolabel.data.chips import shard_paths
+    from geolabel.errors import InputError
 
     spec = json.loads(source)
     names = json.loads(classes)
-    root = Path(examples.uri)
-    dataset = root / "dataset"
-    manifest = fetch_dataset(spec, names, dataset)
-    counts = {}
-    for split, prefix in SPLITS.items():
-        shards = shard_paths(dataset / "chips", prefix)
-        if not shards:
-            from geolabel.errors import InputError
-
-            raise InputError(str(dataset / "chips"), f"fetch wrote no {prefix}-*.tfrecord.gz shards (AOI too small?)")
-        for shard in shards:
-            _link_or_copy(shard, root / f"Split-{split}" / shard.name)
-        counts[split] = len(shards)
+    remote = is_remote(examples.uri)
+    with tempfile.TemporaryDirectory(prefix="geolabel-fetch-") as tmp:
+        root = Path(tmp) if remote else Path(examples.uri)
+        dataset = root / "dataset"
+        manifest = fetch_dataset(spec, names, dataset)
+        counts = {}
+        for split, prefix in SPLITS.items():
+            shards = shard_paths(dataset / "chips", prefix)
+            if not shards:
+                raise InputError(str(dataset / "chips"), f"fetch wrote no {prefix}-*.tfrecord.gz shards (AOI too small?)")
+            for shard in shards:
+                _link_or_copy(shard, root / f"Split-{split}" / shard.name)
+            counts[split] = len(shards)
+        if remote:
+            upload_dir(root, examples.uri, skip=("dataset/cache",))
     examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     examples.set_string_custom_property("payload_format", PAYLOAD_FORMAT)
     examples.set_string_custom_property("manifest", json.dumps(manifest, sort_keys=True, default=str))
     examples.set_string_custom_property("classes", json.dumps(names))
-    examples.set_string_custom_property("dataset_dir", str(dataset))
+    examples.set_string_custom_property("dataset_dir", join(examples.uri, "dataset"))
     for key in ("crs", "imagery", "labels", "osm_timestamp"):
         value = manifest.get(key)
         if value is not None:
@@ -97,7 +102,7 @@ def FetchExamples(
                 examples.set_int_custom_property(f"num_{split}_chips", n)
     for split, n in counts.items():
         examples.set_int_custom_property(f"num_{split}_shards", n)
-    logger.info("FetchExamples: %s -> %s (%s)", spec.get("imagery"), root, counts)
+    logger.info("FetchExamples: %s -> %s (%s)", spec.get("imagery"), examples.uri, counts)
 
 
 @component
@@ -116,7 +121,9 @@ def SegmentationEvaluator(
     The blessing carries `blessed` (1/0), `current_model_id`, `iou`, `baseline_iou`,
     `baseline_model_id` and `reason`; its folder holds BLESSED or NOT_BLESSED (with the reason).
     """
-    files = sorted(str(p) for p in Path(artifact_utils.get_split_uri([examples], "eval")).glob("*.tfrecord.gz"))
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(join(artifact_utils.get_split_uri([examples], "eval"), "*.tfrecord.gz")))
     score = cumulative_iou(load_keras_model(model.uri), files, class_id, batch_size)
     baseline_iou = None
     if baseline_model is not None and baseline_model.id != model.id and baseline_model.uri != model.uri:
@@ -130,16 +137,20 @@ def SegmentationEvaluator(
     blessing.set_float_custom_property("iou", score["iou"])
     blessing.set_int_custom_property("eval_chips", score["chips"])
     blessing.set_string_custom_property("reason", verdict.reason)
-    Path(blessing.uri).mkdir(parents=True, exist_ok=True)
-    (Path(blessing.uri) / ("BLESSED" if verdict.blessed else "NOT_BLESSED")).write_text(verdict.reason + "\n")
+    tf.io.gfile.makedirs(blessing.uri)
+    with tf.io.gfile.GFile(join(blessing.uri, "BLESSED" if verdict.blessed else "NOT_BLESSED"), "w") as f:
+        f.write(verdict.reason + "\n")
     logger.warning("SegmentationEvaluator: %s: %s", "blessed" if verdict.blessed else "NOT blessed", verdict.reason)
 
 
 def _fingerprint(model_dir: str) -> bytes | None:
+    import tensorflow as tf
+
     for name in ("fingerprint.pb", "saved_model.pb"):
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path):
-            return name.encode() + Path(path).read_bytes()
+        path = join(model_dir, name)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return name.encode() + f.read()
     return None
 
 
@@ -151,19 +162,21 @@ class IdempotentPusherExecutor(pusher_executor.Executor):
     """
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
+        import tensorflow as tf
+
         if self.CheckBlessing(input_dict):
             destination = pusher_pb2.PushDestination()
             proto_utils.json_to_proto(exec_properties["push_destination"], destination)
             base = destination.filesystem.base_directory
             model_path = self.GetModelPath(input_dict)
             mine = _fingerprint(model_path)
-            if base and mine is not None and os.path.isdir(base):
-                versions = sorted((v for v in os.listdir(base) if v.isdigit()), key=int, reverse=True)
-                for version in versions:
-                    if _fingerprint(os.path.join(base, version)) == mine:
+            if base and mine is not None and tf.io.gfile.isdir(base):
+                names = (v.rstrip("/") for v in tf.io.gfile.listdir(base))
+                for version in sorted((v for v in names if v.isdigit()), key=int, reverse=True):
+                    if _fingerprint(join(base, version)) == mine:
                         model_push = artifact_utils.get_single_instance(output_dict["pushed_model"])
                         io_utils.copy_dir(model_path, model_push.uri)
-                        self._MarkPushed(model_push, pushed_destination=os.path.join(base, version), pushed_version=version)
+                        self._MarkPushed(model_push, pushed_destination=join(base, version), pushed_version=version)
                         logger.warning("Pusher: model already served as version %s under %s; not copied again", version, base)
                         return
         super().Do(input_dict, output_dict, exec_properties)

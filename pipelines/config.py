@@ -131,6 +131,7 @@ class PathConfig:
         metadata: SQLite ML Metadata store (default ROOT/metadata.sqlite).
         serving: TF Serving base path; models are pushed to SERVING/NAME/<version>/
             (default ROOT/serving).
+        pipeline_root and serving may be URLs of a TensorFlow file system (gs://, s3://, ...).
     """
 
     root: str = "pipeline-output"
@@ -141,11 +142,17 @@ class PathConfig:
     def resolved(self) -> PathConfig:
         """A copy with every default filled in and made absolute."""
         root = Path(self.root).absolute()
+
+        def absolute(value: str | None, default: Path) -> str:
+            if not value:
+                return str(default)
+            return value if "://" in value else str(Path(value).absolute())  # URLs (gs://...) stay as they are
+
         return PathConfig(
             root=str(root),
-            pipeline_root=str(Path(self.pipeline_root).absolute()) if self.pipeline_root else str(root / "pipeline_root"),
-            metadata=str(Path(self.metadata).absolute()) if self.metadata else str(root / "metadata.sqlite"),
-            serving=str(Path(self.serving).absolute()) if self.serving else str(root / "serving"),
+            pipeline_root=absolute(self.pipeline_root, root / "pipeline_root"),
+            metadata=absolute(self.metadata, root / "metadata.sqlite"),
+            serving=absolute(self.serving, root / "serving"),
         )
 
 

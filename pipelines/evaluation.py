@@ -8,6 +8,7 @@ model's IoU measured on the same split.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from geolabel.classes import IGNORE
 from geolabel.errors import InputError
+from geolabel.pipelines.storage import download_file, is_remote, join
 
 KERAS_DIR = "Format-Keras"  # beside TFX's Format-Serving inside a Model artifact
 KERAS_FILE = "model.keras"
@@ -32,6 +34,14 @@ def load_keras_model(model_uri: str | os.PathLike):
 
     import geolabel.models  # noqa: F401  (registers the custom layers)
 
+    if is_remote(model_uri):
+        import tensorflow as tf
+
+        uri = join(model_uri, KERAS_DIR, KERAS_FILE)
+        if not tf.io.gfile.exists(uri):
+            raise InputError(str(model_uri), f"Model artifact holds no {KERAS_DIR}/{KERAS_FILE}")
+        with tempfile.TemporaryDirectory(prefix="geolabel-model-") as tmp:
+            return keras.saving.load_model(download_file(uri, Path(tmp) / KERAS_FILE), compile=False)
     path = keras_model_path(model_uri)
     if not path.is_file():
         raise InputError(str(model_uri), f"Model artifact holds no {KERAS_DIR}/{KERAS_FILE}")

@@ -56,7 +56,7 @@ def create_pipeline(
 ) -> pipeline.Pipeline:
     """The TFX pipeline for `config` (paths and Beam args default to the config's local ones)."""
     paths = config.paths.resolved()
-    serving_base = serving_base or os.path.join(paths.serving, config.name)
+    serving_base = serving_base or f"{paths.serving.rstrip('/')}/{config.name}"
     classes = json.dumps(list(config.classes))
 
     fetch_osm = FetchExamples(source=json.dumps(dataclasses.asdict(config.pretrain)), classes=classes).with_id("fetch_osm")

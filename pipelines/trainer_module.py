@@ -24,6 +24,7 @@ from typing import Any
 
 from geolabel.errors import InputError
 from geolabel.pipelines.evaluation import KERAS_DIR, KERAS_FILE
+from geolabel.pipelines.storage import download_file, is_remote, join, local_copies, upload_dir
 from geolabel.progress import logger
 
 # BudgetConfig fields -> TrainConfig fields (the rest of TrainConfig comes from budget["options"])
@@ -40,8 +41,12 @@ def _split_dirs(patterns: list[str]) -> list[str]:
     return dirs
 
 
-def train_config_from_fn_args(fn_args: Any, run_dir: str | os.PathLike) -> Any:
-    """The `geolabel.train.TrainConfig` for this Trainer execution."""
+def train_config_from_fn_args(fn_args: Any, workdir: str | os.PathLike) -> Any:
+    """The `geolabel.train.TrainConfig` for this Trainer execution.
+
+    Remote splits and a remote base model are copied under `workdir` first (geolabel's
+    training reads local folders).
+    """
     from geolabel.train.trainer import TrainConfig
 
     custom = dict(fn_args.custom_config or {})
@@ -61,10 +66,17 @@ def train_config_from_fn_args(fn_args: Any, run_dir: str | os.PathLike) -> Any:
     if eval_steps:
         values["val_steps"] = int(eval_steps)
     values.update(budget.get("options") or {})
-    values["train"] = _split_dirs(list(fn_args.train_files))
-    values["val"] = _split_dirs(list(fn_args.eval_files))
+    workdir = Path(workdir)
+    for key, patterns in (("train", list(fn_args.train_files)), ("val", list(fn_args.eval_files))):
+        remote = any(is_remote(p) for p in patterns)
+        values[key] = local_copies(patterns, workdir / key) if remote else _split_dirs(patterns)
     if fn_args.base_model:
-        init = Path(fn_args.base_model).parent / KERAS_DIR
+        base = fn_args.base_model.rstrip("/").rsplit("/", 1)[0]
+        if is_remote(base):
+            init = workdir / "init"
+            download_file(join(base, KERAS_DIR, KERAS_FILE), init / KERAS_FILE)
+        else:
+            init = Path(base) / KERAS_DIR
         if not (init / KERAS_FILE).is_file():
             raise InputError(fn_args.base_model, f"base model holds no {KERAS_DIR}/{KERAS_FILE} to warm-start from")
         values["init"] = str(init)
@@ -79,14 +91,16 @@ def export_serving(model: Any, serving_model_dir: str | os.PathLike, class_names
     """Write the TF Serving SavedModel of `model` into `serving_model_dir` (no version level)."""
     from geolabel.serving.export import export_saved_model
 
-    target = Path(serving_model_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    target = os.fspath(serving_model_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=None if is_remote(target) else Path(target).parent))
     try:
         version_dir = export_saved_model(model, staging, 1, class_names=class_names, sources={"segmentation": source})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(version_dir, target)
+        if is_remote(target):
+            upload_dir(version_dir, target)
+        else:
+            if Path(target).exists():
+                shutil.rmtree(target)
+            os.replace(version_dir, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -95,17 +109,23 @@ def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point: train, keep the Keras model, export the SavedModel."""
     from geolabel.train import trainer
 
-    run_dir = Path(fn_args.model_run_dir)
-    config = train_config_from_fn_args(fn_args, run_dir)
     stage = (fn_args.custom_config or {}).get("stage", "train")
-    logger.info("Trainer %s: %s on %s (init %s)", stage, config.model, config.train, config.init)
-    metrics = trainer.train(config, run_dir)
-    model_uri = Path(fn_args.serving_model_dir).parent
-    keras_dir = model_uri / KERAS_DIR
-    keras_dir.mkdir(parents=True, exist_ok=True)
-    for name in (KERAS_FILE, "config.yaml", "metrics.json"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, keras_dir / name)
-    model = trainer.load_run(run_dir)
-    export_serving(model, fn_args.serving_model_dir, list(config.classes), f"{stage}:{run_dir}")
+    with tempfile.TemporaryDirectory(prefix=f"geolabel-{stage}-") as tmp:
+        remote_run = is_remote(fn_args.model_run_dir)
+        run_dir = Path(tmp) / "run" if remote_run else Path(fn_args.model_run_dir)
+        config = train_config_from_fn_args(fn_args, Path(tmp) / "data")
+        logger.info("Trainer %s: %s on %s (init %s)", stage, config.model, config.train, config.init)
+        metrics = trainer.train(config, run_dir)
+        model_uri = fn_args.serving_model_dir.rstrip("/").rsplit("/", 1)[0]
+        keras_dir = Path(tmp) / "keras" if is_remote(model_uri) else Path(model_uri) / KERAS_DIR
+        keras_dir.mkdir(parents=True, exist_ok=True)
+        for name in (KERAS_FILE, "config.yaml", "metrics.json"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, keras_dir / name)
+        if is_remote(model_uri):
+            upload_dir(keras_dir, join(model_uri, KERAS_DIR))
+        model = trainer.load_run(run_dir)
+        export_serving(model, fn_args.serving_model_dir, list(config.classes), f"{stage}:{fn_args.model_run_dir}")
+        if remote_run:
+            upload_dir(run_dir, fn_args.model_run_dir)
     logger.info("Trainer %s: val metrics %s", stage, {k: v for k, v in metrics.items() if k.startswith("val_")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import requests
 
 from geolabel.errors import FetchError, InputError
+from geolabel.serving.json_tensor import array_json
 
 ENDPOINT_RE = re.compile(r"/v1/models/[^/:]+(?:/versions/\d+|/labels/[^/:]+)?")
 RETRY_STATUS = {429, 502, 503, 504}
@@ -74,6 +76,24 @@ class ServingClient:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="geolabel-client")
 
+    # -- what predict_raster asks a predict_fn
+    stride = 1  # the exported signatures pad H and W to the network's stride themselves
+
+    @property
+    def channels(self) -> int | None:
+        """Bands the served model takes (from the signature metadata), or None when unknown."""
+        if not hasattr(self, "_channels"):
+            self._channels = None
+            try:
+                sigs = self.metadata()["metadata"]["signature_def"]["signature_def"]
+                inputs = sigs[self.signature_name]["inputs"]
+                (spec,) = inputs.values()
+                last = int(spec["tensor_shape"]["dim"][-1]["size"])
+                self._channels = last if last > 0 else None
+            except (InputError, FetchError, KeyError, ValueError, IndexError, TypeError):
+                self._channels = None
+        return self._channels
+
     # -- plumbing
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -82,12 +102,21 @@ class ServingClient:
             self._local.session = session
         return session
 
-    def _request(self, method: str, url: str, payload: dict[str, Any] | None = None) -> Any:
+    def _request(
+        self, method: str, url: str, payload: dict[str, Any] | None = None, body: bytes | None = None
+    ) -> Any:
         delay = 0.2
         last = ""
         for attempt in range(self.retries):
             try:
-                response = self._session().request(method, url, json=payload, timeout=self.timeout)
+                response = self._session().request(
+                    method,
+                    url,
+                    json=payload,
+                    data=body,
+                    headers={"Content-Type": "application/json"} if body is not None else None,
+                    timeout=self.timeout,
+                )
             except requests.RequestException as err:
                 last = f"{type(err).__name__}: {err}"
             else:
@@ -131,20 +160,24 @@ class ServingClient:
     def predict(self, inputs: Any, signature_name: str | None = None) -> dict[str, np.ndarray]:
         """One columnar request: `inputs` is an array or {name: array}; returns {output: array}."""
         if isinstance(inputs, dict):
-            body_inputs: Any = {k: _jsonable(v) for k, v in inputs.items()}
+            body_inputs = "{" + ", ".join(f"{json.dumps(k)}: {array_json(np.asarray(v))}" for k, v in inputs.items()) + "}"
         else:
-            body_inputs = _jsonable(inputs)
-        payload = {"signature_name": signature_name or self.signature_name, "inputs": body_inputs}
-        outputs = self._request("POST", self.endpoint + ":predict", payload)["outputs"]
+            body_inputs = array_json(np.asarray(inputs))
+        name = json.dumps(signature_name or self.signature_name)
+        body = '{"signature_name": ' + name + ', "inputs": ' + body_inputs + "}"
+        outputs = self._request("POST", self.endpoint + ":predict", body=body.encode("utf-8"))["outputs"]
         if not isinstance(outputs, dict):
             outputs = {"output": outputs}
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def _predict_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """One request; integral pixel values travel as JSON integers (shorter, exact for float inputs)."""
         if self.encoding == "png":
             payload = {"signature_name": "serving_bytes", "inputs": [{"b64": _png_b64(w)} for w in chunk]}
             outputs = self._request("POST", self.endpoint + ":predict", payload)["outputs"]
             return np.asarray(outputs[self.output], dtype=np.float32)
+        if chunk.size and np.abs(chunk).max() < (1 << 24) and np.array_equal(chunk, np.rint(chunk)):
+            chunk = chunk.astype(np.int64)
         return self.predict(chunk)[self.output].astype(np.float32)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -165,13 +198,6 @@ class ServingClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _jsonable(value: Any) -> Any:
-    arr = np.asarray(value)
-    if arr.dtype.kind == "f":
-        return arr.astype(np.float64).tolist()
-    return arr.tolist()
 
 
 def _png_b64(window: np.ndarray) -> str:

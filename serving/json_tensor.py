@@ -467,18 +467,43 @@ def signature_name_of(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- numpy -> JSON
 
 
-def _to_jsonable(arr: np.ndarray, as_bytes: bool) -> Any:
+def _leaf_strings(arr: np.ndarray, as_bytes: bool) -> list[str]:
+    """JSON text of every element, in C order (floats as their shortest round-trip decimal)."""
+    flat = arr.reshape(-1)
     if arr.dtype.kind == "f":
-        return arr.astype(np.float64).tolist()
-    if arr.dtype.kind in "OSU":
-        flat = []
-        for item in arr.reshape(-1):
-            raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
-            flat.append({"b64": base64.b64encode(raw).decode("ascii")} if as_bytes else raw.decode("utf-8", "replace"))
-        obj = np.empty(len(flat), dtype=object)
-        obj[:] = flat
-        return obj.reshape(arr.shape).tolist()
-    return arr.tolist()
+        texts = flat.astype(str)
+        if not np.isfinite(flat).all():
+            texts = np.where(np.isnan(flat), "NaN", texts)
+            texts = np.where(np.isposinf(flat), "Infinity", texts)
+            texts = np.where(np.isneginf(flat), "-Infinity", texts)
+        return texts.tolist()
+    out = []
+    for item in flat:
+        raw = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        if as_bytes:
+            out.append('{"b64": "' + base64.b64encode(raw).decode("ascii") + '"}')
+        else:
+            out.append(json.dumps(raw.decode("utf-8", "replace"), ensure_ascii=False))
+    return out
+
+
+def array_json_items(arr: np.ndarray, as_bytes: bool = False, keep_first: bool = False) -> Any:
+    """JSON text of an array (nested lists), or with `keep_first` the list of its rows' texts."""
+    arr = np.asarray(arr)
+    if arr.size == 0 or arr.dtype.kind in "iub":  # json writes ints and bools fastest itself
+        if keep_first:
+            return [json.dumps(row) for row in arr.tolist()]
+        return json.dumps(arr.tolist())
+    items = _leaf_strings(arr, as_bytes)
+    dims = arr.shape[1:] if keep_first else arr.shape
+    for d in reversed(dims):
+        items = ["[" + ",".join(items[i : i + d]) + "]" for i in range(0, len(items), d)]
+    return items if keep_first else items[0]
+
+
+def array_json(arr: np.ndarray, as_bytes: bool = False) -> str:
+    """JSON text of an array: nested lists, floats short, NaN/Infinity as TF Serving writes them."""
+    return array_json_items(arr, as_bytes)
 
 
 def outputs_to_json(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
@@ -497,15 +522,20 @@ def outputs_to_json(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
                     f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} expecting: {batch}"
                 )
             batch = arr.shape[0]
-        columns = {name: _to_jsonable(outputs[name], name.endswith("_bytes")) for name in names}
+        rows = {name: array_json_items(outputs[name], name.endswith("_bytes"), keep_first=True) for name in names}
         if len(names) == 1:
-            body: Any = {"predictions": columns[names[0]]}
+            text = '{"predictions": [' + ",".join(rows[names[0]]) + "]}"
         else:
-            body = {"predictions": [{name: columns[name][i] for name in names} for i in range(batch)]}
+            keys = {name: json.dumps(name, ensure_ascii=False) for name in names}
+            objects = ["{" + ", ".join(f"{keys[n]}: {rows[n][i]}" for n in names) + "}" for i in range(batch)]
+            text = '{"predictions": [' + ",\n".join(objects) + "]}"
     else:
-        columns = {name: _to_jsonable(outputs[name], name.endswith("_bytes")) for name in names}
-        body = {"outputs": columns[names[0]] if len(names) == 1 else columns}
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+        texts = {name: array_json(outputs[name], name.endswith("_bytes")) for name in names}
+        if len(names) == 1:
+            text = '{"outputs": ' + texts[names[0]] + "}"
+        else:
+            text = '{"outputs": {' + ", ".join(f"{json.dumps(n, ensure_ascii=False)}: {texts[n]}" for n in names) + "}}"
+    return text.encode("utf-8")
 
 
 def error_json(message: str) -> bytes:

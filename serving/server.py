@@ -378,8 +378,11 @@ class ModelManager:
             if state is not None and state.state == "END" and state.failures >= self.max_load_retries:
                 continue
             self._load(version, on_disk[version], warmup)
-        for version in sorted(set(self.loaded) - aspired):
-            self._unload(version)
+        # availability preserving: old versions go only once an aspired one serves (or none is aspired),
+        # so a newer version that fails to load leaves the previous one serving
+        if not aspired or aspired & set(self.loaded):
+            for version in sorted(set(self.loaded) - aspired):
+                self._unload(version)
 
     def _load(self, version: int, path: Path, warmup: Any) -> None:
         with self._lock:

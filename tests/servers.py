@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -24,6 +28,27 @@ from urllib.parse import parse_qs, urlsplit
 from geolabel.data.tileserver import TileRequestHandler, TileServer
 
 OSM_BASE = "2022-06-14T10:21:03Z"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def tile_server_process(folder: str | Path):
+    """geolabel's TileServer in a child process (`python -m geolabel.data.tileserver`); yields its base URL.
+
+    Needed where the client holds the GIL while it waits on the network (GDAL's /vsicurl/
+    inside rasterio), which would starve an in-process server thread.
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "geolabel.data.tileserver", str(folder)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    try:
+        url = child.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"tile server process did not start (got {url!r})")
+        yield url
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
 
 
 class _FaultyHandler(TileRequestHandler):
@@ -34,6 +59,8 @@ class _FaultyHandler(TileRequestHandler):
             attempt = server.attempts.get(path, 0)
             server.attempts[path] = attempt + 1
             server.requests += 1
+        if server.delay:
+            time.sleep(server.delay)
         fault = server.fault_for(path, attempt)
         if fault is not None:
             with server.lock:
@@ -62,9 +89,10 @@ class FaultyTileServer(TileServer):
         kinds: faults to rotate through ("500", "429", "timeout").
         stall: seconds a "timeout" fault waits before answering.
         retry_after: Retry-After seconds sent with 429.
+        delay: seconds every request waits before it is answered (a slow server).
     """
 
-    def __init__(self, folder, fraction: float = 0.3, failures: int = 2, kinds=("500", "429", "timeout"), stall: float = 1.0, retry_after: float = 0, seed: str = "geolabel"):
+    def __init__(self, folder, fraction: float = 0.3, failures: int = 2, kinds=("500", "429", "timeout"), stall: float = 1.0, retry_after: float = 0, delay: float = 0.0, seed: str = "geolabel"):
         super().__init__(folder, handler=_FaultyHandler)
         httpd = self.httpd
         httpd.lock = threading.Lock()
@@ -73,6 +101,7 @@ class FaultyTileServer(TileServer):
         httpd.requests = 0
         httpd.stall = stall
         httpd.retry_after = retry_after
+        httpd.delay = delay
 
         def fault_for(path: str, attempt: int) -> str | None:
             digest = int(hashlib.sha1(f"{seed}:{path}".encode()).hexdigest(), 16)
@@ -159,10 +188,10 @@ class _OverpassHandler(BaseHTTPRequestHandler):
 
 
 class MockOverpass:
-    """Mock Overpass API on 127.0.0.1 serving the buildings of `geojson`; `url` is its interpreter."""
+    """Mock Overpass API on 127.0.0.1 (`port` 0: any free one) serving the buildings of `geojson`; `url` is its interpreter."""
 
-    def __init__(self, geojson: str | Path):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _OverpassHandler)
+    def __init__(self, geojson: str | Path, port: int = 0):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _OverpassHandler)
         self.httpd.daemon_threads = True
         self.httpd.geojson = Path(geojson)
         self.httpd.queries = []
@@ -178,6 +207,69 @@ class MockOverpass:
         return list(self.httpd.queries)
 
     def __enter__(self) -> MockOverpass:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self._thread.join()
+        self.httpd.server_close()
+
+
+class _WmsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:
+        return
+
+    def do_GET(self) -> None:
+        import io
+
+        import numpy as np
+        import rasterio
+        from PIL import Image
+        from rasterio.windows import Window
+
+        query = {k.upper(): v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        if query.get("REQUEST", "").lower() != "getmap" or query.get("CRS", query.get("SRS", "")).upper() != "EPSG:3857":
+            self.send_error(HTTPStatus.BAD_REQUEST, "GetMap in EPSG:3857 only")
+            return
+        left, bottom, right, top = (float(v) for v in query["BBOX"].split(","))
+        width, height = int(query["WIDTH"]), int(query["HEIGHT"])
+        with rasterio.open(self.server.raster) as src:
+            col, row = ~src.transform * (left, top)
+            col2, row2 = ~src.transform * (right, bottom)
+            window = Window(round(col), round(row), round(col2) - round(col), round(row2) - round(row))
+            data = src.read(window=window, out_shape=(src.count, height, width), boundless=True, fill_value=0)
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0))).save(buffer, format="PNG")
+        body = buffer.getvalue()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class RasterWms:
+    """A minimal WMS 1.3.0 GetMap server on 127.0.0.1 rendering from an RGB GeoTIFF in EPSG:3857.
+
+    `template` is a geolabel WMS tile template for it.
+    """
+
+    def __init__(self, raster: str | Path):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _WmsHandler)
+        self.httpd.daemon_threads = True
+        self.httpd.raster = str(raster)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def template(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return (f"http://{host}:{port}/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=image&STYLES=&CRS=EPSG:3857"
+                "&BBOX={bbox-epsg-3857}&WIDTH={width}&HEIGHT={height}&FORMAT=image/png")
+
+    def __enter__(self) -> RasterWms:
         self._thread.start()
         return self
 

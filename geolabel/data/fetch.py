@@ -44,7 +44,7 @@ from geolabel.data.osm import (
     read_osm_extract,
     read_vector_labels,
 )
-from geolabel.data.raster import open_raster, read_block
+from geolabel.data.raster import open_raster
 from geolabel.data.rasterize import rasterize_labels
 from geolabel.data.tiles import TileCache, TileTemplate, fetch_tiles, mosaic_tiles, tile_range
 from geolabel.errors import InputError
@@ -167,7 +167,7 @@ def fetch_imagery(imagery: str, aoi: AOI, out: Path, options: FetchOptions, clie
         root = Path(options.cache_dir) if options.cache_dir else out.parent / "cache" / "tiles"
         cache = TileCache(root / template.key)
         logger.info("fetching %d tiles at z%d from %s", len(trange), trange.z, imagery)
-        counts = fetch_tiles(template, trange.tiles(), cache, client, total=len(trange))
+        fetch_tiles(template, trange.tiles(), cache, client)
         mosaic = mosaic_tiles(
             cache, trange, out, options.tile_px, block_tiles=max(1, options.block // options.tile_px),
             tags={"source": imagery, "zoom": str(trange.z)}, source=imagery,
@@ -257,6 +257,22 @@ def _chips(imagery_path: Path, labels_path: Path, windows: list[Window], size: i
             )
 
 
+def _write_split(chips: Iterator[chipfmt.Chip], count: int, folder: Path, prefix: str, per_shard: int) -> None:
+    """Stream chips into `prefix-0000i-of-NNNNN.tfrecord.gz` shards (the geolabel.data.chips format),
+    one shard in memory at a time, each shard written atomically."""
+    import tensorflow as tf
+
+    shards = max(1, math.ceil(count / per_shard))
+    folder.mkdir(parents=True, exist_ok=True)
+    chips = iter(chips)
+    for i in range(shards):
+        path = folder / f"{prefix}-{i:05d}-of-{shards:05d}.tfrecord.gz"
+        with atomic_path(path) as tmp:
+            with tf.io.TFRecordWriter(str(tmp), options=chipfmt.COMPRESSION) as writer:
+                for _, chip in zip(range(per_shard), chips):
+                    writer.write(chipfmt.encode_chip(chip))
+
+
 def write_chips(imagery_path: Path, labels_path: Path, folder: Path, options: FetchOptions, source: str) -> dict:
     """Cut chips of both splits into sharded TFRecords under `folder`."""
     chosen, split_info = chip_windows(imagery_path, labels_path, options)
@@ -269,7 +285,7 @@ def write_chips(imagery_path: Path, labels_path: Path, folder: Path, options: Fe
         counts[split] = len(windows)
         if windows:
             chips = progress(_chips(imagery_path, labels_path, windows, options.chip_size, scaling, source), desc=f"{split} chips", total=len(windows), unit="chip")
-            chipfmt.write_shards(chips, folder, split, options.chips_per_shard)
+            _write_split(chips, len(windows), folder, split, options.chips_per_shard)
     return {
         **counts, "size": options.chip_size, "split": "spatial blocks", "split_block_chips": options.split_block,
         **split_info, "uint8_scaling": scaling,
@@ -316,6 +332,7 @@ def fetch_dataset(
     area = resolve_aoi(bbox=bbox, aoi=aoi, place=place, geocoder_url=geocoder_url)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
     state = _State(folder)
     client = HttpClient(connections=options.connections, retries=options.retries, backoff=options.backoff, timeout=options.timeout)
     paths = {k: folder / f for k, f in (("imagery", "imagery.tif"), ("labels", "labels.gpkg"), ("raster", "labels.tif"), ("manifest", "manifest.json"))}
@@ -365,10 +382,22 @@ def fetch_dataset(
         "command": command or _default_command(),
         "files": {"imagery": "imagery.tif", "labels_raster": "labels.tif", "labels_vector": "labels.gpkg", "chips": "chips/"},
     }
-    text = json.dumps(manifest, indent=1, default=_json_default) + "\n"
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default) + "\n"
     if not paths["manifest"].is_file() or paths["manifest"].read_text() != text:
         write_text_atomic(paths["manifest"], text)
     return json.loads(text)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files a killed run left beside its outputs (one fetch per folder at a time)."""
+    names = ("imagery.tif", "labels.tif", "labels.gpkg", "manifest.json", STATE)
+    for path in folder.iterdir():
+        if path.is_file() and any(path.name.startswith(f".{n}.") for n in names):
+            path.unlink(missing_ok=True)
+    chips = folder / "chips"
+    if chips.is_dir():
+        for path in chips.glob(".*.tfrecord.gz*"):
+            path.unlink(missing_ok=True)
 
 
 def _json_default(value):

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,9 +110,21 @@ def _frame(rows: list[dict]):
     if not rows:
         return gpd.GeoDataFrame({c: [] for c in COLUMNS[:-1]}, geometry=[], crs="EPSG:4326")
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs="EPSG:4326")
+    areas = frame["width"].isna().to_numpy()
+    frame.loc[areas, "geometry"] = [_polygonal(g) for g in frame.geometry.values[areas]]
+    frame = frame[~frame.geometry.is_empty]
     frame["class_id"] = frame["class_id"].astype("uint8")
     frame["width"] = frame["width"].astype("float64")
     return frame[COLUMNS]
+
+
+def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """A valid (multi)polygon of an area geometry; empty when nothing areal is left."""
+    geometry = shapely.make_valid(geometry)
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [g for g in getattr(geometry, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else Polygon()
 
 
 def _row(geometry: BaseGeometry, cls: str, width: float, osm_id, tag: str, classes: ClassMap) -> dict:
@@ -270,7 +283,9 @@ def read_osm_extract(
         rows = []
         for layer in ("multipolygons", "lines"):
             try:
-                frame = pyogrio.read_dataframe(readable, layer=layer, bbox=bbox, driver="OSM")
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="(Non closed ring|organizePolygons)", category=RuntimeWarning)
+                    frame = pyogrio.read_dataframe(readable, layer=layer, bbox=bbox, on_invalid="ignore")
             except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
                 raise InputError(path, f"not a readable OSM extract ({str(err).splitlines()[0]})") from err
             closed = layer == "multipolygons"
@@ -284,6 +299,8 @@ def read_osm_extract(
                 if found is None:
                     continue
                 cls, width, tag = found
+                if closed and not math.isnan(width):
+                    continue  # highway areas (squares, platforms) are not carriageways
                 osm_id = record.get("osm_way_id") or record.get("osm_id")
                 rows.append(_row(geometry, cls, width, int(osm_id) if osm_id else None, tag, classes))
     return _frame(rows), {"osm_timestamp": _extract_timestamp(source)}

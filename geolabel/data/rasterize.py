@@ -43,7 +43,7 @@ def label_shapes(labels, crs) -> tuple[np.ndarray, np.ndarray]:
     is_line = frame.geom_type.isin(["LineString", "MultiLineString", "LinearRing"]) & frame["width"].notna()
     if is_line.any():
         lines = frame[is_line]
-        utm = lines.estimate_utm_crs() if lines.crs.is_geographic else lines.crs
+        utm = lines.estimate_utm_crs()  # metres on the ground (EPSG:3857 units are not, away from the equator)
         metric = lines.to_crs(utm)
         buffered = shapely.buffer(metric.geometry.values, metric["width"].to_numpy() / 2.0, cap_style="flat", join_style="round")
         frame.loc[is_line, "geometry"] = metric.set_geometry(buffered, crs=utm).to_crs(frame.crs).geometry.values

@@ -266,7 +266,6 @@ def fetch_tiles(
     tiles: Iterable[Tile],
     cache: TileCache,
     client: HttpClient,
-    total: int | None = None,
 ) -> dict[str, int]:
     """Download every tile not yet in `cache` (concurrently, with retries).
 

@@ -1,5 +1,8 @@
 """A small static XYZ tile server over a folder of `{z}/{x}/{y}.{ext}` tiles.
 
+Also answers single HTTP range requests, so a GeoTIFF/COG in the folder can be read
+remotely (GDAL's /vsicurl/).
+
 Serves on 127.0.0.1 by default (the demo serves the bundled tiles with it, tests use
 it as a real tile source). Only files under the folder are served; anything else is
 404. Runs in a background thread as a context manager, or in the foreground with
@@ -26,6 +29,7 @@ class TileRequestHandler(BaseHTTPRequestHandler):
 
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: avoid delayed-ACK stalls
 
     def log_message(self, format: str, *args) -> None:  # quiet: tile servers log a line per tile
         return
@@ -59,10 +63,36 @@ class TileRequestHandler(BaseHTTPRequestHandler):
             self.send_body(HTTPStatus.NOT_FOUND, b"no such tile\n", "text/plain", head)
             return
         content_type = TILE_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        self.send_body(HTTPStatus.OK, path.read_bytes(), content_type, head, {"Cache-Control": "public, max-age=86400"})
+        data = path.read_bytes()
+        headers = {"Cache-Control": "public, max-age=86400", "Accept-Ranges": "bytes"}
+        wanted = _byte_range(self.headers.get("Range"), len(data))
+        if wanted is None:
+            self.send_body(HTTPStatus.OK, data, content_type, head, headers)
+        elif wanted == "unsatisfiable":
+            self.send_body(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, b"", content_type, head, {"Content-Range": f"bytes */{len(data)}"})
+        else:
+            start, end = wanted
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            self.send_body(HTTPStatus.PARTIAL_CONTENT, data[start : end + 1], content_type, head, headers)
 
     def do_HEAD(self) -> None:
         self.do_GET(head=True)
+
+
+def _byte_range(header: str | None, size: int):
+    """(first, last) byte of a single `Range: bytes=...` request, "unsatisfiable", or None (whole file)."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes="):].strip().partition("-")
+    try:
+        if first == "":
+            count = int(last)
+            return (max(0, size - count), size - 1) if count > 0 and size else "unsatisfiable"
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    return (start, end) if start <= end and start < size else "unsatisfiable"
 
 
 class _Server(ThreadingHTTPServer):
@@ -131,3 +161,29 @@ class TileServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m geolabel.data.tileserver FOLDER [--port N] [--host H]`: serve until interrupted.
+
+    Prints the base URL on the first line of stdout (useful with --port 0).
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m geolabel.data.tileserver", description="Serve a folder of XYZ tiles over HTTP.")
+    parser.add_argument("folder")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = TileServer(args.folder, host=args.host, port=args.port)
+    print(server.url, flush=True)
+    print(f"tiles: {server.template('<ext>')}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

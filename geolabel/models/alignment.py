@@ -149,6 +149,8 @@ class MultiscaleAligner(keras.Model):
         filters: AlignBlock widths.
         map_channels: channels of the rasterised map.
         level_weights: weights of the per-step L2 losses in `compute_loss`.
+        focus: extra loss weight near the map's content (0 = plain L2 as in the paper).
+        focus_radius: "near" = within this many pixels of map content.
     """
 
     def __init__(
@@ -157,9 +159,12 @@ class MultiscaleAligner(keras.Model):
         filters: Sequence[int] = (32, 32, 64),
         map_channels: int = 3,
         level_weights: Sequence[float] | None = None,
+        focus: float = 0.0,
+        focus_radius: int = 8,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.focus, self.focus_radius = float(focus), int(focus_radius)
         self.scales = tuple(int(s) for s in scales)
         for coarse, fine in zip(self.scales, self.scales[1:]):
             if coarse % fine:
@@ -192,11 +197,22 @@ class MultiscaleAligner(keras.Model):
         return out
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Weighted sum over the chain's steps of the L2 loss against the downsampled truth."""
+        """Weighted sum over the chain's steps of the L2 loss against the downsampled truth.
+
+        With `focus` > 0, pixels within `focus_radius` of the map's content weigh 1 and the
+        rest `1 / (1 + focus)`: far from any building the field cannot be seen in the image.
+        """
+        pixel_weights = None
+        if self.focus > 0 and x is not None:
+            near = ops.max(ops.cast(x[1], "float32"), axis=-1, keepdims=True)
+            size = 2 * self.focus_radius + 1
+            near = ops.max_pool(near, pool_size=size, strides=1, padding="same")
+            pixel_weights = (1.0 + self.focus * near) / (1.0 + self.focus)
         total = 0.0
         for k, (scale, weight) in enumerate(zip(self.scales, self.level_weights)):
             if weight:
-                total = total + weight * displacement_loss(downsample_field(y, scale), y_pred[f"level_{k}"])
+                w = None if pixel_weights is None else downsample(pixel_weights, scale)[..., 0]
+                total = total + weight * displacement_loss(downsample_field(y, scale), y_pred[f"level_{k}"], w)
         return total
 
     def get_config(self) -> dict:
@@ -206,6 +222,8 @@ class MultiscaleAligner(keras.Model):
             "filters": list(self.filters),
             "map_channels": self.map_channels,
             "level_weights": list(self.level_weights),
+            "focus": self.focus,
+            "focus_radius": self.focus_radius,
         }
 
 

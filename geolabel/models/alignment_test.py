@@ -121,3 +121,16 @@ def test_chain_save_load_round_trip(tmp_path):
 def test_bad_scales_rejected():
     with pytest.raises(ValueError):
         MultiscaleAligner(scales=(8, 3, 1))
+
+
+def test_focus_weights_pixels_near_the_map():
+    model = MultiscaleAligner(scales=(1,), filters=(4, 4, 8), focus=9.0, focus_radius=1)
+    amap = np.zeros((1, 8, 8, 3), "float32")
+    amap[0, 0, 0, 0] = 1.0
+    y = np.zeros((1, 8, 8, 2), "float32")
+    pred = {"level_0": np.zeros((1, 8, 8, 2), "float32")}
+    pred["level_0"][0, 7, 7] = 1.0  # error far from the map: weight 1/10 of a near pixel
+    far = float(model.compute_loss(x=(None, amap), y=y, y_pred=pred))
+    pred["level_0"][0, 7, 7], pred["level_0"][0, 0, 0] = 0.0, 1.0
+    near = float(model.compute_loss(x=(None, amap), y=y, y_pred=pred))
+    assert near == pytest.approx(10 * far, rel=1e-4)

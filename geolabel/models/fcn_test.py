@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from geolabel.models import build_model, stride_of
 from geolabel.models.testing import check_output_shapes, check_round_trip, check_trains
@@ -36,3 +37,24 @@ def test_trains_on_real_chips():
 
 def test_save_load_and_config_round_trip(tmp_path):
     check_round_trip(build_model("fcn", 2, widths=(8, 8, 8), norm="batch", downsample=2), tmp_path, size=96)
+
+
+def test_receptive_field_is_centred_on_its_output_pixel():
+    """With symmetric (constant) kernels, the input-gradient centroid of output (r, c) is (r, c):
+    the internal padding and the deconvolution crop align output pixels with input pixels."""
+    import keras
+    import tensorflow as tf
+
+    model = build_model("fcn", 2, widths=(4, 4, 4))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose):
+            layer.set_weights([np.full_like(w, 0.01) for w in layer.get_weights()])
+    logits = keras.Model(model.inputs[0], model.get_layer("crop").output)
+    x = tf.Variable(np.full((1, 160, 160, 3), 128.0, "float32"))
+    rows, cols = np.indices((160, 160))
+    for r, c in [(80, 80), (81, 83), (78, 79)]:
+        with tf.GradientTape() as tape:
+            out = logits(x)[0, r, c, 0]
+        g = np.abs(tape.gradient(out, x).numpy()[0].sum(-1))
+        assert (g * rows).sum() / g.sum() == pytest.approx(r, abs=1e-3)
+        assert (g * cols).sum() / g.sum() == pytest.approx(c, abs=1e-3)

@@ -106,7 +106,8 @@ class ResizeBilinear(keras.layers.Layer):
 def norm_layer(kind: str, name: str, groups: int = 8) -> keras.layers.Layer | None:
     """A normalisation layer by name: "batch", "group", "layer" or "none" (returns None)."""
     if kind == "batch":
-        return keras.layers.BatchNormalization(name=name)
+        # momentum 0.9 (Keras default 0.99): the moving statistics must settle within short trainings
+        return keras.layers.BatchNormalization(momentum=0.9, name=name)
     if kind == "group":
         return keras.layers.GroupNormalization(groups=groups, name=name)
     if kind == "layer":

@@ -51,6 +51,7 @@ def test_shapes_and_parts():
     assert small.output_shape == (None, 8)
 
 
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_save_load_roundtrip(tmp_path):
     model = build_polycnn(width=8, encoder_hidden=32)
     model.compile(optimizer="adam", loss=CyclicVertexLoss())

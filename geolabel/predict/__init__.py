@@ -1,0 +1,27 @@
+"""Prediction of any-size rasters: sliding windows, smooth blending, streaming COG output."""
+
+from geolabel.predict.predictor import (
+    KerasPredictor,
+    PredictFn,
+    PredictResult,
+    keras_predict_fn,
+    load_model,
+    predict_raster,
+    tta_predict,
+    write_preview,
+)
+from geolabel.predict.windows import WindowPlan, blend_weights, plan_windows
+
+__all__ = [
+    "KerasPredictor",
+    "PredictFn",
+    "PredictResult",
+    "WindowPlan",
+    "blend_weights",
+    "keras_predict_fn",
+    "load_model",
+    "plan_windows",
+    "predict_raster",
+    "tta_predict",
+    "write_preview",
+]

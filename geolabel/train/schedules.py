@@ -118,6 +118,32 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"base": base, "scale": self.scale, "offset": self.offset}
 
 
+@keras.saving.register_keras_serializable(package="geolabel")
+class ClockSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`base` evaluated at an externally driven position instead of the optimizer's own step.
+
+    The trainer advances `clock` to max(steps done, fraction of the time budget used x
+    total steps), so a one-cycle schedule still completes when a wall-clock budget ends
+    training before the planned number of steps.
+
+    Args:
+        base: the schedule to evaluate.
+        clock: a scalar float variable holding the position (in steps).
+    """
+
+    def __init__(self, base, clock=None):
+        if isinstance(base, dict):
+            base = keras.optimizers.schedules.deserialize(base)
+        self.base = base
+        self.clock = clock if clock is not None else keras.Variable(0.0, trainable=False, name="lr_clock")
+
+    def __call__(self, step):
+        return self.base(ops.convert_to_tensor(self.clock)) if callable(self.base) else self.base
+
+    def get_config(self) -> dict[str, Any]:
+        return {"base": keras.optimizers.schedules.serialize(self.base) if callable(self.base) else self.base}
+
+
 def make_schedule(kind: str, lr: float, total_steps: int, min_lr: float | None = None, cycle_steps: int | None = None):
     """A schedule by name: "constant", "onecycle" (peak `lr`) or "triangular" (`min_lr`..`lr`)."""
     from geolabel.errors import InputError

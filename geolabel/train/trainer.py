@@ -59,7 +59,9 @@ class TrainConfig:
         freeze_encoder_steps: encoder weights held still for the first N steps.
         encoder_lr_scale: encoder learning rate = this x the schedule.
         init: run folder whose model initialises this one (fine-tuning).
-        time_limit_s: stop (after validating) once training has used this many seconds.
+        time_limit_s: wall-clock training budget: the learning-rate schedule advances on the
+            larger of steps done and budget used, and training stops (after validating) when
+            either runs out, so the schedule always completes.
         iou_class: class whose IoU drives early stopping and the best checkpoint.
         downsample: train at a coarser resolution: chips are area-averaged by this factor
             in the input pipeline (`crop` and `val_crop` are in coarse pixels), and the saved
@@ -242,7 +244,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from geolabel.losses import get_loss
     from geolabel.models import build_model, encoder_layers, stride_of
     from geolabel.train.dataset import dataset_shards, make_dataset
-    from geolabel.train.schedules import ScaledSchedule, make_schedule
+    from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
 
     _validate(config)
     run_dir = Path(run_dir)
@@ -294,7 +296,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             for name, size in (("--crop", config.crop), ("--val-crop", val_crop)):
                 if size % stride:
                     raise InputError(name, f"{size} is not a multiple of the model stride {stride}")
-            schedule = make_schedule(config.schedule, config.lr, total_steps, config.min_lr)
+            base_schedule = make_schedule(config.schedule, config.lr, total_steps, config.min_lr)
+            clock = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="lr_clock")
+            schedule = ClockSchedule(base_schedule, clock)
             encoder = encoder_layers(model)
             encoder_ids = {id(v) for layer in encoder for v in layer.trainable_weights}
             split = bool(encoder_ids) and (config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0)
@@ -303,7 +307,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             optimizer = _optimizer(config, schedule)
             enc_optimizer = None
             if split:
-                enc_lr = ScaledSchedule(schedule, config.encoder_lr_scale, config.freeze_encoder_steps)
+                enc_lr = ScaledSchedule(schedule, config.encoder_lr_scale)
                 enc_optimizer = _optimizer(config, enc_lr)
             if config.mixed_precision and on_gpu:
                 # one loss scale for the whole model; encoder gradients are unscaled by hand
@@ -323,6 +327,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         if resume:
             checkpoint.restore(manager.latest_checkpoint).expect_partial()
             state = json.loads(state_path.read_text())
+            clock.assign(float(step_var.numpy()))
             logger.info("resumed %s at epoch %d", run_dir, int(epoch_var.numpy()))
         history = _History(run_dir, state["history"])
 
@@ -401,13 +406,18 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
                 confusion += conf.numpy()
                 steps_done += 1
                 elapsed = state["train_time_s"] + time.perf_counter() - started
-                if config.time_limit_s is not None and elapsed >= config.time_limit_s:
+                position = float(step_var.numpy())
+                if config.time_limit_s is not None:
+                    # the schedule runs on the larger of steps and time used, so it completes either way
+                    position = max(position, total_steps * elapsed / max(config.time_limit_s, 1e-9))
+                clock.assign(min(position, total_steps))
+                if position >= total_steps and int(step_var.numpy()) < total_steps:
                     logger.info("time limit %.0f s reached at step %d", config.time_limit_s, int(step_var.numpy()))
                     stopped = True
                     break
             seconds = time.perf_counter() - started
             state["train_time_s"] += seconds
-            lr_now = schedule(int(step_var.numpy())) if callable(schedule) else schedule
+            lr_now = schedule(0)
             row: dict[str, float] = {
                 "epoch": epoch + 1,
                 "step": int(step_var.numpy()),

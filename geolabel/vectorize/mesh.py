@@ -2,7 +2,7 @@
 
 The label map is approximated by a labelled triangle mesh whose energy
 
-    E = fidelity + lambda^2 * (vertex count) + mu^2 * (right-angle irregularity)
+    E = fidelity + lambda^2 * (vertex count) + mu * (right-angle irregularity)
 
 is minimised, then each labelled region of the mesh becomes a polygon.
 
@@ -14,26 +14,33 @@ is minimised, then each labelled region of the mesh becomes a polygon.
   to the boundaries and reproduces the label map exactly. Each triangle takes the
   label of the region that contains it (its majority class, here 100 %).
 * Fidelity: the area of disagreement with the label map, measured for every boundary
-  edge as the area between the edge and the pixel boundary it stands for.
+  edge as the area between the edge and the pixel boundary it stands for (integrated
+  along the edge: exact unless that boundary folds back, then an upper bound).
+  Specks of nodata (255) smaller than (2 lambda)^2 inside a block take the nearest
+  class first: missing pixels are not a region to approximate.
 * Complexity: lambda (metres) is the side of the square of area that one vertex is
   worth: a vertex is kept only if removing it would mislabel more than lambda^2.
 * Regularity: at each vertex of a building boundary, the deviation of the turning
-  angle from the nearest multiple of 90 degrees (radians), weighted by mu^2.
+  angle from the nearest multiple of 90 degrees (radians) times its shorter edge,
+  weighted by mu (metres): long walls meeting at odd angles cost the most, pixel
+  steps almost nothing. It is switched on after a first simplification.
 * Operators: half-edge collapse along a boundary (greedy, best energy gain first),
   edge flips of unconstrained edges to unblock collapses, and continuous relocation
   of boundary vertices (pattern search). Every operation is accepted only if no
   triangle flips or degenerates and no region vanishes, so the mesh stays a valid
   triangulation: no self-intersections, and neighbouring regions share one boundary.
-* Large rasters are processed block by block; vertices on block borders are fixed at
-  pixel corners, so the pieces of an object cut by a seam meet exactly and are merged
-  back into one polygon.
+* Large rasters are processed block by block (optionally in parallel processes);
+  vertices on block borders are fixed at pixel corners, so the pieces of an object
+  cut by a seam meet exactly and are merged back into one polygon.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -50,7 +57,7 @@ from geolabel.progress import logger, progress
 DEFAULT_LAMBDA = 0.5
 """Default complexity weight, metres: a vertex must save lambda^2 of mislabelled area."""
 DEFAULT_MU = 0.5
-"""Default right-angle regularity weight, metres (mu^2 per radian of deviation)."""
+"""Default right-angle regularity weight, metres (per metre of edge and radian of deviation)."""
 DEFAULT_BLOCK = 1024
 """Default block size in pixels for large rasters."""
 
@@ -591,13 +598,17 @@ class LabelMesh:
                 continue
             touched = self._neighbourhood(u, k + 3)
             x = u
+            removed = 0
             for _ in range(k):
                 a, b = self.vprev[x], self.vnext[x]
                 if not (self.try_collapse(x, b) or self.try_collapse(x, a)):
                     break
                 self._remove_from_chain(x)
-                done += 1
+                removed += 1
                 x = b
+            if removed == 0:
+                continue  # blocked by the mesh: retried only once a neighbour changes
+            done += removed
             for x in touched:
                 if self.vchain[x] < 0:
                     continue
@@ -764,6 +775,30 @@ class LabelMesh:
 # --------------------------------------------------------------------------- polygoniser
 
 
+def _fill_nodata_specks(labels: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Give nodata specks (<= max_pixels, not on the block border) the nearest known class.
+
+    Nodata is not a class to approximate: a speck of missing imagery inside a building
+    would otherwise stay a hole that the mesh must keep (regions never vanish).
+    """
+    nodata = labels == IGNORE
+    if not nodata.any() or nodata.all() or max_pixels < 1:
+        return labels
+    comp, n = ndimage.label(nodata)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    small = sizes <= max_pixels
+    small[0] = False
+    small[border] = False
+    fill = small[comp]
+    if not fill.any():
+        return labels
+    _, (rows, cols) = ndimage.distance_transform_edt(nodata, return_indices=True)
+    out = labels.copy()
+    out[fill] = labels[rows[fill], cols[fill]]
+    return out
+
+
 def _block_polygons(
     labels: np.ndarray,
     probabilities: np.ndarray | None,
@@ -774,10 +809,10 @@ def _block_polygons(
     regular_classes: set[int],
 ) -> list[tuple[int, float, float, shapely.Geometry]]:
     """(class, confidence, pixel count, polygon in block pixel coordinates) per object of a block."""
+    if np.isin(labels, list(skip)).all():
+        return []  # nothing to polygonise in this block
+    labels = _fill_nodata_specks(labels, max_pixels=int(4 * lam_px * lam_px))
     regions, region_class = _regions(labels, instances)
-    if len(region_class) <= 1:
-        if len(region_class) == 0 or int(region_class[0]) in skip:
-            return []
     mesh = LabelMesh(regions, region_class, lam_px, mu_px, regular_classes)
     mesh.optimise()
     counts = np.bincount(regions.ravel(), minlength=len(region_class))
@@ -798,6 +833,10 @@ def _block_polygons(
         for part in getattr(geom, "geoms", [geom]):
             out.append((cls, float(conf[region]), float(counts[region]), part))
     return out
+
+
+def _block_polygons_args(args: tuple) -> list[tuple[int, float, float, shapely.Geometry]]:
+    return _block_polygons(*args)
 
 
 def _merge_seams(pieces: list[tuple[int, float, float, shapely.Geometry]], seam_lines: list[shapely.Geometry]):
@@ -858,6 +897,7 @@ def mesh_polygons(
     instances: np.ndarray | None = None,
     regular_classes: Sequence[int] | None = None,
     background: int = 0,
+    workers: int = 1,
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster by mesh approximation with right-angle regularity.
 
@@ -868,18 +908,22 @@ def mesh_polygons(
         crs: CRS of the output.
         probabilities: optional (num_classes, h, w) probabilities for the confidence column.
         class_map: class names for the `class` column (default: ids as they are).
-        lam: complexity weight lambda, metres (CRS units).
-        mu: right-angle regularity weight mu, metres (CRS units).
+        lam: complexity weight lambda, ground metres: a vertex must save lambda^2 of
+            mislabelled area to be kept.
+        mu: right-angle regularity weight mu, ground metres: a corner costs mu x its
+            shorter edge x its deviation from a multiple of 90 degrees (radians).
         block_size: blocks of this many pixels are meshed independently, seams merged.
-        min_area: drop polygons smaller than this (CRS units^2).
+        min_area: drop polygons smaller than this many square metres.
         instances: optional (h, w) instance ids, so touching objects of one class
             (terraced houses) stay separate polygons with one shared wall.
         regular_classes: classes pulled to right angles (default: the class named
             "building", or class 1).
         background: the class id that is not polygonised.
+        workers: processes meshing blocks in parallel (blocks are independent).
 
     Returns:
-        GeoDataFrame with columns class, area, confidence, geometry.
+        GeoDataFrame with columns class (name), area (ground m^2), confidence (mean
+        probability of the class, NaN without probabilities), geometry (source CRS).
     """
     arr = np.asarray(classes)
     if arr.ndim == 3 and arr.shape[0] == 1:
@@ -894,24 +938,43 @@ def mesh_polygons(
         raise InputError("lam/mu", "must be >= 0 metres")
     if block_size < 16:
         raise InputError("block_size", "must be at least 16 pixels")
-    pixel = math.sqrt(abs(transform.a * transform.e - transform.b * transform.d)) or 1.0
+    if workers < 1:
+        raise InputError("workers", "must be >= 1")
+    if probabilities is not None and probabilities.dtype == np.uint8:
+        probabilities = probabilities.astype(np.float32) / 255.0
+    h, w = arr.shape
+    mx, my = ground_pixel_size(transform, crs, w, h)
+    pixel = math.sqrt(mx * my)
     if regular_classes is None:
         regular = {class_map.names.index("building")} if class_map and "building" in class_map.names else {1}
     else:
         regular = set(int(c) for c in regular_classes)
     skip = {int(background), IGNORE}
-    h, w = arr.shape
     pieces: list[tuple[int, float, float, shapely.Geometry]] = []
     seams: list[shapely.Geometry] = []
     windows = [(r, c) for r in range(0, h, block_size) for c in range(0, w, block_size)]
-    for r0, c0 in progress(windows, desc="mesh polygons", unit="block"):
-        r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
-        sub = arr[r0:r1, c0:c1]
-        probs = None if probabilities is None else probabilities[:, r0:r1, c0:c1]
-        inst = None if instances is None else instances[r0:r1, c0:c1]
-        for cls, conf, count, geom in _block_polygons(sub, probs, inst, 1.0 * lam / pixel, 1.0 * mu / pixel,
-                                                      skip, regular):
-            pieces.append((cls, conf, count, shapely.transform(geom, lambda p, dx=c0, dy=r0: p + (dx, dy))))
+    def jobs():
+        for r0, c0 in windows:
+            r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
+            probs = None if probabilities is None else probabilities[:, r0:r1, c0:c1]
+            inst = None if instances is None else instances[r0:r1, c0:c1]
+            yield arr[r0:r1, c0:c1], probs, inst, lam / pixel, mu / pixel, skip, regular
+
+    if workers > 1 and len(windows) > 1:
+        # forkserver: never fork a parent that may hold TensorFlow's threads
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(windows)),
+                                   mp_context=multiprocessing.get_context("forkserver"))
+        results = pool.map(_block_polygons_args, jobs())
+    else:
+        pool = None
+        results = map(_block_polygons_args, jobs())
+    try:
+        for (r0, c0), block in zip(windows, progress(results, desc="mesh polygons", total=len(windows), unit="block")):
+            for cls, conf, count, geom in block:
+                pieces.append((cls, conf, count, shapely.transform(geom, lambda p, dx=c0, dy=r0: p + (dx, dy))))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     for r in range(block_size, h, block_size):
         seams.append(shapely.LineString([(0, r), (w, r)]))
     for c in range(block_size, w, block_size):
@@ -924,16 +987,44 @@ def mesh_polygons(
                                                                    d * p[:, 0] + e * p[:, 1] + f]))
         if transform.a * transform.e - transform.b * transform.d < 0:
             geoms = shapely.orient_polygons(geoms) if hasattr(shapely, "orient_polygons") else geoms
-    names = [class_map.names[p[0]] if class_map and p[0] < class_map.num_classes else p[0] for p in pieces]
+    names = [class_map.names[p[0]] if class_map and p[0] < class_map.num_classes else str(p[0]) for p in pieces]
+    areas = np.array([shapely.area(p[3]) * mx * my for p in pieces], float)  # pixel area -> ground m^2
     frame = gpd.GeoDataFrame(
-        {"class": names, "area": shapely.area(geoms) if len(geoms) else [], "confidence": [p[1] for p in pieces]},
-        geometry=list(geoms),
+        {"class": np.asarray(names, dtype=object), "area": areas,
+         "confidence": np.asarray([p[1] for p in pieces], float)},
+        geometry=gpd.GeoSeries(list(geoms), crs=crs),
         crs=crs,
     )
     if min_area > 0:
         frame = frame[frame["area"] >= min_area].reset_index(drop=True)
     logger.info("mesh polygons: %d objects, %d vertices", len(frame), vertex_count(frame.geometry))
     return frame
+
+
+def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
+    """Ground metres per pixel (x, y) at the raster centre; CRS units as metres without a CRS."""
+    sx = math.hypot(transform.a, transform.d)
+    sy = math.hypot(transform.b, transform.e)
+    if crs is None:
+        return sx, sy
+    from pyproj import CRS, Geod, Transformer
+
+    crs = CRS.from_user_input(crs)
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    geod = Geod(ellps="WGS84")
+    cx, cy = width / 2, height / 2
+    lon0, lat0 = to_ll.transform(*(transform * (cx, cy)))
+    out = []
+    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
+        lon1, lat1 = to_ll.transform(*(transform * (cx + dx, cy + dy)))
+        out.append(geod.inv(lon0, lat0, lon1, lat1)[2])
+    if not all(math.isfinite(v) and v > 0 for v in out):
+        raise InputError("transform", f"cannot measure the ground size of a pixel in {crs.to_string()}")
+    if crs.is_projected:  # conformal metric grids (UTM...) keep their own units, as the other polygonisers do
+        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        if abs(out[0] / (sx * unit) - 1) < 0.01 and abs(out[1] / (sy * unit) - 1) < 0.01:
+            return sx * unit, sy * unit
+    return out[0], out[1]
 
 
 def vertex_count(geoms) -> int:

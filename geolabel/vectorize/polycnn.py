@@ -33,7 +33,6 @@ from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 
 PATCH = 67
-EARTH_HALF_CIRCUMFERENCE = 20037508.342789244  # EPSG:3857 extent, metres
 TILE = 256
 
 # ----------------------------------------------------------------------------- geometry
@@ -177,49 +176,28 @@ def artificial_batches(
 # ----------------------------------------------------------------------------- imagery
 
 
-def tile_bounds(zoom: int, x: int, y: int) -> tuple[float, float, float, float]:
-    """EPSG:3857 bounds (left, bottom, right, top) of XYZ tile (zoom, x, y), Google scheme."""
-    size = 2 * EARTH_HALF_CIRCUMFERENCE / 2**zoom
-    left = -EARTH_HALF_CIRCUMFERENCE + x * size
-    top = EARTH_HALF_CIRCUMFERENCE - y * size
-    return left, top - size, left + size, top
+def mosaic_local_tiles(tiles_dir: str | os.PathLike, zoom: int):
+    """Mosaic a local `{zoom}/{x}/{y}.jpg|png` XYZ tree into one in-memory EPSG:3857 GeoBlock.
 
-
-def mosaic_tiles(tiles_dir: str | os.PathLike, zoom: int):
-    """Mosaic every `{zoom}/{x}/{y}.jpg` under `tiles_dir` into one EPSG:3857 GeoBlock.
-
-    Returns the GeoBlock (3, H, W) uint8 and a (H, W) boolean `covered` mask: pixels of
-    missing tiles are 0 and not covered, so callers can check that a crop lies on imagery.
+    Uses the fetch layer's tile geometry (`geolabel.data.tiles`). Returns the GeoBlock
+    (3, H, W) uint8 and a (H, W) boolean `covered` mask: pixels of missing tiles are 0 and
+    not covered, so callers can check that a crop lies on imagery.
     """
-    from PIL import Image
-    from rasterio.transform import from_origin
-
     from geolabel.data.raster import GeoBlock
+    from geolabel.data.tiles import decode_tile, local_tile_range
 
-    root = Path(tiles_dir) / str(zoom)
-    paths = sorted(root.glob("*/*.jpg")) + sorted(root.glob("*/*.png"))
-    if not paths:
-        raise InputError(root, f"no XYZ tiles for zoom {zoom}")
-    index = [(int(p.parent.name), int(p.stem), p) for p in paths]
-    xs = [i[0] for i in index]
-    ys = [i[1] for i in index]
-    x0, y0 = min(xs), min(ys)
-    width, height = (max(xs) - x0 + 1) * TILE, (max(ys) - y0 + 1) * TILE
-    array = np.zeros((3, height, width), dtype="uint8")
-    covered = np.zeros((height, width), dtype=bool)
-    for x, y, path in index:
-        try:
-            with Image.open(path) as tile:
-                rgb = np.asarray(tile.convert("RGB"))
-        except OSError as err:
-            raise InputError(path, f"unreadable tile ({err})") from err
-        r, c = (y - y0) * TILE, (x - x0) * TILE
-        array[:, r : r + TILE, c : c + TILE] = rgb.transpose(2, 0, 1)
+    root = Path(tiles_dir)
+    trange = local_tile_range(root, zoom)
+    array = np.zeros((3, trange.rows * TILE, trange.columns * TILE), dtype="uint8")
+    covered = np.zeros(array.shape[1:], dtype=bool)
+    for path in sorted((root / str(zoom)).glob("*/*.*")):
+        x, y = path.parent.name, path.name.split(".")[0]
+        if path.suffix not in (".jpg", ".jpeg", ".png", ".webp") or not (x.isdigit() and y.isdigit()):
+            continue
+        r, c = (int(y) - trange.y0) * TILE, (int(x) - trange.x0) * TILE
+        array[:, r : r + TILE, c : c + TILE] = decode_tile(path.read_bytes(), TILE, str(path))
         covered[r : r + TILE, c : c + TILE] = True
-    left, _, _, top = tile_bounds(zoom, x0, y0)
-    res = 2 * EARTH_HALF_CIRCUMFERENCE / 2**zoom / TILE
-    block = GeoBlock(array=array, transform=from_origin(left, top, res, res), crs="EPSG:3857", nodata=None)
-    return block, covered
+    return GeoBlock(array=array, transform=trange.transform(TILE), crs="EPSG:3857", nodata=0), covered
 
 
 # ----------------------------------------------------------------------------- crops
@@ -338,7 +316,7 @@ def load_city(
     labels = city_dir / "osm-buildings.geojson"
     if not labels.is_file():
         raise InputError(labels, "building labels not found")
-    block, covered = mosaic_tiles(city_dir / "tiles", zoom)
+    block, covered = mosaic_local_tiles(city_dir / "tiles", zoom)
     try:
         frame = gpd.read_file(labels)
     except Exception as err:  # noqa: BLE001 (pyogrio raises several types)
@@ -444,7 +422,9 @@ def _fit_steps(model, batches: Iterator, steps: int, learning_rate: float, stage
 
     if steps <= 0:
         return
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=CyclicVertexLoss(), metrics=[CyclicVertexDistance()])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=CyclicVertexLoss(), metrics=[CyclicVertexDistance()]
+    )
     done = int(history[-1]["step"]) if history else 0
     chunk = max(1, min(50, steps))
     for start in progress(range(0, steps, chunk), desc=f"polycnn {stage}", total=math.ceil(steps / chunk)):
@@ -470,7 +450,9 @@ def _set_trainable(model, extractor: bool, encoder: bool, decoder: bool) -> None
     model.get_layer("decoder").trainable = decoder
 
 
-def pretrain_artificial(model, steps: int, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0) -> list[dict]:
+def pretrain_artificial(
+    model, steps: int, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0
+) -> list[dict]:
     """Train the whole model on the artificial quadrilaterals for `steps` steps (history rows)."""
     history: list[dict] = []
     _set_trainable(model, True, True, True)
@@ -496,7 +478,11 @@ def train_staged(
         raise InputError("decoder_frozen_steps", "must be >= 0 and <= extractor_frozen_steps")
     history: list[dict] = []
     bounds = [min(decoder_frozen_steps, steps), min(extractor_frozen_steps, steps), steps]
-    stages = [("encoder-only", (False, True, False)), ("extractor-frozen", (False, True, True)), ("all", (True, True, True))]
+    stages = [
+        ("encoder-only", (False, True, False)),
+        ("extractor-frozen", (False, True, True)),
+        ("all", (True, True, True)),
+    ]
     previous = 0
     for end, (name, flags) in zip(bounds, stages, strict=True):
         _set_trainable(model, *flags)
@@ -574,7 +560,10 @@ def train_polycnn(config: PolyCNNConfig, out_dir: str | os.PathLike) -> dict[str
     t0 = time.perf_counter()
     train = [load_city(root / c, config.zoom, config.tolerance_m) for c in config.train_cities]
     val = load_city(root / config.val_city, config.zoom, config.tolerance_m)
-    parts = [city_examples(c, config.copies, config.patch, config.margin, config.jitter, config.seed + i) for i, c in enumerate(train)]
+    parts = [
+        city_examples(c, config.copies, config.patch, config.margin, config.jitter, config.seed + i)
+        for i, c in enumerate(train)
+    ]
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     data_s = time.perf_counter() - t0
@@ -705,36 +694,102 @@ def regress_components(
     return [(ring, pixels, conf) for ring, (pixels, conf) in zip(rings, meta, strict=True)]
 
 
+MODEL_ENV = "GEOLABEL_POLYCNN_MODEL"
+
+
+def _image_array(image: Any, shape: tuple[int, int], transform) -> np.ndarray:
+    """The imagery as (h, w, C): an array on the class grid, or a raster file on the same grid."""
+    if isinstance(image, (str, os.PathLike)):
+        from geolabel.data.raster import read_raster
+
+        block = read_raster(image)
+        if (block.height, block.width) != shape or not block.transform.almost_equals(transform):
+            raise InputError(image, "imagery is not on the grid of the class raster")
+        return block.array.transpose(1, 2, 0)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[:2] != shape and array.shape[1:] == shape:
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[:2] != shape:
+        raise InputError("image", f"shape {array.shape} is not on the class raster's grid {shape}")
+    return array
+
+
 def polygonize_polycnn(
     classes: np.ndarray,
     transform,
-    crs,
-    *,
-    image: np.ndarray,
-    model: Any,
-    class_names: Sequence[str] | None = None,
-    class_ids: Sequence[int] = (1,),
+    crs=None,
     probabilities: np.ndarray | None = None,
+    *,
+    class_map=None,
+    min_area: float = 0.0,
+    image: Any = None,
+    model: Any = None,
+    class_ids: Sequence[int] | None = None,
     min_pixels: int = 16,
     margin: float = 0.25,
+    batch_size: int = 64,
 ):
-    """Georeferenced PolyCNN quadrilaterals for each object of `class_ids` in a class raster.
+    """PolyCNN polygoniser (registered as "polycnn"): one regressed quadrilateral per object.
 
-    Returns a GeoDataFrame in `crs` with the attributes of the mask-based polygons:
-    `class` (name, or id when `class_names` is None), `area` (square CRS units) and
-    `confidence` (mean class probability over the object's pixels, 1.0 without probabilities).
+    Objects are the connected components of each class in `class_ids` (default: the class
+    named "building", else 1); each is cropped from the imagery, regressed by PolyCNN and
+    georeferenced.
+
+    Args:
+        classes: (h, w) class raster.
+        transform, crs: georeferencing of the raster.
+        probabilities: optional (K, h, w) (or (h, w, K)) probabilities in [0, 1] for `confidence`.
+        class_map: names for the `class` column (`geolabel.classes.ClassMap`).
+        min_area: quadrilaterals smaller than this many square ground metres are dropped.
+        image: the imagery on the same grid: (C, h, w) / (h, w, C) array or a raster path.
+        model: a PolyCNN, a `model.keras` or a `geolabel polycnn-train` run folder; default:
+            the path in the environment variable GEOLABEL_POLYCNN_MODEL.
+
+    Returns:
+        GeoDataFrame[class, area (m2), confidence, geometry] in `crs`, as the mask-based polygonisers.
     """
     import geopandas as gpd
 
+    classes = np.asarray(classes)
+    if classes.ndim != 2:
+        raise InputError("classes", f"expected a (h, w) class raster, got shape {classes.shape}")
+    if image is None:
+        raise InputError("image", "the PolyCNN polygoniser needs the imagery (array or raster path) on the class grid")
+    if model is None:
+        model = os.environ.get(MODEL_ENV)
+        if not model:
+            raise InputError("model", f"no PolyCNN model given (pass model= or set {MODEL_ENV} to a polycnn-train run)")
+    model = load_polycnn(model)
+    pixels = _image_array(image, classes.shape, transform)
+    names = tuple(class_map.names) if class_map is not None else ()
+    if class_ids is None:
+        class_ids = [names.index("building")] if "building" in names else [1]
+    prob = None
+    if probabilities is not None:
+        prob = np.asarray(probabilities, dtype="float32")
+        if prob.ndim == 3 and prob.shape[:2] != classes.shape:
+            prob = prob.transpose(1, 2, 0)
     rows = []
     for class_id in class_ids:
-        for ring, _pixels, confidence in regress_components(
-            classes, image, model, int(class_id), probabilities, min_pixels, margin
+        for ring, _count, confidence in regress_components(
+            classes, pixels, model, int(class_id), prob, min_pixels, margin, batch_size
         ):
-            world = np.array([transform * (float(x), float(y)) for x, y in ring])
-            poly = quad_polygon(world)
+            poly = quad_polygon(np.array([transform * (float(x), float(y)) for x, y in ring]))
             if poly.is_empty or poly.geom_type != "Polygon":
                 continue
-            name = class_names[class_id] if class_names is not None else int(class_id)
-            rows.append({"class": name, "area": float(poly.area), "confidence": confidence, "geometry": poly})
-    return gpd.GeoDataFrame(rows, columns=["class", "area", "confidence", "geometry"], geometry="geometry", crs=crs)
+            name = names[class_id] if class_id < len(names) else str(class_id)
+            rows.append({"class": name, "confidence": confidence, "geometry": poly})
+    frame = gpd.GeoDataFrame(rows, columns=["class", "confidence", "geometry"], geometry="geometry", crs=crs)
+    frame.insert(1, "area", _ground_areas(frame))
+    frame = frame[frame["area"] >= min_area].reset_index(drop=True)
+    logger.info("polycnn polygons: %d objects", len(frame))
+    return frame
+
+
+def _ground_areas(frame) -> np.ndarray:
+    """Areas in square ground metres (through the local UTM zone when the CRS is not metric-true)."""
+    if len(frame) == 0:
+        return np.zeros(0)
+    if frame.crs is None:
+        return frame.geometry.area.to_numpy(dtype=float)
+    return frame.geometry.to_crs(frame.estimate_utm_crs()).area.to_numpy(dtype=float)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from PIL import Image
 
 from geolabel.align.data import Scene, rasterize_map, within_image
 from geolabel.cli import main
@@ -91,8 +92,8 @@ def test_outputs(virac_scene, tmp_path):
     assert frame.confidence.between(0, 1).all()
     assert osc_problems(tmp_path / "changes.osc") == []
     assert json.loads((tmp_path / "summary.json").read_text())["counts"] == summary["counts"]
-    with rasterio.open(tmp_path / "preview.png") as png:
-        assert png.count >= 3
+    with Image.open(tmp_path / "preview.png") as png:
+        assert png.mode == "RGB" and png.size[0] > 100
 
 
 def test_mapupdate_command_with_probabilities(virac, virac_scene, tmp_path, capsys):
@@ -118,3 +119,18 @@ def test_mapupdate_command_needs_one_source(virac, tmp_path, capsys):
         main(["mapupdate", str(image), "--osm", str(labels), "-o", str(tmp_path / "o")])
     assert exit_.value.code == 2
     assert "--model/--probabilities" in capsys.readouterr().err
+
+
+def test_mapupdate_command_with_an_align_update_model(virac, tmp_path, capsys):
+    from geolabel.models.align_update import AlignUpdateNet
+
+    image, labels = virac
+    model = AlignUpdateNet(image_base=4, map_base=4, depth=3)
+    model([np.zeros((1, 32, 32, 3), "float32"), np.zeros((1, 32, 32, 3), "float32")])
+    model.save(tmp_path / "au.keras")
+    out = tmp_path / "out"
+    main(["mapupdate", str(image), "--osm", str(labels), "--model", str(tmp_path / "au.keras"), "-o", str(out)])
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == counts and sum(counts.values()) > 0
+    assert osc_problems(out / "changes.osc") == []

@@ -35,3 +35,35 @@ def test_client_errors(rest_url):
         ServingClient(f"{rest_url}/v1/models/nope")(np.zeros((1, 8, 8, 3)))
     with pytest.raises(FetchError):
         ServingClient("http://127.0.0.1:9/v1/models/a", retries=2, timeout=2)(np.zeros((1, 8, 8, 3)))
+
+
+def test_predict_cli_endpoint_matches_local(rest_url, tiny_runs, shared_data, tmp_path):
+    """`geolabel predict --endpoint` writes the same georeferenced classes as local predict (real Inria crop)."""
+    import rasterio
+    from click.testing import CliRunner
+    from rasterio.windows import Window
+
+    from geolabel.cli import cli
+
+    src_path = shared_data / "inria-austin" / "image.tif"
+    crop = tmp_path / "crop.tif"
+    with rasterio.open(src_path) as src:
+        window = Window(300, 400, 200, 160)
+        profile = src.profile | {"width": 200, "height": 160, "transform": src.window_transform(window)}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    common = ["--window", "128", "--overlap", "16", "--batch-size", "2"]
+    runner = CliRunner()
+    served = runner.invoke(
+        cli, ["predict", "--endpoint", f"{rest_url}/v1/models/seg", str(crop), "-o", str(tmp_path / "served"), *common]
+    )
+    assert served.exit_code == 0, (served.output, served.exception)
+    local = runner.invoke(cli, ["predict", str(tiny_runs["seg"]), str(crop), "-o", str(tmp_path / "local"), *common])
+    assert local.exit_code == 0, (local.output, local.exception)
+    with rasterio.open(tmp_path / "served" / "classes.tif") as a, rasterio.open(tmp_path / "local" / "classes.tif") as b:
+        assert a.crs == b.crs and a.transform == b.transform and a.shape == (160, 200)
+        agree = (a.read(1) == b.read(1)).mean()
+    assert agree > 0.999
+    missing = runner.invoke(cli, ["predict", str(crop), "-o", str(tmp_path / "x")])
+    assert missing.exit_code != 0

@@ -10,7 +10,6 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
-    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -116,36 +115,3 @@ def test_metadata_status_and_classify(predict_stub, model_stub):
         predict_stub.Classify(classify, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Expected classification signature method_name" in info.value.details()
-
-
-def test_reload_config_adds_model_with_labels(server, model_base):
-    """HandleReloadConfigRequest on a separate server: a second model, a label, a specific policy."""
-    from geolabel.serving.server import ModelServer, parse_model_config
-
-    with ModelServer(model_name="a", model_base_path=model_base, rest_api_port=None, port=0, host="127.0.0.1", poll_seconds=0) as srv:
-        srv.wait_available()
-        with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as ch:
-            models = model_service_pb2_grpc.ModelServiceStub(ch)
-            predict = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-            config = parse_model_config(
-                f"""model_config_list {{
-                  config {{ name: 'b' base_path: '{model_base}' model_platform: 'tensorflow'
-                           model_version_policy {{ specific {{ versions: 1 }} }}
-                           version_labels {{ key: 'stable' value: 1 }} }}
-                }}"""
-            )
-            reply = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
-            assert reply.status.error_code == 0, reply.status.error_message
-            request = predict_request("b", images=np.zeros((1, 8, 8, 3), np.float32))
-            request.model_spec.version_label = "stable"
-            assert predict.Predict(request, timeout=60).model_spec.version.value == 1
-            with pytest.raises(grpc.RpcError) as info:  # model "a" was removed by the new config
-                predict.Predict(predict_request("a", images=np.zeros((1, 8, 8, 3), np.float32)), timeout=60)
-            assert info.value.code() == grpc.StatusCode.NOT_FOUND
-            bad = parse_model_config(
-                f"model_config_list {{ config {{ name: 'x' base_path: '{model_base}' }} "
-                f"config {{ name: 'x' base_path: '{model_base}' }} }}"
-            )
-            reply = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=60)
-            assert reply.status.error_code == 3  # INVALID_ARGUMENT
-            assert reply.status.error_message == "Illegal to list model x multiple times in config list"

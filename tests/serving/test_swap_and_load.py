@@ -55,37 +55,83 @@ def test_hot_swap_has_no_failed_requests(model_base, tmp_path):
         r = requests.post(url + ":predict", json=body, timeout=30)
         assert r.status_code == 200
         assert requests.post(url + "/versions/1:predict", json=body, timeout=30).status_code == 404
+        # a broken newer version fails to load: reported in the status, version 2 keeps serving
+        (base / ".broken").mkdir()
+        (base / ".broken" / "saved_model.pb").write_bytes(b"not a protobuf")
+        (base / ".broken").rename(base / "3")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = {s["version"]: s for s in requests.get(url, timeout=10).json()["model_version_status"]}
+            if status.get("3", {}).get("state") == "END":
+                break
+            time.sleep(0.1)
+        assert status["3"]["state"] == "END" and status["3"]["status"]["error_code"] != "OK"
+        assert status["3"]["status"]["error_message"]
+        assert status["2"]["state"] == "AVAILABLE"
+        assert requests.post(url + ":predict", json=body, timeout=30).status_code == 200
 
 
-def test_config_file_policies_and_labels(model_base, tmp_path):
-    from geolabel.serving.server import ModelServer
+def test_config_file_labels_and_grpc_reload(model_base, tmp_path):
+    """A text ModelServerConfig (latest 2, labels), then HandleReloadConfigRequest over gRPC."""
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+    )
+
+    from geolabel.serving.server import ModelServer, parse_model_config
 
     base = tmp_path / "multi"
     base.mkdir()
-    for v in (1, 2, 3):
+    for v in (1, 2):
         copy_version(model_base / "1", base, v)
     (base / "not-a-version").mkdir()
+    (base / "3.tmp").mkdir()
     config = tmp_path / "models.config"
     config.write_text(
         f"""model_config_list {{
-          config {{ name: 'latest2' base_path: '{base}' model_platform: 'tensorflow'
+          config {{ name: 'seg' base_path: '{base}' model_platform: 'tensorflow'
                    model_version_policy {{ latest {{ num_versions: 2 }} }}
-                   version_labels {{ key: 'stable' value: 2 }} version_labels {{ key: 'canary' value: 3 }} }}
-          config {{ name: 'pinned' base_path: '{base}' model_version_policy {{ specific {{ versions: 1 }} }} }}
+                   version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }} }}
         }}"""
     )
-    with ModelServer(model_config_file=config, rest_api_port=0, port=None, host="127.0.0.1", poll_seconds=0) as srv:
-        url = f"http://127.0.0.1:{srv.rest_port}/v1/models"
-        status = requests.get(f"{url}/latest2", timeout=10).json()["model_version_status"]
-        assert [(s["version"], s["state"]) for s in status] == [("3", "AVAILABLE"), ("2", "AVAILABLE")]
-        status = requests.get(f"{url}/pinned", timeout=10).json()["model_version_status"]
-        assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
-        assert requests.get(f"{url}/latest2/labels/stable", timeout=10).json()["model_version_status"][0]["version"] == "2"
+    with ModelServer(model_config_file=config, rest_api_port=0, port=0, host="127.0.0.1", poll_seconds=0) as srv:
+        url = f"http://127.0.0.1:{srv.rest_port}/v1/models/seg"
+        status = requests.get(url, timeout=10).json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "AVAILABLE")]
+        assert requests.get(f"{url}/labels/stable", timeout=10).json()["model_version_status"][0]["version"] == "1"
+        assert requests.get(f"{url}/labels/canary/metadata", timeout=10).json()["model_spec"]["version"] == "2"
         body = {"inputs": np.zeros((1, 8, 8, 3)).tolist()}
-        assert requests.post(f"{url}/latest2/labels/canary:predict", json=body, timeout=30).status_code == 200
-        assert requests.post(f"{url}/latest2/versions/1:predict", json=body, timeout=30).status_code == 404
-        meta = requests.get(f"{url}/latest2/labels/stable/metadata", timeout=10).json()
-        assert meta["model_spec"]["version"] == "2"
+        assert requests.post(f"{url}/labels/stable:predict", json=body, timeout=30).status_code == 200
+        assert requests.post(f"{url}/versions/1:predict", json=body, timeout=30).status_code == 200
+
+        with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
+            models = model_service_pb2_grpc.ModelServiceStub(channel)
+            pinned = parse_model_config(
+                f"""model_config_list {{ config {{ name: 'seg' base_path: '{base}'
+                      model_version_policy {{ specific {{ versions: 2 }} }} version_labels {{ key: 'stable' value: 2 }} }} }}"""
+            )
+            reply = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=pinned), timeout=60)
+            assert reply.status.error_code == 0, reply.status.error_message
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "seg"
+            states = models.GetModelStatus(request, timeout=30).model_version_status
+            assert [(s.version, s.state) for s in states] == [
+                (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+                (1, get_model_status_pb2.ModelVersionStatus.END),
+            ]
+            request.model_spec.version_label = "stable"
+            assert [s.version for s in models.GetModelStatus(request, timeout=30).model_version_status] == [2]
+            bad = parse_model_config(
+                f"model_config_list {{ config {{ name: 'x' base_path: '{base}' }} "
+                f"config {{ name: 'x' base_path: '{base}' }} }}"
+            )
+            reply = models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=60)
+            assert reply.status.error_code == 3  # INVALID_ARGUMENT
+            assert reply.status.error_message == "Illegal to list model x multiple times in config list"
+        assert requests.post(f"{url}/versions/1:predict", json=body, timeout=30).status_code == 404
+        assert requests.post(f"{url}/labels/stable:predict", json=body, timeout=30).status_code == 200
 
 
 def test_32_concurrent_clients_with_bad_requests(server, rest_url, real_tiles):

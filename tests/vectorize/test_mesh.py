@@ -96,10 +96,10 @@ def _predicted_like(image: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("kind", ["truth", "predicted"])
 def test_topology_holds_on_real_masks(shared_data, kind):
-    mask, image, _ = _austin(shared_data, size=160, row=200, col=300)
+    mask, image, _ = _austin(shared_data, size=120, row=200, col=300)
     labels = mask if kind == "truth" else _predicted_like(image)
     regions, region_class = _regions(labels, None)
-    mesh = LabelMesh(regions, region_class, lam_px=2.0, mu_px=2.0, regular_classes={1})
+    mesh = LabelMesh(regions, region_class, lam_px=1.0, mu_px=1.0, regular_classes={1})
     before = mesh.vertex_cost
     mesh.optimise()
     assert before > 0
@@ -114,7 +114,7 @@ def test_topology_holds_on_real_masks(shared_data, kind):
     # each polygon still mostly covers pixels of its own class
     drawn = features.rasterize([(g, r + 1) for r, g in polygons.items()], out_shape=(h, w)) - 1
     agree = (region_class[drawn] == labels).mean()
-    assert agree > 0.9
+    assert agree > (0.97 if kind == "truth" else 0.85)
 
 
 def test_blocks_merge_across_seams(shared_data):
@@ -149,3 +149,21 @@ def test_attributes_georeference_and_errors():
         mesh_polygons(np.zeros((10, 10), np.float32), PIXEL)
     with pytest.raises(InputError, match="probabilities"):
         mesh_polygons(classes, PIXEL, probabilities=probs[:, :10])
+
+
+def test_parallel_blocks_give_the_same_polygons(shared_data):
+    mask, _, transform = _austin(shared_data, size=128, row=100, col=100)
+    serial = mesh_polygons(mask, transform, "EPSG:26914", block_size=64)
+    parallel = mesh_polygons(mask, transform, "EPSG:26914", block_size=64, workers=2)
+    assert len(serial) == len(parallel)
+    assert shapely.union_all(list(serial.geometry)).equals(shapely.union_all(list(parallel.geometry)))
+
+
+def test_nodata_specks_inside_a_building_do_not_become_holes():
+    classes = np.zeros((50, 50), np.uint8)
+    classes[10:40, 10:40] = 1
+    classes[20:22, 25] = 255  # two pixels of missing imagery
+    classes[:, 45:] = 255  # a nodata margin stays nodata
+    frame = mesh_polygons(classes, PIXEL, "EPSG:32631")
+    polygon = frame.geometry.iloc[0]
+    assert len(frame) == 1 and len(polygon.interiors) == 0 and vertex_count([polygon]) == 4

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rasterio.features import rasterize
 from shapely.geometry import Polygon, box
 
 from geolabel.errors import InputError
@@ -32,11 +33,10 @@ def test_artificial_batches_images_and_targets():
     for image, v in zip(images, vertices, strict=True):
         quad = Polygon(v.reshape(4, 2) * 64)
         assert quad.is_valid and box(0, 0, 64, 64).contains(quad)
-        yy, xx = np.mgrid[0:64, 0:64] + 0.5
-        inside = np.array([quad.contains(Polygon([(x - .2, y - .2), (x + .2, y - .2), (x + .2, y + .2)])) for x, y in zip(xx.ravel(), yy.ravel())])
-        inside = inside.reshape(64, 64)
+        inside = rasterize([(quad.buffer(-1.5), 1)], out_shape=(64, 64), fill=0, dtype="uint8").astype(bool)
+        outside = ~rasterize([(quad.buffer(1.5), 1)], out_shape=(64, 64), fill=0, dtype="uint8").astype(bool)
         # the roof is drawn where the polygon is: its colour differs from the ground around it
-        assert np.abs(image[inside].mean(0) - image[~inside].mean(0)).max() > 5
+        assert np.abs(image[inside].mean(0) - image[outside].mean(0)).max() > 5
 
 
 def test_orient_and_quad_from_polygon():
@@ -120,9 +120,12 @@ def test_staged_schedule_freezes_decoder_then_extractor():
         pc.train_staged(model, batches, steps=2, decoder_frozen_steps=3, extractor_frozen_steps=2)
 
 
-def test_polygonize_components_georeferenced(virac):
-    from rasterio.features import rasterize
+def test_polygonize_components_georeferenced(virac, tmp_path, monkeypatch):
     from shapely import affinity
+
+    from geolabel.classes import BUILDINGS
+    from geolabel.data.raster import GeoBlock, write_raster
+    from geolabel.vectorize import POLYGONIZERS
 
     # class raster: a real window of Virac with its quadrilateral buildings burnt in
     x0, y0 = virac.quads[0].min(0).astype(int) - 40
@@ -130,24 +133,48 @@ def test_polygonize_components_georeferenced(virac):
     window = virac.image[y0 : y0 + 200, x0 : x0 + 200]
     shapes = [affinity.translate(Polygon(q), -x0, -y0) for q in virac.quads]
     classes = rasterize([(s, 1) for s in shapes], out_shape=window.shape[:2], fill=0, dtype="uint8")
-    probs = np.stack([1 - classes * 0.8, classes * 0.8], axis=-1).astype("float32")
+    probs = np.stack([1 - classes * 0.8, classes * 0.8]).astype("float32")  # (K, h, w) as predict writes
     transform = virac.transform * virac.transform.translation(x0, y0)
     model = build_polycnn(width=4, encoder_hidden=16)
-    frame = pc.polygonize_polycnn(
-        classes, transform, "EPSG:3857", image=window, model=model, class_names=["background", "building"], probabilities=probs
-    )
+    polygonize = POLYGONIZERS["polycnn"]
+    assert polygonize is pc.polygonize_polycnn
+    frame = polygonize(classes, transform, "EPSG:3857", probs, class_map=BUILDINGS, image=window, model=model)
     assert len(frame) >= 1
     assert list(frame.columns) == ["class", "area", "confidence", "geometry"]
     assert set(frame["class"]) == {"building"}
     assert np.allclose(frame["confidence"], 0.8)
+    assert (frame["area"] > 0).all()
     left, top = transform * (0, 0)
     right, bottom = transform * (200, 200)
     extent = box(left, bottom, right, top).buffer(30)
     assert all(extent.contains(g) for g in frame.geometry)
     assert all(g.is_valid and len(g.exterior.coords) in (4, 5) for g in frame.geometry)
     assert frame.crs.to_epsg() == 3857
+    # imagery as a raster file on the grid, model from the environment (a saved run's model.keras)
+    image_path = tmp_path / "image.tif"
+    write_raster(image_path, GeoBlock(window.transpose(2, 0, 1).copy(), transform, "EPSG:3857", None))
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setenv(pc.MODEL_ENV, str(tmp_path))
+    again = polygonize(classes, transform, "EPSG:3857", None, image=image_path, min_area=0.0)
+    assert len(again) == len(frame) and set(again["class"]) == {"1"}
+    np.testing.assert_allclose(again["area"], frame["area"], rtol=1e-4)
+    assert pc.polygonize_polycnn(classes, transform, "EPSG:3857", image=window, min_area=1e9).empty
+    # through the predict layer's file entry point, as `geolabel predict --polygons polycnn` calls it
+    from geolabel.vectorize.polygons import polygonize_raster
+
+    classes_path, probs_path = tmp_path / "classes.tif", tmp_path / "probabilities.tif"
+    write_raster(classes_path, GeoBlock(classes[None], transform, "EPSG:3857", None))
+    write_raster(probs_path, GeoBlock((probs * 255).round().astype("uint8"), transform, "EPSG:3857", None))
+    via_file = polygonize_raster(classes_path, probs_path, method="polycnn", image=image_path, min_area=0.0)
+    assert len(via_file) == len(frame)
+    np.testing.assert_allclose(via_file["confidence"], 0.8, atol=0.01)
     with pytest.raises(InputError, match="image"):
-        pc.polygonize_polycnn(classes, transform, "EPSG:3857", image=window[:10], model=model)
+        polygonize(classes, transform, "EPSG:3857", image=window[:10], model=model)
+    with pytest.raises(InputError, match="imagery"):
+        polygonize(classes, transform, "EPSG:3857", model=model)
+    monkeypatch.delenv(pc.MODEL_ENV)
+    with pytest.raises(InputError, match=pc.MODEL_ENV):
+        polygonize(classes, transform, "EPSG:3857", image=window)
 
 
 def test_cli_polycnn_train_writes_run(shared_data, tmp_path):

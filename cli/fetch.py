@@ -1,0 +1,65 @@
+"""`geolabel fetch`: imagery + OSM (or any vector) labels for an area -> a training dataset folder."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return names if names and names[0] == "background" else ("background", *names)
+
+
+@click.command()
+@click.option("--bbox", help="Area of interest W,S,E,N in EPSG:4326.")
+@click.option("--aoi", "aoi_file", type=click.Path(dir_okay=False), help="Area of interest as a GeoJSON/GeoPackage/... polygon file.")
+@click.option("--place", help='Area of interest as a place name, geocoded through osmnx (e.g. "Virac, Catanduanes").')
+@click.option("--geocoder-url", help="Nominatim endpoint for --place (default: nominatim.openstreetmap.org).")
+@click.option("--imagery", required=True, help="XYZ/TMS/WMS URL template ({z}/{x}/{y}, {-y}, {s}, {q}, {bbox-epsg-3857}) or a local/remote GeoTIFF/COG.")
+@click.option("--zoom", type=int, help="Tile zoom level (tile and WMS sources).")
+@click.option("--tile-size", type=int, default=256, show_default=True, help="Tile side in pixels.")
+@click.option("--subdomains", default="abc", show_default=True, help="Values of {s}: letters, or a comma-separated list.")
+@click.option("--labels", default="osm", show_default=True, help='"osm" (Overpass), an .osm/.osm.bz2/.osm.pbf extract, or a vector file.')
+@click.option("--overpass-url", help="Overpass interpreter endpoint for --labels osm.")
+@click.option("--classes", default="background,building", show_default=True, help="Class names, background first (building, road, water, landuse for OSM).")
+@click.option("--class-column", help="Column of a vector label file holding class names or ids.")
+@click.option("--chip-size", type=int, default=256, show_default=True, help="Training chip side in pixels.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of spatial blocks used for validation.")
+@click.option("--split-block", type=int, default=4, show_default=True, help="Side of a train/val split block, in chips.")
+@click.option("--connections", type=int, default=8, show_default=True, help="Concurrent HTTP requests.")
+@click.option("--retries", type=int, default=6, show_default=True, help="Retries of a failing request (timeouts, 429, 5xx).")
+@click.option("--timeout", type=float, default=20.0, show_default=True, help="HTTP timeout in seconds.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tile cache folder (default: OUT/cache/tiles).")
+@click.option("--attribution", help="Imagery attribution line for the manifest.")
+@click.option("--name", help="Dataset name written into the chips (default: the folder name).")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Dataset folder (re-running resumes).")
+def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdomains, labels, overpass_url, classes, class_column,
+          chip_size, val_fraction, split_block, connections, retries, timeout, cache_dir, attribution, name, out) -> None:
+    """Fetch imagery and labels for an area into a dataset folder.
+
+    Writes OUT/imagery.tif (COG), labels.tif, labels.gpkg, manifest.json and chips/
+    (train/val TFRecords split by spatial blocks). Re-running the same command skips
+    finished work.
+    """
+    from geolabel.data.fetch import FetchOptions, fetch_dataset
+
+    options = FetchOptions(
+        zoom=zoom, tile_px=tile_size,
+        subdomains=tuple(s for s in (subdomains.split(",") if "," in subdomains else list(subdomains)) if s),
+        overpass_url=overpass_url, class_column=class_column, chip_size=chip_size, val_fraction=val_fraction,
+        split_block=split_block, connections=connections, retries=retries, timeout=timeout, cache_dir=cache_dir,
+        attribution=attribution, name=name,
+    )
+    command = "geolabel " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fetch"):]) if "fetch" in sys.argv else None
+    manifest = fetch_dataset(
+        out, imagery, labels, bbox=bbox, aoi=aoi_file, place=place, geocoder_url=geocoder_url, classes=_classes(classes),
+        options=options, command=command,
+    )
+    chips = manifest["chips"]
+    click.echo(
+        f"{out}: {manifest['width']}x{manifest['height']} px {manifest['crs']}, "
+        f"{sum(manifest['counts']['features'].values())} label features, chips train {chips['train']} val {chips['val']}"
+    )

@@ -1,0 +1,77 @@
+"""`geolabel predict`: label every pixel of a raster of any size; optionally vectorise."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("predict")
+@click.argument("model", type=click.Path(), required=False)
+@click.argument("input_path", metavar="INPUT", type=click.Path(), required=False)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
+@click.option("--window", default=1024, show_default=True, type=click.IntRange(16), help="Window side, pixels.")
+@click.option("--overlap", default=64, show_default=True, type=click.IntRange(0), help="Overlap of neighbouring windows, pixels.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Windows per model call.")
+@click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
+@click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
+@click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the model step with XLA.")
+@click.option("--polygons", "polygonizer", default=None, help="Also vectorise with this polygoniser (dp, regularized, mesh, ...).")
+@click.option("--tolerance", default=0.5, show_default=True, type=click.FloatRange(0), help="Douglas-Peucker tolerance, metres.")
+@click.option("--min-area", default=2.0, show_default=True, type=click.FloatRange(0), help="Smallest polygon kept, square metres.")
+@click.option("--beam", is_flag=True, help="Run as an Apache Beam pipeline, one element per block (in-process DirectRunner unless --beam-args).")
+@click.option("--beam-args", default="", help="Beam flags for --beam, e.g. '--runner=DataflowRunner --project=P --region=R'.")
+@click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
+def predict(
+    model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
+    bands: str | None, xla: bool, polygonizer: str | None, tolerance: float, min_area: float, endpoint: str | None,
+    beam: bool = False, beam_args: str = "",
+) -> None:
+    """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
+    from geolabel.errors import InputError
+    from geolabel.predict import keras_predict_fn, load_model, predict_raster
+
+    band_list = None
+    if bands:
+        try:
+            band_list = [int(b) for b in bands.split(",")]
+        except ValueError:
+            raise InputError("--bands", f"expected comma-separated integers, got {bands!r}") from None
+    if polygonizer is not None:
+        from geolabel.vectorize import POLYGONIZERS
+
+        if polygonizer not in POLYGONIZERS:
+            raise InputError("--polygons", f"unknown polygoniser {polygonizer!r}; available: {', '.join(sorted(POLYGONIZERS))}")
+    if endpoint and input_path is None:  # `predict --endpoint URL INPUT`: the one argument is the input
+        model, input_path = None, model
+    if input_path is None or (model is None and not endpoint):
+        raise click.UsageError("give MODEL and INPUT, or --endpoint URL and INPUT")
+    if beam:
+        from geolabel.pipelines.beam_predict import predict_cli
+
+        if endpoint:
+            raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
+        click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
+                                          tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area)))
+        return
+    if endpoint:
+        from geolabel.serving.client import ServingClient
+
+        predict_fn = ServingClient(endpoint)
+    else:
+        predict_fn = keras_predict_fn(load_model(model), jit_compile=xla)
+    result = predict_raster(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
+                            tta=tta, bands=band_list)
+    summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
+               "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3)}
+    if polygonizer is not None:
+        from geolabel.vectorize.polygons import polygonize_raster, write_polygons
+
+        options = {"min_area": min_area}
+        if polygonizer in ("dp", "regularized"):
+            options["tolerance"] = tolerance
+        frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, **options)
+        paths = write_polygons(frame, out_dir, "polygons")
+        summary.update({"polygons": str(paths["gpkg"]), "geojson": str(paths["geojson"]), "objects": len(frame)})
+    click.echo(json.dumps(summary))

@@ -1,0 +1,531 @@
+"""Predict any-size rasters window by window: bounded memory, I/O overlapped with compute.
+
+`predict_raster(predict_fn, input, out_dir)` slides fixed-size overlapping windows over
+the raster in row-major order. A reader thread reads and batches windows, the calling
+thread runs `predict_fn` on each batch (a compiled Keras step, or a TF Serving client:
+`predict_fn` is the seam), and a writer thread blends the window probabilities into
+output tiles with smooth weights and writes each tile as soon as no later window
+touches it. Only the tiles under the current row of windows are held, so memory does
+not grow with the raster's height, and bounded queues keep at most a few batches in
+flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.windows import Window
+
+from geolabel.atomic import atomic_path
+from geolabel.classes import IGNORE, ClassMap
+from geolabel.data.raster import RasterWriter, open_raster
+from geolabel.errors import InputError
+from geolabel.predict.windows import blend_weights, plan_windows
+from geolabel.progress import logger, progress
+
+PredictFn = Callable[[np.ndarray], np.ndarray]
+"""A batch of float32 windows (B, H, W, C) in [0, 255] -> probabilities (B, H, W, K)."""
+
+_PALETTE = [(0, 0, 0), (230, 25, 75), (255, 225, 25), (60, 180, 75), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+_STOP = object()
+
+
+# --------------------------------------------------------------------------- models
+
+
+class KerasPredictor:
+    """A `predict_fn` running a Keras segmentation model as one compiled step per batch shape.
+
+    Args:
+        model: a Keras model following geolabel's model contract.
+        jit_compile: compile the step with XLA (TensorFlow backend; `jax` always compiles).
+
+    Attributes:
+        stride: window sides must be a multiple of this (from `geolabel.models.stride_of`).
+    """
+
+    def __init__(self, model: Any, jit_compile: bool = False):
+        import keras
+
+        self.model = model
+        self.backend = keras.backend.backend()
+        self.jit_compile = jit_compile
+        try:
+            from geolabel.models import stride_of
+
+            self.stride = int(stride_of(model))
+        except Exception:  # a foreign model: no stride requirement known
+            self.stride = 1
+        self.channels = int(model.inputs[0].shape[-1]) if getattr(model, "inputs", None) else None
+        self._step = self._compile()
+
+    def _compile(self) -> Callable[[np.ndarray], Any]:
+        model = self.model
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+            def step(x):
+                return model(x, training=False)
+
+            return lambda batch: step(tf.convert_to_tensor(batch)).numpy()
+        if self.backend == "jax":
+            import jax
+
+            step = jax.jit(lambda x: model(x, training=False))
+            return lambda batch: np.asarray(step(batch))
+        return lambda batch: np.asarray(model.predict_on_batch(batch))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._step(np.asarray(batch, np.float32))
+
+
+def keras_predict_fn(model: Any, jit_compile: bool = False) -> KerasPredictor:
+    """A `predict_fn` for `predict_raster` from a Keras model (compiled once per window shape)."""
+    return KerasPredictor(model, jit_compile=jit_compile)
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    """The Keras model of a run folder (via `geolabel.train.load_run`) or of a `.keras` file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "no such model (give a run folder or a .keras file)")
+    try:
+        from geolabel.train import load_run
+    except ImportError:
+        load_run = None
+    if p.is_dir():
+        if load_run is not None:
+            return load_run(p)
+        p = p / "model.keras"
+        if not p.is_file():
+            raise InputError(path, "not a run folder (no model.keras)")
+    import keras
+
+    import geolabel.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as err:  # Keras raises many exception types for foreign files
+        raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
+
+
+# --------------------------------------------------------------------------- D4 test-time augmentation
+
+
+def _d4(batch: np.ndarray, k: int) -> np.ndarray:
+    """Transform k (0..7) of the dihedral group on (B, H, W, C): k % 4 quarter turns, then a flip if k >= 4."""
+    out = np.rot90(batch, k % 4, axes=(1, 2))
+    if k >= 4:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _d4_inverse(batch: np.ndarray, k: int) -> np.ndarray:
+    if k >= 4:
+        batch = batch[:, :, ::-1]
+    return np.rot90(batch, -(k % 4), axes=(1, 2))
+
+
+def tta_predict(predict_fn: PredictFn, batch: np.ndarray) -> np.ndarray:
+    """Mean of `predict_fn` over the 8 dihedral transforms of square windows, mapped back."""
+    total = None
+    for k in range(8):
+        probs = _d4_inverse(np.asarray(predict_fn(_d4(batch, k)), np.float32), k)
+        total = probs.copy() if total is None else total + probs
+    return total / 8.0
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class PredictResult:
+    """What `predict_raster` wrote and how long it took."""
+
+    classes: Path
+    probabilities: Path
+    preview: Path | None
+    width: int
+    height: int
+    windows: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+
+
+def _class_map(classes: ClassMap | Sequence[str] | None, k: int) -> ClassMap:
+    if isinstance(classes, ClassMap):
+        cmap = classes
+    elif classes is not None:
+        names = tuple(classes)
+        cmap = ClassMap(names, tuple(_PALETTE[i % len(_PALETTE)] for i in range(len(names))))
+    elif k == 2:
+        cmap = ClassMap()
+    else:
+        names = ("background", "building", "road")[:k] if k <= 3 else tuple(f"class{i}" for i in range(k))
+        cmap = ClassMap(names, tuple(_PALETTE[i % len(_PALETTE)] for i in range(k)))
+    if cmap.num_classes != k:
+        raise InputError("classes", f"{cmap.num_classes} class names given but the model predicts {k} classes")
+    return cmap
+
+
+# --------------------------------------------------------------------------- the tiled accumulator
+
+
+class _Blender:
+    """Weighted sums of window probabilities in output tiles; writes a tile once no later window touches it."""
+
+    def __init__(self, plan, tile: int, weights: np.ndarray, write: Callable[[int, int, np.ndarray, np.ndarray], None]):
+        self.plan, self.tile, self.weights, self.write = plan, tile, weights, write
+        self.tiles: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.peak_tiles = 0
+        ncols = len(plan.cols)
+        # the last window (row-major index) touching each tile row / tile column
+        last_row: dict[int, int] = {}
+        for i, r in enumerate(plan.rows):
+            for ti in range(r // tile, (min(r + plan.size, plan.height) - 1) // tile + 1):
+                last_row[ti] = i
+        last_col: dict[int, int] = {}
+        for j, c in enumerate(plan.cols):
+            for tj in range(c // tile, (min(c + plan.size, plan.width) - 1) // tile + 1):
+                last_col[tj] = j
+        self.finish_after: dict[int, list[tuple[int, int]]] = {}
+        for ti, i in last_row.items():
+            for tj, j in last_col.items():
+                self.finish_after.setdefault(i * ncols + j, []).append((ti, tj))
+
+    def add(self, index: int, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Blend the (size, size, K) probabilities of window `index` at (row, col) in."""
+        size, tile, plan = self.plan.size, self.tile, self.plan
+        r_end, c_end = min(row + size, plan.height), min(col + size, plan.width)
+        for ti in range(row // tile, (r_end - 1) // tile + 1):
+            t_r0, t_r1 = ti * tile, min((ti + 1) * tile, plan.height)
+            r0, r1 = max(row, t_r0), min(r_end, t_r1)
+            for tj in range(col // tile, (c_end - 1) // tile + 1):
+                t_c0, t_c1 = tj * tile, min((tj + 1) * tile, plan.width)
+                c0, c1 = max(col, t_c0), min(c_end, t_c1)
+                acc = self.tiles.get((ti, tj))
+                if acc is None:
+                    acc = [np.zeros((t_r1 - t_r0, t_c1 - t_c0, probs.shape[-1]), np.float32),
+                           np.zeros((t_r1 - t_r0, t_c1 - t_c0), np.float32),
+                           np.zeros((t_r1 - t_r0, t_c1 - t_c0), bool)]
+                    self.tiles[(ti, tj)] = acc
+                w = self.weights[r0 - row:r1 - row, c0 - col:c1 - col]
+                dst = (slice(r0 - t_r0, r1 - t_r0), slice(c0 - t_c0, c1 - t_c0))
+                acc[0][dst] += probs[r0 - row:r1 - row, c0 - col:c1 - col] * w[..., None]
+                acc[1][dst] += w
+                acc[2][dst] |= valid[r0 - row:r1 - row, c0 - col:c1 - col]
+        self.peak_tiles = max(self.peak_tiles, len(self.tiles))
+        for key in self.finish_after.pop(index, ()):
+            acc = self.tiles.pop(key)
+            self.write(key[0] * tile, key[1] * tile, acc[0] / acc[1][..., None], acc[2])
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _valid_mask(src, block: np.ndarray, window: Window, boundless: bool) -> np.ndarray:
+    """(h, w) True where the input holds data (nodata value, NaN, alpha or internal mask)."""
+    if src.nodata is not None:
+        nodata = src.nodata
+        invalid = np.isnan(block).all(axis=0) if np.isnan(nodata) else (block == nodata).all(axis=0)
+        valid = ~invalid
+    elif any(MaskFlags.alpha in f or MaskFlags.per_dataset in f for f in src.mask_flag_enums):
+        valid = src.read_masks(1, window=window, boundless=boundless) > 0
+    else:
+        valid = np.ones(block.shape[1:], bool)
+    if np.issubdtype(block.dtype, np.floating):
+        valid &= np.isfinite(block).all(axis=0)
+    return valid
+
+
+def predict_raster(
+    predict_fn: PredictFn | Any,
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    window: int = 1024,
+    overlap: int = 64,
+    batch_size: int = 2,
+    tta: bool = False,
+    classes: ClassMap | Sequence[str] | None = None,
+    bands: Sequence[int] | None = None,
+    tile: int = 512,
+    probability_dtype: str = "uint8",
+    preview: bool = True,
+    preview_size: int = 1024,
+    queue_size: int = 3,
+    compress: str = "deflate",
+    gdal_cache_mb: int = 256,
+) -> PredictResult:
+    """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
+
+    Args:
+        predict_fn: batch of float32 windows (B, H, W, C) -> probabilities (B, H, W, K); a
+            Keras model is wrapped with `keras_predict_fn`.
+        input_path: any GDAL raster (any CRS); its nodata value, alpha band or mask is respected.
+        out_dir: output folder (created).
+        window: window side in pixels (rounded up to the model's stride, shrunk for small rasters).
+        overlap: pixels shared by neighbouring windows, blended with smooth weights.
+        batch_size: windows per `predict_fn` call (a last partial batch is padded to it).
+        tta: average over the 8 dihedral transforms (D4 test-time augmentation).
+        classes: class names or a ClassMap (default: by the number of classes predicted).
+        bands: 1-based input bands fed to the model (default: the first C, C from the model).
+        tile: output tile (and COG block) side in pixels.
+        probability_dtype: "uint8" (probability x 255, 0 on nodata) or "float32" (NaN on nodata).
+        preview: also write preview.png (input with the classes overlaid).
+        preview_size: longest side of the preview in pixels.
+        queue_size: batches in flight between the reader, the model and the writer.
+        compress: compression of the COGs.
+        gdal_cache_mb: GDAL block cache while predicting (GDAL's default, 5 % of RAM, would
+            let memory grow with the raster up to that size).
+
+    Returns:
+        PredictResult with the output paths and timings.
+
+    Outputs have the input's CRS, transform and size; `classes.tif` is uint8 with 255
+    (geolabel.classes.IGNORE) on nodata. On any error nothing appears under the output names.
+    """
+    with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
+        return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
+                        tta=tta, classes=classes, bands=bands, tile=tile, probability_dtype=probability_dtype,
+                        preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress)
+
+
+def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, tile,
+             probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
+    if probability_dtype not in ("uint8", "float32"):
+        raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
+    if batch_size < 1:
+        raise InputError("--batch-size", "must be >= 1")
+    if tile % 16:
+        raise InputError("tile", "must be a multiple of 16")
+    if hasattr(predict_fn, "inputs") and hasattr(predict_fn, "predict_on_batch"):
+        predict_fn = keras_predict_fn(predict_fn)
+    stride = int(getattr(predict_fn, "stride", 1) or 1)
+    out = Path(out_dir)
+    start = time.perf_counter()
+    with open_raster(input_path) as src:
+        width, height, crs, transform = src.width, src.height, src.crs, src.transform
+        channels = getattr(predict_fn, "channels", None)
+        band_list = list(bands) if bands else list(range(1, (channels or min(src.count, 3)) + 1))
+        if max(band_list) > src.count or min(band_list) < 1:
+            raise InputError(input_path, f"has {src.count} bands; bands {band_list} were asked for")
+        if channels is not None and len(band_list) != channels:
+            raise InputError("--bands", f"the model takes {channels} bands, {len(band_list)} given")
+        size = min(int(window), max(width, height))
+        size = max(16, math.ceil(size / stride) * stride)
+        overlap = min(int(overlap), size // 2)
+        plan = plan_windows(width, height, size, overlap)
+        src_nodata = src.nodata
+    weights = blend_weights(size, overlap)
+    positions = list(plan)
+    batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+    logger.info("predict %s: %dx%d px, %d windows of %d px (overlap %d), %d batches",
+                input_path, width, height, len(positions), size, overlap, len(batches))
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    q_in: queue.Queue = queue.Queue(maxsize=queue_size)
+    q_out: queue.Queue = queue.Queue(maxsize=queue_size)
+    timings = {"read": 0.0, "predict": 0.0, "blend_write": 0.0, "wait_input": 0.0}
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue):
+        while not stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _STOP
+
+    def reader() -> None:
+        try:
+            with open_raster(input_path) as rsrc:
+                fill = src_nodata if src_nodata is not None else 0
+                for batch in batches:
+                    t0 = time.perf_counter()
+                    x = np.zeros((batch_size, size, size, len(band_list)), np.float32)
+                    valid = np.zeros((len(batch), size, size), bool)
+                    for b, (row, col) in enumerate(batch):
+                        win = Window(col, row, size, size)
+                        boundless = row + size > height or col + size > width
+                        try:
+                            block = rsrc.read(band_list, window=win, boundless=boundless, fill_value=fill)
+                        except rasterio.errors.RasterioError as err:
+                            raise InputError(input_path, f"cannot read window {win} ({err})") from err
+                        ok = _valid_mask(rsrc, block, win, boundless)
+                        valid[b] = ok
+                        pixels = np.moveaxis(block, 0, -1).astype(np.float32, copy=False)
+                        x[b] = np.where(ok[..., None], np.nan_to_num(pixels), 0.0)
+                    x[len(batch):] = x[len(batch) - 1]  # pad a last partial batch: one compiled shape
+                    timings["read"] += time.perf_counter() - t0
+                    if not put(q_in, (batch, x, valid)):
+                        return
+            put(q_in, None)
+        except BaseException as err:  # noqa: BLE001  (re-raised in the calling thread)
+            errors.append(err)
+            stop.set()
+
+    state: dict[str, Any] = {}
+
+    def writer() -> None:
+        try:
+            index = 0
+            while True:
+                item = get(q_out)
+                if item is _STOP or item is None:
+                    return
+                batch, probs, valid = item
+                t0 = time.perf_counter()
+                if "blender" not in state:
+                    state["open"](probs.shape[-1])
+                for b, (row, col) in enumerate(batch):
+                    state["blender"].add(index, row, col, probs[b], valid[b])
+                    index += 1
+                timings["blend_write"] += time.perf_counter() - t0
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+            stop.set()
+
+    with contextlib.ExitStack() as stack:
+
+        def open_writers(k: int) -> None:
+            cmap = _class_map(classes, k)
+            state["cmap"] = cmap
+            tags = {"classes": json.dumps(list(cmap.names)), "window": str(size), "overlap": str(overlap),
+                    "tta": str(bool(tta)), "software": "geolabel predict"}
+            common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
+                          compress=compress, tags=tags)
+            cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
+                                                     band_descriptions=["class"], colormap=cmap.colormap(),
+                                                     overview_resampling="nearest", **common))
+            prob_w = stack.enter_context(RasterWriter(
+                out / "probabilities.tif", count=k, dtype=probability_dtype,
+                nodata=None if probability_dtype == "uint8" else float("nan"),
+                band_descriptions=list(cmap.names), overview_resampling="average",
+                **{**common, "tags": {**tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}}))
+
+            def write_tile(row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+                h, w = valid.shape
+                win = Window(col, row, w, h)
+                chw = np.ascontiguousarray(np.moveaxis(probs, -1, 0))
+                cls = np.argmax(chw, axis=0).astype(np.uint8)  # K planes compared pixel-wise: fast
+                cls[~valid] = IGNORE
+                cls_w.write(cls, win)
+                if probability_dtype == "uint8":
+                    chw = np.clip(np.rint(chw * 255.0), 0, 255).astype(np.uint8)
+                    chw[:, ~valid] = 0
+                else:
+                    chw = chw.astype(np.float32)
+                    chw[:, ~valid] = np.nan
+                prob_w.write(chw, win)
+
+            state["blender"] = _Blender(plan, tile, weights, write_tile)
+
+        state["open"] = open_writers
+        threads = [threading.Thread(target=reader, name="geolabel-read", daemon=True),
+                   threading.Thread(target=writer, name="geolabel-write", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in progress(range(len(batches)), desc="predict", unit="batch"):
+                t0 = time.perf_counter()
+                item = get(q_in)
+                timings["wait_input"] += time.perf_counter() - t0
+                if item is _STOP or item is None:
+                    break
+                batch, x, valid = item
+                t0 = time.perf_counter()
+                probs = tta_predict(predict_fn, x) if tta else np.asarray(predict_fn(x), np.float32)
+                timings["predict"] += time.perf_counter() - t0
+                if probs.shape[:3] != x.shape[:3]:
+                    raise InputError("predict_fn", f"returned shape {probs.shape} for windows {x.shape}")
+                if not put(q_out, (batch, probs[:len(batch)], valid)):
+                    break
+            put(q_out, None)
+            threads[1].join()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            if errors:
+                stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        if errors:
+            raise errors[0]
+        if stop.is_set() or "blender" not in state or state["blender"].tiles or state["blender"].finish_after:
+            raise RuntimeError("prediction stopped before every window was written")
+        peak_tiles = state["blender"].peak_tiles
+    timings["peak_tiles_held"] = float(peak_tiles)
+    preview_path = None
+    if preview:
+        preview_path = write_preview(input_path, out / "classes.tif", out / "preview.png", state["cmap"],
+                                     band_list[:3], preview_size)
+    seconds = time.perf_counter() - start
+    return PredictResult(out / "classes.tif", out / "probabilities.tif", preview_path, width, height,
+                         len(positions), seconds, timings)
+
+
+def write_preview(
+    image_path: str | os.PathLike,
+    classes_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    class_map: ClassMap,
+    bands: Sequence[int] = (1, 2, 3),
+    max_size: int = 1024,
+    alpha: float = 0.45,
+) -> Path:
+    """A PNG of the image (decimated to `max_size`) with the non-background classes overlaid."""
+    from PIL import Image
+
+    with open_raster(image_path) as src:
+        scale = max(src.width, src.height) / max_size
+        w, h = max(1, round(src.width / max(scale, 1))), max(1, round(src.height / max(scale, 1)))
+        bands = [b for b in bands if b <= src.count] or [1]
+        img = src.read(list(bands), out_shape=(len(bands), h, w), resampling=Resampling.average).astype(np.float32)
+        if src.dtypes[0] != "uint8":
+            finite = img[np.isfinite(img)]
+            lo, hi = (np.percentile(finite, (2, 98)) if finite.size else (0.0, 1.0))
+            img = (img - lo) / max(hi - lo, 1e-9) * 255.0
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    rgb = np.clip(np.nan_to_num(np.moveaxis(img[:3], 0, -1)), 0, 255)
+    with open_raster(classes_path) as src:
+        cls = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+    colors = np.zeros((256, 3), np.float32)
+    for i, c in enumerate(class_map.colors):
+        colors[i] = c
+    overlay = (cls > 0) & (cls != IGNORE)
+    rgb[overlay] = (1 - alpha) * rgb[overlay] + alpha * colors[cls[overlay]]
+    rgb[cls == IGNORE] *= 0.5
+    with atomic_path(out_path) as tmp:
+        Image.fromarray(rgb.astype(np.uint8)).save(tmp, format="PNG")
+    return Path(out_path)

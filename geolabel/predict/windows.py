@@ -1,0 +1,92 @@
+"""Sliding windows over a raster and the smooth weights that blend their predictions.
+
+Windows have one fixed size (so a compiled predict step never retraces) and step by
+`window - overlap`; the last row and column are shifted back to end on the raster's
+edge, so every window lies inside the raster whenever the raster is at least one
+window large. Predictions are blended with weights that rise smoothly from a small
+positive value at a window's edge to 1 at `overlap` pixels inside, and the weighted
+sum is divided by the summed weights: no seams, and pixels near a window's edge
+(where convolutions see padding instead of context) count little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from geolabel.errors import InputError
+
+EDGE_WEIGHT = 1e-3
+"""Weight of a window's outermost pixels (> 0, so a pixel seen by one window only is still defined)."""
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Where the windows of a raster go.
+
+    Args:
+        width, height: raster size in pixels.
+        size: window side in pixels.
+        overlap: pixels shared by neighbouring windows.
+        rows, cols: top-left row / column of each window row / column.
+    """
+
+    width: int
+    height: int
+    size: int
+    overlap: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """(row, col) of each window's top-left pixel, row-major."""
+        for row in self.rows:
+            for col in self.cols:
+                yield row, col
+
+
+def _starts(length: int, size: int, step: int) -> tuple[int, ...]:
+    if length <= size:
+        return (0,)
+    starts = list(range(0, length - size, step))
+    starts.append(length - size)
+    return tuple(starts)
+
+
+def plan_windows(width: int, height: int, size: int, overlap: int) -> WindowPlan:
+    """Window positions covering a `width` x `height` raster with `size` windows overlapping by `overlap`.
+
+    Rasters smaller than one window get one window anchored at (0, 0) that reaches past
+    the raster (the caller pads it).
+    """
+    if size < 16:
+        raise InputError("--window", f"must be at least 16 pixels, got {size}")
+    if not 0 <= overlap <= size // 2:
+        raise InputError("--overlap", f"must be between 0 and half the window ({size // 2}), got {overlap}")
+    if width < 1 or height < 1:
+        raise InputError("raster", f"has no pixels ({width} x {height})")
+    step = size - overlap
+    return WindowPlan(width, height, size, overlap, _starts(height, size, step), _starts(width, size, step))
+
+
+def blend_weights(size: int, overlap: int) -> np.ndarray:
+    """(size, size) float32 blending weights: a raised-cosine ramp over `overlap` pixels at each edge.
+
+    Example:
+        >>> w = blend_weights(64, 16)
+        >>> float(w[32, 32]), float(w[0, 0]) > 0
+        (1.0, True)
+    """
+    ramp = np.ones(size, np.float64)
+    if overlap > 0:
+        # pixel centres at 0.5 .. overlap-0.5 go smoothly from ~EDGE_WEIGHT to ~1
+        t = (np.arange(overlap) + 0.5) / overlap
+        edge = EDGE_WEIGHT + (1 - EDGE_WEIGHT) * 0.5 * (1 - np.cos(np.pi * t))
+        ramp[:overlap] = edge
+        ramp[size - overlap:] = edge[::-1]
+    return np.outer(ramp, ramp).astype(np.float32)

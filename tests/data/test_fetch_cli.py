@@ -1,0 +1,48 @@
+"""`geolabel fetch` on the command line: the bundled-style tile source over loopback, a vector label file."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from geolabel.cli import cli
+from geolabel.data.tiles import TileRange
+from geolabel.data.tileserver import TileServer
+
+VIRAC = TileRange(21, 1772464, 966380, 1772467, 966383)
+
+
+def test_fetch_command_writes_a_dataset(shared_data, tmp_path):
+    city = shared_data / "oam-osm" / "virac-ph"
+    bbox = ",".join(repr(v) for v in VIRAC.bounds_lonlat())
+    with TileServer(city / "tiles") as server:
+        args = ["fetch", "--bbox", bbox, "--imagery", server.template("jpg"), "--zoom", "21",
+                "--labels", str(city / "osm-buildings.geojson"), "--split-block", "1", "-o", str(tmp_path / "ds")]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "chips train 13 val 3" in result.output
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert manifest["imagery"]["tiles"] == {"total": 16, "present": 16, "missing": 0}
+    assert manifest["labels"]["kind"] == "vector-file"
+
+
+def test_fetch_command_reports_bad_input_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["fetch", "--bbox", "0,0,1,1", "--imagery", "http://127.0.0.1:9/tiles.png", "-o", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "not a readable raster" in str(result.exception) or "not a readable raster" in result.output
+
+
+def test_fetch_for_pipeline_takes_a_source_config(shared_data, tmp_path):
+    from geolabel.data.fetch import fetch_for_pipeline
+    from geolabel.data.chips import shard_paths
+
+    city = shared_data / "oam-osm" / "virac-ph"
+    with TileServer(city / "tiles") as server:
+        source = {"bbox": list(VIRAC.bounds_lonlat()), "imagery": server.template("jpg"), "zoom": 21,
+                  "labels": str(city / "osm-buildings.geojson"), "chip_size": 128, "options": {"split_block": 2, "chips_per_shard": 10}}
+        manifest = fetch_for_pipeline(source, ["background", "building"], tmp_path / "ds")
+    assert manifest["chips"]["train"] + manifest["chips"]["val"] == 64
+    shards = shard_paths(tmp_path / "ds" / "chips", "train")
+    assert len(shards) == manifest["chips"]["shards"]["train"] == -(-manifest["chips"]["train"] // 10)
+    assert shards[0].name.endswith(f"-of-{len(shards):05d}.tfrecord.gz")

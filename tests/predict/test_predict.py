@@ -1,0 +1,219 @@
+"""predict_raster on real imagery: blending, seams, georeferencing, nodata, errors, atomic output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from geolabel.classes import IGNORE
+from geolabel.data.raster import cog_problems
+from geolabel.errors import InputError
+from geolabel.predict import blend_weights, keras_predict_fn, plan_windows, predict_raster
+
+
+def _crop(src_path: Path, dst: Path, size: int, row: int = 0, col: int = 0, **profile_updates) -> Path:
+    with rasterio.open(src_path) as src:
+        window = Window(col, row, size, size)
+        data = src.read(window=window)
+        profile = src.profile | {"width": size, "height": size, "transform": src.window_transform(window),
+                                 "tiled": True, "blockxsize": 128, "blockysize": 128, **profile_updates}
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def austin(shared_data, tmp_path_factory) -> Path:
+    """A 320 x 320 crop of the real Inria Austin image (EPSG:26914, 0.3 m)."""
+    return _crop(shared_data / "inria-austin" / "image.tif", tmp_path_factory.mktemp("img") / "austin.tif", 320, 300, 250)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    from geolabel.models import build_model
+
+    keras.utils.set_random_seed(3)
+    return build_model("unet", 2, depth=2, width=4, norm="batch")  # group norm would depend on the window
+
+
+def _pixelwise_model(channels: int = 3) -> keras.Model:
+    """A per-pixel model (1x1 convs): any tiling must reproduce the whole-image output exactly."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((None, None, channels))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 1, activation="relu")(x)
+    x = keras.layers.Conv2D(2, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=3.0))(x)
+    return keras.Model(inputs, keras.layers.Softmax()(x))
+
+
+def _whole(model, path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        image = src.read().transpose(1, 2, 0)[None].astype("float32")
+    return np.asarray(model(image, training=False))[0]
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_windows_cover_the_raster_and_weights_are_smooth():
+    plan = plan_windows(1000, 700, 256, 32)
+    assert plan.rows[-1] + 256 == 700 and plan.cols[-1] + 256 == 1000
+    assert all(b - a <= 256 - 32 for a, b in zip(plan.cols, plan.cols[1:]))
+    w = blend_weights(256, 32)
+    assert w.min() > 0 and w[32:-32, 32:-32].min() == 1.0
+    assert np.abs(np.diff(w, axis=0)).max() < 0.1  # no step anywhere
+    with pytest.raises(InputError, match="overlap"):
+        plan_windows(100, 100, 64, 40)
+
+
+def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
+    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, batch_size=3,
+                            probability_dtype="float32", preview=False)
+    assert result.windows == 9
+    tiled = _read(result.probabilities).transpose(1, 2, 0)
+    whole = _whole(unet, austin)
+    diff = np.abs(tiled - whole)
+    assert diff.mean() < 2e-3
+    assert np.quantile(diff, 0.99) < 0.02
+    assert (np.argmax(tiled, -1) == np.argmax(whole, -1)).mean() > 0.99
+
+
+def test_pixelwise_model_tiles_exactly_without_seams(austin, tmp_path):
+    model = _pixelwise_model()
+    result = predict_raster(model, austin, tmp_path, window=96, overlap=24, batch_size=4,
+                            probability_dtype="float32", preview=False)
+    tiled = _read(result.probabilities).transpose(1, 2, 0)
+    np.testing.assert_allclose(tiled, _whole(model, austin), atol=1e-5)
+
+
+def test_no_seam_artefacts_at_window_borders(austin, unet, tmp_path):
+    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, probability_dtype="float32", preview=False)
+    prob = _read(result.probabilities)[1]
+    step = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # mean jump between neighbouring columns
+    plan = plan_windows(320, 320, 128, 32)
+    seams = sorted({c - 1 for c in plan.cols[1:]} | {c + 128 - 1 for c in plan.cols[:-1]})
+    others = np.delete(step, seams)
+    assert step[seams].max() < 3 * np.median(others) + 1e-4
+
+
+def test_outputs_keep_the_input_georeferencing_and_are_cogs(austin, unet, tmp_path):
+    result = predict_raster(unet, austin, tmp_path, window=128, overlap=16)
+    with rasterio.open(austin) as src:
+        expected = (src.crs, src.transform, src.width, src.height)
+    for path in (result.classes, result.probabilities):
+        with rasterio.open(path) as out:
+            assert (out.crs, out.transform, out.width, out.height) == expected
+        assert cog_problems(path) == []
+    with rasterio.open(result.classes) as out:
+        assert out.dtypes[0] == "uint8" and out.nodata == IGNORE
+        assert set(np.unique(out.read(1)).tolist()) <= {0, 1}
+    with rasterio.open(result.probabilities) as out:
+        assert out.count == 2 and out.descriptions == ("background", "building")
+        total = out.read().astype(int).sum(0)
+        assert np.abs(total - 255).max() <= 1
+    assert result.preview.is_file() and result.preview.stat().st_size > 1000
+
+
+def test_any_crs_single_band_uint16(shared_data, tmp_path):
+    """SpaceNet Las Vegas panchromatic: EPSG:4326, one uint16 band."""
+    src_path = _crop(shared_data / "spacenet" / "vegas-pan.tif", tmp_path / "vegas.tif", 200, 500, 500)
+    model = _pixelwise_model(channels=1)
+    result = predict_raster(model, src_path, tmp_path / "out", window=64, overlap=16, preview=True)
+    with rasterio.open(src_path) as src, rasterio.open(result.classes) as out:
+        assert out.crs == src.crs and out.crs.is_geographic
+        assert out.transform == src.transform
+
+
+def test_nodata_stays_nodata(austin, unet, tmp_path):
+    with rasterio.open(austin) as src:
+        data = src.read()
+        profile = src.profile | {"nodata": 0}
+    hole = np.zeros(data.shape[1:], bool)
+    hole[40:140, 60:200] = True
+    data[:, (data == 0).all(0) & ~hole] = 1  # keep the rest free of accidental nodata
+    data[:, hole] = 0
+    path = tmp_path / "holes.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    result = predict_raster(unet, path, tmp_path / "out", window=128, overlap=32)
+    classes = _read(result.classes)[0]
+    probs = _read(result.probabilities)
+    invalid = (data == 0).all(0)
+    assert (classes[invalid] == IGNORE).all()
+    assert (probs[:, invalid] == 0).all()
+    assert (classes[~invalid] != IGNORE).all()
+
+
+def test_corrupt_or_missing_input_gives_a_clear_error(tmp_path, unet):
+    bad = tmp_path / "not-a-raster.tif"
+    bad.write_text("this is not a GeoTIFF")
+    with pytest.raises(InputError, match="not-a-raster.tif: not a readable raster"):
+        predict_raster(unet, bad, tmp_path / "out")
+    with pytest.raises(InputError, match="no such file"):
+        predict_raster(unet, tmp_path / "missing.tif", tmp_path / "out")
+    assert not (tmp_path / "out" / "classes.tif").exists()
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_run_leaves_no_partial_output(austin, unet, tmp_path, error):
+    predict_fn = keras_predict_fn(unet)
+    calls = []
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 3:
+            raise error("interrupted")
+        return predict_fn(batch)
+
+    failing.stride = predict_fn.stride
+    out = tmp_path / "out"
+    with pytest.raises(error):
+        predict_raster(failing, austin, out, window=64, overlap=16, batch_size=2)
+    assert not (out / "classes.tif").exists() and not (out / "probabilities.tif").exists()
+    assert [p.name for p in out.iterdir()] == [] if out.exists() else True
+
+
+def test_tta_equals_plain_run_for_a_pixelwise_model(austin, tmp_path):
+    model = _pixelwise_model()
+    plain = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32",
+                           preview=False)
+    tta = predict_raster(model, austin, tmp_path / "b", window=128, overlap=32, probability_dtype="float32",
+                         tta=True, preview=False)
+    np.testing.assert_allclose(_read(tta.probabilities), _read(plain.probabilities), atol=1e-5)
+
+
+def test_memory_holds_only_the_tiles_under_one_row_of_windows(shared_data, tmp_path):
+    """A tall raster: the tiles held at once depend on the width and window, not the height."""
+    src_path = shared_data / "inria-austin" / "image.tif"
+    tall = tmp_path / "tall.tif"
+    with rasterio.open(src_path) as src:
+        data = src.read(window=Window(0, 0, 128, 1000))
+        profile = src.profile | {"width": 128, "height": 1000, "transform": src.window_transform(Window(0, 0, 128, 1000))}
+    with rasterio.open(tall, "w", **profile) as dst:
+        dst.write(data)
+    result = predict_raster(_pixelwise_model(), tall, tmp_path / "out", window=64, overlap=16, tile=32, preview=False)
+    held = result.timings["peak_tiles_held"]
+    assert held <= (64 // 32 + 2) * (128 // 32)  # < 1/7 of the 128 tiles of the raster
+
+
+def test_cli_predict_with_a_keras_file_and_polygons(austin, unet, tmp_path):
+    from geolabel.cli import main
+
+    model_path = tmp_path / "model.keras"
+    unet.save(model_path)
+    out = tmp_path / "out"
+    main(["predict", os.fspath(model_path), os.fspath(austin), "--out", os.fspath(out), "--window", "128",
+          "--overlap", "16", "--polygons", "regularized"])
+    for name in ("classes.tif", "probabilities.tif", "preview.png", "polygons.gpkg", "polygons.geojson"):
+        assert (out / name).is_file(), name
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", os.fspath(tmp_path / "nope.keras"), os.fspath(austin), "--out", os.fspath(out)])
+    assert exit_info.value.code == 2
