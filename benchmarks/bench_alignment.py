@@ -380,6 +380,12 @@ def write_report(r: dict, out: Path) -> None:
             f"{m['shifted_recall']:.2f} | {err} | {m['counts']} | {osc} ({m['osc_creates']} created, "
             f"{m['osc_modifies']} modified ways) |"
         )
+    lines += ["", "Reading D: the oracle row feeds the true building raster, so it measures the diff logic alone "
+              "(missed 'new' buildings there are removed buildings touching a kept one: their pixels are "
+              "explained by the neighbour's footprint). The model rows inherit the models' quality: an "
+              "under-trained AlignUpdateNet segments almost nothing (every building 'missing'), and the "
+              "image-only U-Net's false positives become false 'new' buildings. In C the refinement, trained on "
+              "OSM labels of another city for the time shown, lowered IoU in this run."]
     lines += ["", "Outputs of D (GeoJSON with `status`, .osc, summary, preview) are under "
               "`benchmarks/results/alignment-mapupdate/`.", ""]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines))

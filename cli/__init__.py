@@ -18,6 +18,7 @@ from geolabel.progress import setup_logging
 # command name -> "module:attribute" under geolabel.cli
 COMMANDS = {
     "info": "geolabel.cli.info:info",
+    "demo": "geolabel.cli.demo:demo",
     "fetch": "geolabel.cli.fetch:fetch",
     "predict": "geolabel.cli.predict:predict",
     "evaluate": "geolabel.cli.evaluate:evaluate",

@@ -201,7 +201,7 @@ def fetch_labels(labels: str, aoi: AOI, classes: ClassMap, imagery_path: Path, o
         info = {"kind": "overpass", "url": info["overpass_url"], "osm_timestamp": info["osm_timestamp"], "query": info["query"]}
     elif is_osm_extract(labels):
         frame, info = read_osm_extract(labels, classes, bbox, rules)
-        info = {"kind": "osm-extract", "url": os.fspath(labels), "osm_timestamp": info["osm_timestamp"]}
+        info = {"kind": "osm-extract", "url": os.fspath(labels), "osm_timestamp": info["osm_timestamp"], "sha256": info["sha256"]}
     else:
         frame, info = read_vector_labels(labels, classes, options.class_column, options.default_class, bbox, rules=rules)
         info = {"kind": "vector-file", "url": os.fspath(labels), "osm_timestamp": None, "class_column": options.class_column}

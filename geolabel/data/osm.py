@@ -15,6 +15,7 @@ when rasterised, NaN for areas), `osm_id` and `tag` (the OSM tag that chose the 
 from __future__ import annotations
 
 import bz2
+import hashlib
 import math
 import os
 import re
@@ -261,7 +262,8 @@ def read_osm_extract(
     """Label features of a local OSM extract (.osm XML, .osm.bz2, .osm.pbf), optionally within `bbox`.
 
     Returns:
-        (labels GeoDataFrame, info) where info holds `osm_timestamp` (from the XML header, if any).
+        (labels GeoDataFrame, info) where info holds `osm_timestamp` (from the XML header, if any;
+        PBF files without a replication timestamp give None) and the file's `sha256`.
     """
     import pyogrio
     import pyogrio.errors
@@ -303,7 +305,11 @@ def read_osm_extract(
                     continue  # highway areas (squares, platforms) are not carriageways
                 osm_id = record.get("osm_way_id") or record.get("osm_id")
                 rows.append(_row(geometry, cls, width, int(osm_id) if osm_id else None, tag, classes))
-    return _frame(rows), {"osm_timestamp": _extract_timestamp(source)}
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return _frame(rows), {"osm_timestamp": _extract_timestamp(source), "sha256": digest.hexdigest()}
 
 
 # ---------------------------------------------------------------- any vector file

@@ -65,6 +65,23 @@ def test_extract_rasterises_with_buffered_roads(shared_data, tmp_path):
     assert again["road"] == pytest.approx(counts["road"], rel=0.01)
 
 
+def test_fetch_with_an_osm_extract_records_its_timestamp(shared_data, tmp_path):
+    extract = shared_data / "osm-extracts" / "bavaria-10.068_48.135_10.071_48.137.osm"
+    bbox = (10.068, 48.135, 10.071, 48.137)
+    left, bottom, right, top = transform_bounds("EPSG:4326", "EPSG:3857", *bbox)
+    res = 1.0
+    width, height = int((right - left) / res), int((top - bottom) / res)
+    grid = GeoBlock(np.full((3, height, width), 120, np.uint8), rasterio.transform.from_origin(left, top, res, res), rasterio.CRS.from_epsg(3857), 0)
+    write_raster(tmp_path / "grid.tif", grid)
+    manifest = fetch_dataset(tmp_path / "ds", str(tmp_path / "grid.tif"), str(extract), bbox=bbox, classes=BUILDINGS_ROADS,
+                             options=FetchOptions(chip_size=64, split_block=1))
+    assert manifest["labels"]["kind"] == "osm-extract" and manifest["osm_timestamp"] == "2020-08-10T00:00:00Z"
+    assert manifest["counts"]["features"]["building"] >= 30 and manifest["counts"]["features"]["road"] >= 5
+    assert manifest["counts"]["pixels"]["road"] > 0 and manifest["counts"]["pixels"]["building"] > 0
+    assert len(manifest["labels"]["sha256"]) == 64
+    assert any("OpenStreetMap" in line for line in manifest["attribution"])
+
+
 def test_overpass_multipolygon_relation_keeps_its_hole():
     outer = [{"lon": x, "lat": y} for x, y in ((0, 0), (0.001, 0), (0.001, 0.001), (0, 0.001), (0, 0))]
     inner = [{"lon": x, "lat": y} for x, y in ((0.0004, 0.0004), (0.0006, 0.0004), (0.0006, 0.0006), (0.0004, 0.0006), (0.0004, 0.0004))]
