@@ -381,8 +381,8 @@ def write_report(r: dict, out: Path) -> None:
             f"{m['osc_modifies']} modified ways) |"
         )
     lines += ["", "Reading D: the oracle row feeds the true building raster, so it measures the diff logic alone "
-              "(missed 'new' buildings there are removed buildings touching a kept one: their pixels are "
-              "explained by the neighbour's footprint). The model rows inherit the models' quality: an "
+              "(the 'new' buildings it misses are probably removed buildings touching a kept one, whose pixels are "
+              "then explained by the neighbour's footprint; not checked one by one). The model rows inherit the models' quality: an "
               "under-trained AlignUpdateNet segments almost nothing (every building 'missing'), and the "
               "image-only U-Net's false positives become false 'new' buildings. In C the refinement, trained on "
               "OSM labels of another city for the time shown, lowered IoU in this run."]

@@ -16,7 +16,7 @@ that building's OSM quadrilateral in source pixels (zoom-20 tiles, ~0.15 m/px):
   the whole city -> crops -> `polygonize_polycnn`, each building matched to its best polygon.
 
 Usage: .venv/bin/python benchmarks/bench_polycnn.py [--quick] [--no-ablation]
-Writes benchmarks/results/polycnn.md and .json.
+Writes benchmarks/results/polycnn.md and .json (polycnn-quick.* with --quick).
 """
 
 from __future__ import annotations
@@ -270,9 +270,10 @@ def main() -> None:
         "per_building_iou": {k: [round(float(v), 4) for v in a] for k, a in per_building.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS / "polycnn.json", json.dumps(payload, indent=2) + "\n")
-    write_text_atomic(RESULTS / "polycnn.md", render(payload, history, dump_config(config)))
-    print((RESULTS / "polycnn.md").read_text())
+    stem = "polycnn-quick" if args.quick else "polycnn"  # a smoke run never overwrites the real results
+    write_text_atomic(RESULTS / f"{stem}.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(RESULTS / f"{stem}.md", render(payload, history, dump_config(config)))
+    print((RESULTS / f"{stem}.md").read_text())
 
 
 def dataclass_dict(config) -> dict:

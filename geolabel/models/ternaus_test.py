@@ -26,7 +26,7 @@ def test_vgg11_encoder_widths(ternaus):
 
 
 def test_trains_on_real_chips():
-    check_trains(build_model("ternaus", 2, width=4), steps=12, lr=1e-3)
+    check_trains(build_model("ternaus", 2, width=4), size=32, steps=6, lr=1e-3)
 
 
 def test_save_load_and_config_round_trip(ternaus, tmp_path):

@@ -47,3 +47,15 @@ def test_make_schedule_by_name():
     assert isinstance(make_schedule("onecycle", 0.01, 100), OneCycleLR)
     tri = make_schedule("triangular", 0.01, 80)
     assert tri.step_size == 10 and tri.min_lr == pytest.approx(0.001)
+
+
+def test_clock_schedule_follows_an_external_position():
+    from geolabel.train.schedules import ClockSchedule
+
+    base = OneCycleLR(1.0, 100)
+    clock = keras.Variable(0.0, trainable=False)
+    s = ClockSchedule(base, clock)
+    clock.assign(30.0)
+    assert float(s(0)) == pytest.approx(float(base(30)), rel=1e-6)  # the optimizer's own step is ignored
+    clock.assign(100.0)
+    assert float(s(5)) == pytest.approx(float(base(100)), rel=1e-6)
