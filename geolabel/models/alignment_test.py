@@ -92,7 +92,7 @@ def test_displacement_loss():
     assert float(displacement_loss(t, p, w)) == pytest.approx(0.0, abs=1e-4)
 
 
-def test_chain_shapes_starts_at_zero_and_trains():
+def test_chain_shapes_and_starts_at_zero():
     model = MultiscaleAligner(filters=(4, 4, 8))
     assert model.stride == 32
     x = [RNG.random((2, 64, 64, 3)).astype("float32") * 255, RNG.random((2, 64, 64, 3)).astype("float32")]
@@ -101,9 +101,14 @@ def test_chain_shapes_starts_at_zero_and_trains():
     for k, s in enumerate((8, 4, 2, 1)):
         assert tuple(out[f"level_{k}"].shape) == (2, 64 // s, 64 // s, 2)
     assert np.allclose(np_(out["displacement"]), 0.0)  # zero-initialised heads
-    target = np.ones((2, 64, 64, 2), "float32")
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    history = model.fit(x, target, epochs=4, verbose=0).history["loss"]
+
+
+def test_chain_trains():
+    model = MultiscaleAligner(scales=(2, 1), filters=(4, 4, 4))
+    x = [RNG.random((2, 32, 32, 3)).astype("float32") * 255, RNG.random((2, 32, 32, 3)).astype("float32")]
+    target = np.ones((2, 32, 32, 2), "float32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
+    history = model.fit(x, target, epochs=3, verbose=0).history["loss"]
     assert history[-1] < history[0]
 
 
