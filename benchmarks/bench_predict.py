@@ -176,8 +176,19 @@ def write_results(runs: list[dict], command: str) -> None:
                      f"{r['vs_baseline']:.2f} | {r['peak_rss_mb']:.0f} | {r['flops_per_pixel'] / 1e3:.1f} | "
                      f"{r['conv_peak_gflops_best']:.1f} | {r['flop_bound_mpx_s']:.3f} | "
                      f"{r['utilisation_end_to_end']:.0%} | {r['utilisation_model_only']:.0%} |")
-    lines.append("")
+    lines += ["", NOTES, ""]
     write_text_atomic(RESULTS / "predict.md", "\n".join(lines))
+
+
+NOTES = (
+    "Notes. This machine has 2 CPU cores shared with other engineers' jobs (load average 10-15 during "
+    "the run), so absolute numbers swing by 2-3x between runs. The conv peak is measured once per model, "
+    "not at the moment of each run: utilisation above 100 % (model-only fcn at 256 Mpx) means the load "
+    "dropped after the peak was measured; read utilisation as indicative only. Peak RSS grows from 16 to "
+    "64 Mpx while GDAL's block cache (256 MB in this run; 64 MB is now the default) fills, then flattens: "
+    "the tiles held scale with the raster width (one row of windows), not with its area. The 0.57 Mpx/s "
+    "baseline was not measured on this machine."
+)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ def predict_raster(
     preview_size: int = 1024,
     queue_size: int = 3,
     compress: str = "deflate",
-    gdal_cache_mb: int = 256,
+    gdal_cache_mb: int = 64,
 ) -> PredictResult:
     """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
 
