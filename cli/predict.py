@@ -17,15 +17,17 @@ import click
 @click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
 @click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the model step with XLA.")
-@click.option("--polygons", "polygonizer", default=None, help="Also vectorise with this polygoniser (dp, regularized, mesh, ...).")
+@click.option("--polygons", "polygonizer", default=None, is_flag=False, flag_value="mesh",
+              help="Also vectorise: mesh (alone, the default: best IoU per vertex), dp, regularized or polycnn.")
 @click.option("--tolerance", default=0.5, show_default=True, type=click.FloatRange(0), help="Douglas-Peucker tolerance, metres.")
+@click.option("--polycnn-model", default=None, type=click.Path(exists=True), help="PolyCNN run or .keras file, for --polygons polycnn.")
 @click.option("--min-area", default=2.0, show_default=True, type=click.FloatRange(0), help="Smallest polygon kept, square metres.")
 @click.option("--beam", is_flag=True, help="Run as an Apache Beam pipeline, one element per block (in-process DirectRunner unless --beam-args).")
 @click.option("--beam-args", default="", help="Beam flags for --beam, e.g. '--runner=DataflowRunner --project=P --region=R'.")
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
-    bands: str | None, xla: bool, polygonizer: str | None, tolerance: float, min_area: float, endpoint: str | None,
+    bands: str | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
     beam: bool = False, beam_args: str = "",
 ) -> None:
     """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
@@ -43,6 +45,8 @@ def predict(
 
         if polygonizer not in POLYGONIZERS:
             raise InputError("--polygons", f"unknown polygoniser {polygonizer!r}; available: {', '.join(sorted(POLYGONIZERS))}")
+        if polygonizer == "polycnn" and polycnn_model is None:
+            raise InputError("--polycnn-model", "--polygons polycnn needs the PolyCNN model (geolabel polycnn-train writes one)")
     if endpoint and input_path is None:  # `predict --endpoint URL INPUT`: the one argument is the input
         model, input_path = None, model
     if input_path is None or (model is None and not endpoint):
@@ -71,6 +75,8 @@ def predict(
         options = {"min_area": min_area}
         if polygonizer in ("dp", "regularized"):
             options["tolerance"] = tolerance
+        if polygonizer == "polycnn":  # PolyCNN regresses outlines from the imagery around each object
+            options.update(image=input_path, model=polycnn_model)
         frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, **options)
         paths = write_polygons(frame, out_dir, "polygons")
         summary.update({"polygons": str(paths["gpkg"]), "geojson": str(paths["geojson"]), "objects": len(frame)})

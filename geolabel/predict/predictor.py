@@ -78,7 +78,9 @@ class KerasPredictor:
         if self.backend == "tensorflow":
             import tensorflow as tf
 
-            @tf.function(jit_compile=self.jit_compile, reduce_retracing=True)
+            # One trace per window shape: relaxing H and W to None would break bilinear
+            # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
+            @tf.function(jit_compile=self.jit_compile)
             def step(x):
                 return model(x, training=False)
 
