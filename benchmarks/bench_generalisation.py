@@ -187,6 +187,12 @@ def write_table(results: list[dict]) -> None:
             per_city.setdefault(r["held_out"], []).append(r["building_iou"])
         means = [float(np.mean(v)) for v in per_city.values()]
         lines.append(f"| {tag} | {len(per_city)} | {np.mean(means):.3f} | {min(means):.3f} | {max(means):.3f} |")
+    lines += ["", "## Best run per held-out city (models take z21 pixels; stride in metrics.json)", ""]
+    for city in CITIES:
+        rows = [r for r in results if r["held_out"] == city and not r["tag"].startswith("unet16bn")]
+        if rows:
+            best = max(rows, key=lambda r: r["building_iou"])
+            lines.append(f"- {city}: `{best['run_dir']}` (building IoU {best['building_iou']:.3f}, tag {best['tag']})")
     lines += [
         "",
         "## Commands",

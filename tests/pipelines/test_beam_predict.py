@@ -82,7 +82,8 @@ def test_beam_prediction_equals_local_predict(scene, local):
     # same objects; outlines differ at most by the simplification of objects cut by a block seam
     for geom in merged.geometry:
         match = local.geometry.iloc[int(np.argmax(local.geometry.intersection(geom).area))]
-        assert geom.intersection(match).area / geom.union(match).area > 0.8
+        # the outlines differ by at most the simplification tolerance along their length
+        assert geom.symmetric_difference(match).area <= 0.5 * match.length
         assert geom.hausdorff_distance(match) <= 2 * 0.5
     np.testing.assert_allclose(np.sort(merged["confidence"]), np.sort(local["confidence"]), atol=1e-6)
 
