@@ -849,27 +849,12 @@ def _merge_seams(pieces: list[tuple[int, float, float, shapely.Geometry]], seam_
                              shapely.intersects(shapely.boundary(geoms), seams))
     if len(on_seam) < 2:
         return pieces
-    tree = shapely.STRtree(geoms[on_seam])
-    left, right = tree.query(geoms[on_seam], predicate="intersects")
-    parent = list(range(len(on_seam)))
+    from geolabel.vectorize.polygons import edge_sharing_groups
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(left.tolist(), right.tolist()):
-        if i >= j or pieces[on_seam[i]][0] != pieces[on_seam[j]][0]:
-            continue
-        if shapely.length(shapely.intersection(geoms[on_seam[i]], geoms[on_seam[j]])) > 0 or \
-                shapely.area(shapely.intersection(geoms[on_seam[i]], geoms[on_seam[j]])) > 0:
-            parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(on_seam)):
-        groups.setdefault(find(i), []).append(int(on_seam[i]))
+    candidates = geoms[on_seam]
+    groups = [[int(on_seam[i]) for i in group] for group in edge_sharing_groups(candidates, [pieces[k][0] for k in on_seam])]
     merged = [p for k, p in enumerate(pieces) if k not in set(on_seam.tolist())]
-    for members in groups.values():
+    for members in groups:
         if len(members) == 1:
             merged.append(pieces[members[0]])
             continue

@@ -99,14 +99,12 @@ def _block_pieces(classes: np.ndarray, probs: np.ndarray | None, row0: int, col0
     return pieces
 
 
-def _merge_seam_pieces(pieces: list[_Piece]) -> list[_Piece]:
-    """Union the pieces of one object cut by block seams: same class and a shared edge (not a corner)."""
-    if len(pieces) < 2:
-        return pieces
-    geoms = np.array([p.geom for p in pieces], dtype=object)
+def edge_sharing_groups(geoms: np.ndarray, classes: Sequence) -> list[list[int]]:
+    """Indices of `geoms` grouped where same-class geometries share an edge: the pieces of
+    one object cut by block seams (touching at a corner only does not join them)."""
     tree = shapely.STRtree(geoms)
     left, right = tree.query(geoms, predicate="intersects")
-    parent = list(range(len(pieces)))
+    parent = list(range(len(geoms)))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -115,13 +113,24 @@ def _merge_seam_pieces(pieces: list[_Piece]) -> list[_Piece]:
         return i
 
     for i, j in zip(left.tolist(), right.tolist()):
-        if i < j and pieces[i].cls == pieces[j].cls and shapely.length(shapely.intersection(geoms[i], geoms[j])) > 0:
-            parent[find(i)] = find(j)
+        if i < j and classes[i] == classes[j]:
+            common = shapely.intersection(geoms[i], geoms[j])
+            if shapely.length(common) > 0 or shapely.area(common) > 0:
+                parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
-    for i in range(len(pieces)):
+    for i in range(len(geoms)):
         groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def _merge_seam_pieces(pieces: list[_Piece]) -> list[_Piece]:
+    """Union the pieces of one object cut by block seams: same class and a shared edge (not a corner)."""
+    if len(pieces) < 2:
+        return pieces
+    geoms = np.array([p.geom for p in pieces], dtype=object)
+    groups = edge_sharing_groups(geoms, [p.cls for p in pieces])
     merged = []
-    for members in groups.values():
+    for members in groups:
         if len(members) == 1:
             merged.append(pieces[members[0]])
             continue
