@@ -12,13 +12,14 @@ import click
 @click.option("--osm", "osm_path", required=True, type=click.Path(), help="Existing buildings (any vector format, e.g. OSM GeoJSON).")
 @click.option("--model", "model_path", type=click.Path(), help="Segmentation model or AlignUpdateNet (.keras or run folder).")
 @click.option("--probabilities", "prob_path", type=click.Path(), help="Use this probabilities.tif (from `geolabel predict`) instead of --model.")
+@click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of --model.")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
 @click.option("--downsample", default=1, show_default=True, type=click.IntRange(1), help="Average the image down by this factor first.")
 @click.option("--max-shift", default=12, show_default=True, type=click.IntRange(1), help="Largest shift searched, pixels.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Building probability threshold.")
 @click.option("--source", default="geolabel", show_default=True, help="Value of the source tag in the .osc.")
 def mapupdate(
-    image: str, osm_path: str, model_path: str | None, prob_path: str | None, out_dir: str,
+    image: str, osm_path: str, model_path: str | None, prob_path: str | None, endpoint: str | None, out_dir: str,
     downsample: int, max_shift: int, threshold: float, source: str,
 ) -> None:
     """Compare predictions on IMAGE with --osm; write changes.geojson, changes.osc, summary.json, preview.png."""
@@ -26,5 +27,18 @@ def mapupdate(
     from geolabel.mapupdate.update import map_update_files
 
     params = DiffParams(threshold=threshold, max_shift=max_shift)
+    if endpoint:  # the served model labels the image through the same tiling as `geolabel predict`
+        from pathlib import Path
+
+        from geolabel.errors import InputError
+        from geolabel.predict import predict_raster
+        from geolabel.serving.client import ServingClient
+
+        if model_path or prob_path:
+            raise InputError("--endpoint", "give one of --endpoint, --model and --probabilities")
+        with ServingClient(endpoint) as client:
+            # 256 px windows keep each JSON request within servers' default body limits
+            prob_path = predict_raster(client, image, Path(out_dir) / "predict", window=256, overlap=32,
+                                       preview=False).probabilities
     summary = map_update_files(image, osm_path, out_dir, model_path, prob_path, downsample, params, source)
     click.echo(json.dumps(summary["counts"]))

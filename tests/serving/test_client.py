@@ -67,3 +67,33 @@ def test_predict_cli_endpoint_matches_local(rest_url, tiny_runs, shared_data, tm
     assert agree > 0.999
     missing = runner.invoke(cli, ["predict", str(crop), "-o", str(tmp_path / "x")])
     assert missing.exit_code != 0
+
+
+def test_mapupdate_cli_endpoint_matches_local_probabilities(rest_url, tiny_runs, shared_data, tmp_path):
+    """`geolabel mapupdate --endpoint` gives the same statuses as the same model's local probabilities."""
+    import json
+
+    import geopandas as gpd
+    import shapely
+    from click.testing import CliRunner
+
+    from geolabel.cli import cli
+    from geolabel.data.raster import read_raster
+
+    image = shared_data / "inria-austin" / "image.tif"
+    block = read_raster(image)
+    left, bottom, right, top = block.bounds
+    buildings = [shapely.box(left + 30 * i, bottom + 30 * i, left + 30 * i + 15, bottom + 30 * i + 10) for i in range(1, 8)]
+    osm = tmp_path / "osm.geojson"
+    gpd.GeoDataFrame({"osm_id": list(range(1, 8))}, geometry=buildings, crs=block.crs).to_file(osm, driver="GeoJSON")
+    runner = CliRunner()
+    local = runner.invoke(cli, ["predict", str(tiny_runs["seg"]), str(image), "-o", str(tmp_path / "local"),
+                                "--window", "256", "--overlap", "32"])
+    assert local.exit_code == 0, (local.output, local.exception)
+    by_file = runner.invoke(cli, ["mapupdate", str(image), "--osm", str(osm), "--probabilities",
+                                  str(tmp_path / "local" / "probabilities.tif"), "-o", str(tmp_path / "from-file")])
+    served = runner.invoke(cli, ["mapupdate", str(image), "--osm", str(osm), "--endpoint", f"{rest_url}/v1/models/seg",
+                                 "-o", str(tmp_path / "served")])
+    assert by_file.exit_code == 0 and served.exit_code == 0, (served.output, served.exception)
+    counts = [json.loads((tmp_path / d / "summary.json").read_text())["counts"] for d in ("from-file", "served")]
+    assert counts[0] == counts[1] and sum(counts[1].values()) >= 7
