@@ -6,7 +6,7 @@ REQS := requirements/requirements.txt requirements/requirements-nodeps.txt requi
         requirements/constraints.txt requirements/constraints-lock.txt setup.cfg
 export PIP_CACHE_DIR ?= $(HOME)/.cache/geolabel-pip
 
-.PHONY: setup test demo benchmark clean
+.PHONY: setup test demo clean
 
 setup: $(STAMP)
 
@@ -26,9 +26,6 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/geolabel demo --out demo-output
-
-benchmark: setup
-	$(VENV)/bin/python -m pytest -q -m benchmark benchmarks
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
