@@ -62,7 +62,8 @@ def encode_chip(chip: Chip) -> bytes:
         "height": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.shape[0]])),
         "width": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.shape[1]])),
         "channels": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.shape[2]])),
-        "bounds": tf.train.Feature(float_list=tf.train.FloatList(value=list(chip.bounds))),
+        # float64 bytes: a FloatList (float32) loses ~0.5 m at Web-Mercator magnitudes
+        "bounds": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.asarray(chip.bounds, "<f8").tobytes()])),
         "crs": tf.train.Feature(bytes_list=tf.train.BytesList(value=[chip.crs.encode()])),
         "source": tf.train.Feature(bytes_list=tf.train.BytesList(value=[chip.source.encode()])),
     }
@@ -81,7 +82,7 @@ def decode_chip(record: bytes) -> Chip:
     return Chip(
         image=image,
         mask=mask,
-        bounds=tuple(f["bounds"].float_list.value),
+        bounds=tuple(np.frombuffer(f["bounds"].bytes_list.value[0], "<f8").tolist()),
         crs=f["crs"].bytes_list.value[0].decode(),
         source=f["source"].bytes_list.value[0].decode(),
     )

@@ -55,7 +55,8 @@ class GeoBlock:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in CRS units."""
-        return tuple(rasterio.transform.array_bounds(self.height, self.width, self.transform)[i] for i in (0, 1, 2, 3))
+        west, south, east, north = rasterio.transform.array_bounds(self.height, self.width, self.transform)
+        return west, south, east, north
 
     def valid_mask(self) -> np.ndarray:
         """Boolean (height, width): True where at least one band holds data."""
