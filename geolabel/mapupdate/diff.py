@@ -110,13 +110,16 @@ def polygons_of(labels: np.ndarray, simplify: float = 1.0) -> list[tuple[object,
     return out
 
 
-def compare(prob: np.ndarray, geoms: np.ndarray, ids: np.ndarray | None = None, params: DiffParams | None = None) -> list[Change]:
+def compare(prob: np.ndarray, geoms: np.ndarray, ids: np.ndarray | None = None, params: DiffParams | None = None,
+            valid: np.ndarray | None = None) -> list[Change]:
     """Classify every existing building and every unexplained predicted building (see module doc).
 
     Args:
         prob: (H, W) building probability.
         geoms: existing building polygons in pixel coordinates.
         ids: their identifiers (defaults to row numbers).
+        valid: (H, W) True where there is imagery; a building mostly outside it cannot be
+            judged and gets no status (it is not "missing").
     """
     p = params or DiffParams()
     ids = np.arange(len(geoms)) if ids is None else ids
@@ -126,6 +129,10 @@ def compare(prob: np.ndarray, geoms: np.ndarray, ids: np.ndarray | None = None, 
     for geom, gid in zip(geoms, ids):
         if geom is None or geom.is_empty:
             continue
+        if valid is not None:
+            footprint = _footprint(geom, (h, w), (0, 0)) > 0
+            if not footprint.any() or valid[footprint].mean() < 0.5:
+                continue
         here, (dx, dy), best, gain = best_shift(prob, geom, p.max_shift)
         if here >= p.match and (gain < p.gain or np.hypot(dx, dy) < p.min_shift):
             change = Change("unchanged", geom, here, gid, (0.0, 0.0), geom)

@@ -155,7 +155,8 @@ def map_update(
 ) -> tuple[list[Change], dict]:
     """Compare `prob` (on the scene's grid) with the scene's polygons and write all outputs."""
     valid = np.array([g is not None and not shapely.is_empty(g) for g in scene.geoms], bool)
-    changes = compare(prob, scene.geoms[valid], scene.ids[valid], params)
+    imagery = scene.image.any(axis=-1)  # nodata is 0 on every band (geolabel fetch's convention)
+    changes = compare(prob, scene.geoms[valid], scene.ids[valid], params, valid=imagery)
     return changes, write_outputs(scene, changes, out_dir, source, versions)
 
 

@@ -54,6 +54,18 @@ def test_empty_prediction_marks_everything_missing(virac_scene):
     assert all(c.confidence == 1.0 for c in changes)
 
 
+def test_buildings_without_imagery_get_no_status(virac_scene):
+    truth = within_image(virac_scene, margin=16)
+    valid = np.ones(truth.shape, bool)
+    valid[:, : truth.shape[1] // 2] = False  # no imagery on the left half
+    changes = compare(np.zeros(truth.shape, np.float32), truth.geoms, truth.ids, valid=valid)
+    judged = {c.source_id for c in changes}
+    for geom, gid in zip(truth.geoms, truth.ids):
+        if geom.bounds[2] < truth.shape[1] // 2:  # wholly in the no-imagery half
+            assert gid not in judged
+    assert changes and all(c.status == "missing" for c in changes)
+
+
 def test_osc_structure(tmp_path):
     new = [shapely.box(124.0, 13.0, 124.0001, 13.0001)]
     moved = [(406482323, shapely.box(124.1, 13.1, 124.1001, 13.1001), 3), (None, shapely.box(0, 0, 1, 1), None)]
