@@ -98,6 +98,7 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         weight_decay=args.weight_decay,
         loss=args.loss,
         jitter=args.jitter,
+        zoom=args.zoom,
         seed=seed,
         time_limit_s=args.time_limit,
         downsample=args.downsample,
@@ -165,7 +166,8 @@ def write_table(results: list[dict]) -> None:
         "`unet16bn-x4-steplr` = BatchNorm run from before the time-driven schedule existed (learning",
         "rate cut at its peak by the time limit; not reproducible with the current code);",
         "`-j2` = photometric jitter strength 2 (brightness +-0.4, contrast/saturation +-60%, hue +-0.08);",
-        "`-c96`/`-c64` = training crop side in coarse pixels; `-x8` = 8x downsampled (0.6 m).",
+        "`-c96`/`-c64` = training crop side in coarse pixels; `-x8` = 8x downsampled (0.6 m); `-z2` = random "
+        "zoom of training crops between 0.5x and 2x.",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",
         "`two_stage.md` (`--two-stage`), the training throughput vs conv peak in `train.md`.",
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--loss", default="ce_jaccard")
     parser.add_argument("--jitter", type=float, default=1.0)
+    parser.add_argument("--zoom", type=float, default=1.0, help="largest random zoom of training crops (1 = off)")
     parser.add_argument("--time-limit", type=float, default=600.0)
     parser.add_argument("--held-out", default="all")
     parser.add_argument("--seeds", default="0")

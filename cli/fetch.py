@@ -13,6 +13,24 @@ def _classes(text: str) -> tuple[str, ...]:
     return names if names and names[0] == "background" else ("background", *names)
 
 
+def _label_alignment(model_path: str, downsample: int):
+    """`geolabel.align.align_file` with this model, keyed by the model file's content."""
+    import hashlib
+    from pathlib import Path
+
+    from geolabel.data.fetch import LabelAlignment
+
+    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:24]
+
+    def run(imagery, labels_in, labels_out) -> dict:
+        from geolabel.align.apply import align_file
+
+        return {"model": model_path, "model_sha256": digest, "downsample": downsample,
+                **align_file(imagery, labels_in, model_path, labels_out, downsample=downsample)}
+
+    return LabelAlignment(key=f"{digest}:{downsample}", run=run)
+
+
 @click.command()
 @click.option("--bbox", help="Area of interest W,S,E,N in EPSG:4326.")
 @click.option("--aoi", "aoi_file", type=click.Path(dir_okay=False), help="Area of interest as a GeoJSON/GeoPackage/... polygon file.")
@@ -35,16 +53,22 @@ def _classes(text: str) -> tuple[str, ...]:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tile cache folder (default: OUT/cache/tiles).")
 @click.option("--attribution", help="Imagery attribution line for the manifest.")
 @click.option("--name", help="Dataset name written into the chips (default: the folder name).")
+@click.option("--align", "align_model", type=click.Path(exists=True, dir_okay=False),
+              help="Alignment model (.keras, see `geolabel align`): move the label polygons onto the imagery before rasterising.")
+@click.option("--align-downsample", default=1, show_default=True, type=click.IntRange(1),
+              help="Average the imagery down by this factor for --align (the alignment model's training resolution).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Dataset folder (re-running resumes).")
 def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdomains, labels, overpass_url, classes, class_column,
-          chip_size, val_fraction, split_block, connections, retries, timeout, cache_dir, attribution, name, out) -> None:
+          chip_size, val_fraction, split_block, connections, retries, timeout, cache_dir, attribution, name,
+          align_model, align_downsample, out) -> None:
     """Fetch imagery and labels for an area into a dataset folder.
 
     Writes OUT/imagery.tif (COG), labels.tif, labels.gpkg, manifest.json and chips/
     (train/val TFRecords split by spatial blocks). Re-running the same command skips
-    finished work.
+    finished work. With --align, the fetched labels are kept as labels-source.gpkg and
+    labels.gpkg holds them aligned to the imagery.
     """
-    from geolabel.data.fetch import FetchOptions, fetch_dataset
+    from geolabel.data.fetch import FetchOptions, LabelAlignment, fetch_dataset
 
     options = FetchOptions(
         zoom=zoom, tile_px=tile_size,
@@ -54,9 +78,10 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
         attribution=attribution, name=name,
     )
     command = "geolabel " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fetch"):]) if "fetch" in sys.argv else None
+    align = _label_alignment(align_model, align_downsample) if align_model else None
     manifest = fetch_dataset(
         out, imagery, labels, bbox=bbox, aoi=aoi_file, place=place, geocoder_url=geocoder_url, classes=_classes(classes),
-        options=options, command=command,
+        options=options, command=command, align=align,
     )
     chips = manifest["chips"]
     click.echo(

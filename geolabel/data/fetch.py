@@ -7,7 +7,9 @@ uninterrupted run):
 
 1. imagery  -> `imagery.tif` (tiles are cached under `cache/tiles/`, so a killed
    download resumes tile by tile);
-2. labels   -> `labels.gpkg` (vectors in the imagery CRS);
+2. labels   -> `labels.gpkg` (vectors in the imagery CRS); with an alignment model
+   (`fetch --align`), fetched as `labels-source.gpkg` and aligned to the imagery into
+   `labels.gpkg`;
 3. rasterise -> `labels.tif` (uint8 classes on the imagery grid, 255 = no imagery);
 4. chips    -> `chips/{train,val}-*.tfrecord.gz`, split by spatial blocks;
 5. `manifest.json`.
@@ -22,7 +24,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,6 +113,19 @@ class FetchOptions:
             raise InputError("--connections", "must be >= 1")
         if self.block < 256 or self.block % 256:
             raise InputError("block", "must be a multiple of 256")
+
+
+@dataclass(frozen=True)
+class LabelAlignment:
+    """Move the fetched label vectors onto the imagery before rasterising (`fetch --align MODEL`).
+
+    The data layer does not know alignment models: the caller supplies `run(imagery,
+    labels_in, labels_out) -> summary` (e.g. `geolabel.align.align_file` with a model) and a
+    `key` naming the model's content, so a re-run with the same model skips the step.
+    """
+
+    key: str
+    run: Callable[[Path, Path, Path], dict]
 
 
 def _key(*parts) -> str:
@@ -308,6 +323,7 @@ def fetch_dataset(
     classes: ClassMap | tuple[str, ...] | list[str] = ("background", "building"),
     options: FetchOptions | None = None,
     command: str | None = None,
+    align: LabelAlignment | None = None,
 ) -> dict:
     """Fetch imagery and labels for an area into a dataset folder; return the manifest.
 
@@ -319,6 +335,8 @@ def fetch_dataset(
         classes: class map or names (background first).
         options: see FetchOptions.
         command: the command line recorded in the manifest.
+        align: align the label vectors to the imagery before rasterising; the fetched
+            ones are kept as `labels-source.gpkg`, the aligned ones become `labels.gpkg`.
     """
     options = options or FetchOptions()
     options.check()
@@ -343,10 +361,18 @@ def fetch_dataset(
     if img is None:
         img = state.finish("imagery", k_img, fetch_imagery(imagery, area, paths["imagery"], options, client))
 
-    k_lab = _key(k_img, labels, list(classes.names), options.overpass_url, options.class_column, options.default_class, options.road_widths)
-    lab = state.done("labels", k_lab, paths["labels"])
+    fetched = folder / "labels-source.gpkg" if align else paths["labels"]
+    k_lab = _key(k_img, labels, list(classes.names), options.overpass_url, options.class_column, options.default_class,
+                 options.road_widths, fetched.name)
+    lab = state.done("labels", k_lab, fetched)
     if lab is None:
-        lab = state.finish("labels", k_lab, fetch_labels(labels, area, classes, paths["imagery"], paths["labels"], options, client))
+        lab = state.finish("labels", k_lab, fetch_labels(labels, area, classes, paths["imagery"], fetched, options, client))
+    alignment = None
+    if align:
+        k_lab = _key(k_lab, align.key)
+        alignment = state.done("align", k_lab, paths["labels"])
+        if alignment is None:
+            alignment = state.finish("align", k_lab, align.run(paths["imagery"], fetched, paths["labels"]))
 
     k_ras = _key(k_lab, [list(c) for c in classes.colors])
     pixels = state.done("rasterise", k_ras, paths["raster"])
@@ -374,13 +400,14 @@ def fetch_dataset(
         "format": "geolabel-dataset", "version": FORMAT_VERSION, "name": name,
         "aoi": area.to_json(), **grid,
         "classes": list(classes.names),
-        "imagery": img, "labels": lab,
+        "imagery": img, "labels": lab, **({"alignment": alignment} if align else {}),
         "osm_timestamp": lab.get("osm_timestamp"),
         "counts": {"pixels": pixels, "features": lab.get("features", {})},
         "chips": chip_info,
         "attribution": attribution,
         "command": command or _default_command(),
-        "files": {"imagery": "imagery.tif", "labels_raster": "labels.tif", "labels_vector": "labels.gpkg", "chips": "chips/"},
+        "files": {"imagery": "imagery.tif", "labels_raster": "labels.tif", "labels_vector": "labels.gpkg", "chips": "chips/",
+                  **({"labels_source": fetched.name} if align else {})},
     }
     text = json.dumps(manifest, indent=1, sort_keys=True, default=_json_default) + "\n"
     if not paths["manifest"].is_file() or paths["manifest"].read_text() != text:
@@ -390,7 +417,7 @@ def fetch_dataset(
 
 def _remove_stale_temporaries(folder: Path) -> None:
     """Delete the temporary files a killed run left beside its outputs (one fetch per folder at a time)."""
-    names = ("imagery.tif", "labels.tif", "labels.gpkg", "manifest.json", STATE)
+    names = ("imagery.tif", "labels.tif", "labels.gpkg", "labels-source.gpkg", "manifest.json", STATE)
     for path in folder.iterdir():
         if path.is_file() and any(path.name.startswith(f".{n}.") for n in names):
             path.unlink(missing_ok=True)
@@ -437,4 +464,4 @@ def options_dict(options: FetchOptions) -> dict:
     return asdict(options)
 
 
-__all__ = ["FetchOptions", "fetch_dataset", "fetch_for_pipeline", "fetch_imagery", "fetch_labels", "write_chips"]
+__all__ = ["FetchOptions", "LabelAlignment", "fetch_dataset", "fetch_for_pipeline", "fetch_imagery", "fetch_labels", "write_chips"]

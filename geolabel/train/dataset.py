@@ -1,4 +1,4 @@
-"""tf.data input pipeline over chip shards: decode, random crops, D4 transforms, photometric jitter.
+"""tf.data input pipeline over chip shards: decode, random crops and zooms, D4 transforms, photometric jitter.
 
 Deterministic for a given seed: every random choice uses stateless ops seeded by
 (seed, element index), and shuffling is seeded.
@@ -82,6 +82,7 @@ def make_dataset(
     channels: int = 3,
     jitter: float = 1.0,
     d4: bool = True,
+    zoom: float = 1.0,
     shuffle_buffer: int = 256,
     balance: bool = True,
     downsample: int = 1,
@@ -100,6 +101,9 @@ def make_dataset(
         channels: image bands.
         jitter: photometric jitter strength (0 = off).
         d4: apply a random dihedral transform (8 cases).
+        zoom: largest random zoom factor (1 = off): each crop covers a square of side
+            crop * s, s log-uniform in [1/zoom, zoom] (bounded by the chip), resized to
+            `crop`, so buildings are seen at sizes other cities have.
         shuffle_buffer: chips held for shuffling.
         balance: with several datasets, draw from each equally often (else by size).
         downsample: area-average chips by this factor first (train at a coarser resolution);
@@ -112,6 +116,8 @@ def make_dataset(
     groups = [g for g in groups if g]
     if not groups:
         raise InputError("chips", "no shards given")
+    if zoom < 1.0:
+        raise InputError("zoom", f"must be >= 1 (1 = off), got {zoom}")
     for group in groups:
         for path in group:
             if not Path(path).is_file():
@@ -160,8 +166,17 @@ def make_dataset(
         image, mask = _pad_to(image, mask, crop)
         seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 8)
         both = tf.concat([tf.cast(image, tf.int32), tf.cast(mask[..., None], tf.int32)], axis=-1)
-        both = tf.image.stateless_random_crop(both, [crop, crop, channels + 1], seeds[0])
-        image, mask = tf.cast(both[..., :channels], tf.float32), tf.cast(both[..., channels], tf.uint8)
+        if zoom > 1.0:
+            log_s = tf.random.stateless_uniform([], seeds[6], -1.0, 1.0) * tf.math.log(zoom)
+            limit = tf.minimum(tf.shape(both)[0], tf.shape(both)[1])
+            side = tf.clip_by_value(tf.cast(tf.round(crop * tf.exp(log_s)), tf.int32), 8, limit)
+            region = tf.image.stateless_random_crop(both, tf.stack([side, side, channels + 1]), seeds[0])
+            image = tf.image.resize(tf.cast(region[..., :channels], tf.float32), [crop, crop], "bilinear", antialias=True)
+            labels = tf.image.resize(region[..., channels:], [crop, crop], "nearest")[..., 0]
+            image, mask = tf.clip_by_value(image, 0.0, 255.0), tf.cast(labels, tf.uint8)
+        else:
+            both = tf.image.stateless_random_crop(both, [crop, crop, channels + 1], seeds[0])
+            image, mask = tf.cast(both[..., :channels], tf.float32), tf.cast(both[..., channels], tf.uint8)
         if d4:
             k = tf.random.stateless_uniform([], seeds[1], 0, 8, dtype=tf.int32)
             image, mask = dihedral(image, mask, k)

@@ -52,6 +52,7 @@ class TrainConfig:
         class_weights: cross-entropy weight per class.
         jitter: photometric jitter strength (0 = off).
         d4: random dihedral transforms.
+        zoom: largest random zoom of training crops (1 = off; e.g. 2 = 0.5x to 2x).
         balance: sample training datasets equally often.
         mixed_precision: bfloat16 compute on CPU, float16 with loss scaling on GPU.
         seed: seed of weights, data order and augmentation.
@@ -91,6 +92,7 @@ class TrainConfig:
     class_weights: list[float] | None = None
     jitter: float = 1.0
     d4: bool = True
+    zoom: float = 1.0
     balance: bool = True
     mixed_precision: bool = False
     seed: int = 0
@@ -387,7 +389,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         # it by the epoch it restarts at: deterministic, and no iterator state to checkpoint
         ds = make_dataset(
             train_shards, config.crop, config.batch_size, True, config.seed + 7919 * start_epoch,
-            jitter=config.jitter, d4=config.d4, balance=config.balance,
+            jitter=config.jitter, d4=config.d4, zoom=config.zoom, balance=config.balance,
             downsample=config.downsample, num_classes=num_classes, cache=config.cache,
         )
         iterator = iter(strategy.experimental_distribute_dataset(ds))

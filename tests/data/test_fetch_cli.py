@@ -46,3 +46,37 @@ def test_fetch_for_pipeline_takes_a_source_config(shared_data, tmp_path):
     shards = shard_paths(tmp_path / "ds" / "chips", "train")
     assert len(shards) == manifest["chips"]["shards"]["train"] == -(-manifest["chips"]["train"] // 10)
     assert shards[0].name.endswith(f"-of-{len(shards):05d}.tfrecord.gz")
+
+
+def test_fetch_align_keeps_the_source_labels_and_aligns_into_labels_gpkg(shared_data, tmp_path):
+    import geopandas as gpd
+    import numpy as np
+
+    from geolabel.models.alignment import MultiscaleAligner
+
+    # an aligner with all-zero weights predicts a zero field: aligned == fetched, exactly
+    model = MultiscaleAligner(scales=(2, 1), filters=(4, 4, 4))
+    model([np.zeros((1, 64, 64, 3), "float32"), np.zeros((1, 64, 64, 3), "float32")])
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    model.save(tmp_path / "aligner.keras")
+
+    city = shared_data / "oam-osm" / "virac-ph"
+    bbox = ",".join(repr(v) for v in VIRAC.bounds_lonlat())
+    out = tmp_path / "ds"
+    with TileServer(city / "tiles") as server:
+        args = ["fetch", "--bbox", bbox, "--imagery", server.template("jpg"), "--zoom", "21",
+                "--labels", str(city / "osm-buildings.geojson"), "--split-block", "1",
+                "--align", str(tmp_path / "aligner.keras"), "-o", str(out)]
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        stamp = (out / "labels.gpkg").stat().st_mtime_ns
+        again = CliRunner().invoke(cli, args, catch_exceptions=False)
+        assert again.exit_code == 0, again.output
+    assert (out / "labels.gpkg").stat().st_mtime_ns == stamp  # the re-run skipped the alignment
+    manifest = json.loads((out / "manifest.json").read_text())
+    source, aligned = gpd.read_file(out / "labels-source.gpkg"), gpd.read_file(out / "labels.gpkg")
+    assert manifest["files"]["labels_source"] == "labels-source.gpkg"
+    assert manifest["alignment"]["polygons"] == len(aligned) == len(source) > 0
+    assert manifest["alignment"]["mean_move_px"] == 0.0
+    assert aligned.crs == source.crs
+    assert np.allclose(aligned.geometry.area.sum(), source.geometry.area.sum(), rtol=1e-6)

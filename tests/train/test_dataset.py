@@ -75,3 +75,26 @@ def test_downsample_majority_and_ignore():
 def test_missing_shards_are_named(tmp_path):
     with pytest.raises(InputError, match=str(tmp_path)):
         dataset_shards(tmp_path, "train")
+
+
+def test_zoom_keeps_image_and_labels_aligned(austin_arrays, tmp_path):
+    from tests.train.conftest import write_austin_dataset
+
+    _, mask = austin_arrays
+    # red channel encodes the label, so after a zoom the two must still agree pixel by pixel
+    image = np.repeat((mask * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+    shards = dataset_shards(write_austin_dataset(tmp_path, image, mask, rows=(0, 480)), "train")
+    ds = make_dataset(shards, crop=48, batch_size=16, seed=5, zoom=2.0, jitter=0)
+    x, y = first_batches(ds, 1)[0]
+    assert x.shape == (16, 48, 48, 3) and y.shape == (16, 48, 48)
+    assert set(np.unique(y)) <= {0, 1}
+    assert np.mean((x[..., 0] > 120) == (y == 1)) > 0.95
+    plain = first_batches(make_dataset(shards, crop=48, batch_size=16, seed=5, jitter=0), 1)[0][0]
+    assert not np.array_equal(x, plain)
+    again = first_batches(make_dataset(shards, crop=48, batch_size=16, seed=5, zoom=2.0, jitter=0), 1)[0][0]
+    np.testing.assert_array_equal(x, again)
+
+
+def test_zoom_below_one_is_refused(austin_dataset):
+    with pytest.raises(InputError, match="zoom"):
+        make_dataset(dataset_shards(austin_dataset, "train"), 64, 4, zoom=0.5)
