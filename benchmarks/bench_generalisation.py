@@ -99,6 +99,8 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         loss=args.loss,
         jitter=args.jitter,
         zoom=args.zoom,
+        hue=args.hue,
+        grayscale=args.grayscale,
         seed=seed,
         time_limit_s=args.time_limit,
         downsample=args.downsample,
@@ -167,7 +169,8 @@ def write_table(results: list[dict]) -> None:
         "rate cut at its peak by the time limit; not reproducible with the current code);",
         "`-j2` = photometric jitter strength 2 (brightness +-0.4, contrast/saturation +-60%, hue +-0.08);",
         "`-c96`/`-c64` = training crop side in coarse pixels; `-x8` = 8x downsampled (0.6 m); `-z2` = random "
-        "zoom of training crops between 0.5x and 2x.",
+        "zoom of training crops between 0.5x and 2x; `-h5` = any hue (rotation up to 0.5 of the circle); "
+        "`-g3` = 30% of training crops grey.",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",
         "`two_stage.md` (`--two-stage`), the training throughput vs conv peak in `train.md`.",
@@ -309,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loss", default="ce_jaccard")
     parser.add_argument("--jitter", type=float, default=1.0)
     parser.add_argument("--zoom", type=float, default=1.0, help="largest random zoom of training crops (1 = off)")
+    parser.add_argument("--hue", type=float, default=None, help="largest hue rotation (default 0.04 x jitter)")
+    parser.add_argument("--grayscale", type=float, default=0.0, help="probability of a grey training crop")
     parser.add_argument("--time-limit", type=float, default=600.0)
     parser.add_argument("--held-out", default="all")
     parser.add_argument("--seeds", default="0")

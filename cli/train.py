@@ -38,6 +38,8 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--crop", type=int, help="Training crop side (multiple of the model stride).")
 @click.option("--downsample", type=int, help="Train at a resolution this many times coarser.")
 @click.option("--zoom", type=float, help="Largest random zoom of training crops (1 = off, 2 = 0.5x to 2x).")
+@click.option("--hue", type=float, help="Largest random hue rotation, fraction of the colour circle (0.5 = any hue).")
+@click.option("--grayscale", type=float, help="Probability of a grey training crop.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]))
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--schedule", type=click.Choice(["onecycle", "triangular", "constant"]))

@@ -60,15 +60,18 @@ def downsample_chip(image: tf.Tensor, mask: tf.Tensor, factor: int, num_classes:
     return tf.cast(tf.round(x), image.dtype), tf.cast(coarse, tf.uint8)
 
 
-def _jitter(image: tf.Tensor, seeds: tf.Tensor, strength: float) -> tf.Tensor:
-    """Brightness, contrast, saturation and hue jitter on a float [0, 255] RGB(+) image."""
+def _jitter(image: tf.Tensor, seeds: tf.Tensor, strength: float, hue: float) -> tf.Tensor:
+    """Brightness, contrast and saturation jitter of `strength`, hue rotation up to `hue`, on a float [0, 255] RGB(+) image."""
     x = image / 255.0
     rgb = x[..., :3]
-    rgb = tf.image.stateless_random_brightness(rgb, 0.2 * strength, seeds[0])
-    rgb = tf.image.stateless_random_contrast(rgb, 1 - 0.3 * strength, 1 + 0.3 * strength, seeds[1])
-    if image.shape[-1] is not None and image.shape[-1] >= 3:
-        rgb = tf.image.stateless_random_saturation(rgb, 1 - 0.3 * strength, 1 + 0.3 * strength, seeds[2])
-        rgb = tf.image.stateless_random_hue(rgb, 0.04 * strength, seeds[3])
+    colour = image.shape[-1] is not None and image.shape[-1] >= 3
+    if strength > 0:
+        rgb = tf.image.stateless_random_brightness(rgb, 0.2 * strength, seeds[0])
+        rgb = tf.image.stateless_random_contrast(rgb, 1 - 0.3 * strength, 1 + 0.3 * strength, seeds[1])
+        if colour:
+            rgb = tf.image.stateless_random_saturation(rgb, 1 - 0.3 * strength, 1 + 0.3 * strength, seeds[2])
+    if colour and hue > 0:
+        rgb = tf.image.stateless_random_hue(rgb, hue, seeds[3])
     x = tf.concat([rgb, x[..., 3:]], axis=-1)
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
@@ -83,6 +86,8 @@ def make_dataset(
     jitter: float = 1.0,
     d4: bool = True,
     zoom: float = 1.0,
+    hue: float | None = None,
+    grayscale: float = 0.0,
     shuffle_buffer: int = 256,
     balance: bool = True,
     downsample: int = 1,
@@ -104,6 +109,10 @@ def make_dataset(
         zoom: largest random zoom factor (1 = off): each crop covers a square of side
             crop * s, s log-uniform in [1/zoom, zoom] (bounded by the chip), resized to
             `crop`, so buildings are seen at sizes other cities have.
+        hue: largest random hue rotation, as a fraction of the colour circle (0-0.5;
+            default 0.04 x jitter); 0.5 = any hue, so roof colours a city lacks are seen.
+        grayscale: probability of turning a crop grey (RGB -> luma in all 3 bands), so
+            the model also learns buildings from shape and texture alone.
         shuffle_buffer: chips held for shuffling.
         balance: with several datasets, draw from each equally often (else by size).
         downsample: area-average chips by this factor first (train at a coarser resolution);
@@ -118,6 +127,11 @@ def make_dataset(
         raise InputError("chips", "no shards given")
     if zoom < 1.0:
         raise InputError("zoom", f"must be >= 1 (1 = off), got {zoom}")
+    hue = 0.04 * jitter if hue is None else hue
+    if not 0.0 <= hue <= 0.5:
+        raise InputError("hue", f"must be in [0, 0.5], got {hue}")
+    if not 0.0 <= grayscale <= 1.0:
+        raise InputError("grayscale", f"must be a probability in [0, 1], got {grayscale}")
     for group in groups:
         for path in group:
             if not Path(path).is_file():
@@ -180,8 +194,12 @@ def make_dataset(
         if d4:
             k = tf.random.stateless_uniform([], seeds[1], 0, 8, dtype=tf.int32)
             image, mask = dihedral(image, mask, k)
-        if jitter > 0:
-            image = _jitter(image, seeds[2:6], jitter)
+        if jitter > 0 or hue > 0:
+            image = _jitter(image, seeds[2:6], jitter, hue)
+        if grayscale > 0 and channels >= 3:
+            grey = tf.image.rgb_to_grayscale(image[..., :3])
+            make_grey = tf.random.stateless_uniform([], seeds[7]) < grayscale
+            image = tf.where(make_grey, tf.concat([tf.repeat(grey, 3, axis=-1), image[..., 3:]], axis=-1), image)
         return image, mask
 
     def center(image, mask):

@@ -53,6 +53,8 @@ class TrainConfig:
         jitter: photometric jitter strength (0 = off).
         d4: random dihedral transforms.
         zoom: largest random zoom of training crops (1 = off; e.g. 2 = 0.5x to 2x).
+        hue: largest random hue rotation (fraction of the colour circle; None: 0.04 x jitter).
+        grayscale: probability of a grey training crop.
         balance: sample training datasets equally often.
         mixed_precision: bfloat16 compute on CPU, float16 with loss scaling on GPU.
         seed: seed of weights, data order and augmentation.
@@ -93,6 +95,8 @@ class TrainConfig:
     jitter: float = 1.0
     d4: bool = True
     zoom: float = 1.0
+    hue: float | None = None
+    grayscale: float = 0.0
     balance: bool = True
     mixed_precision: bool = False
     seed: int = 0
@@ -389,7 +393,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         # it by the epoch it restarts at: deterministic, and no iterator state to checkpoint
         ds = make_dataset(
             train_shards, config.crop, config.batch_size, True, config.seed + 7919 * start_epoch,
-            jitter=config.jitter, d4=config.d4, zoom=config.zoom, balance=config.balance,
+            jitter=config.jitter, d4=config.d4, zoom=config.zoom, hue=config.hue,
+            grayscale=config.grayscale, balance=config.balance,
             downsample=config.downsample, num_classes=num_classes, cache=config.cache,
         )
         iterator = iter(strategy.experimental_distribute_dataset(ds))

@@ -98,3 +98,17 @@ def test_zoom_keeps_image_and_labels_aligned(austin_arrays, tmp_path):
 def test_zoom_below_one_is_refused(austin_dataset):
     with pytest.raises(InputError, match="zoom"):
         make_dataset(dataset_shards(austin_dataset, "train"), 64, 4, zoom=0.5)
+
+
+def test_grayscale_and_any_hue(austin_dataset):
+    shards = dataset_shards(austin_dataset, "train")
+    x, _ = first_batches(make_dataset(shards, 64, 8, seed=2, jitter=0, grayscale=1.0), 1)[0]
+    np.testing.assert_allclose(x[..., 0], x[..., 1], atol=1e-3)
+    np.testing.assert_allclose(x[..., 1], x[..., 2], atol=1e-3)
+    plain = first_batches(make_dataset(shards, 64, 8, seed=2, jitter=0), 1)[0][0]
+    hued = first_batches(make_dataset(shards, 64, 8, seed=2, jitter=0, hue=0.5), 1)[0][0]
+    assert not np.allclose(plain, hued, atol=1.0)
+    # a hue rotation keeps each pixel's max - min channel spread (HSV chroma)
+    np.testing.assert_allclose(np.ptp(hued, axis=-1), np.ptp(plain, axis=-1), atol=2.0)
+    with pytest.raises(InputError, match="hue"):
+        make_dataset(shards, 64, 4, hue=0.7)
