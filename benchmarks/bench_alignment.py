@@ -240,6 +240,9 @@ def main() -> None:
         path = mosaic(city, 20, tmp / f"{city}.tif")
         scenes[city] = crop_to_content(load_scene(path, DATA / city / "osm-buildings.geojson", args.downsample))
     train = [scenes[c] for c in TRAIN]
+    # ~84% of the train mosaics is black (no tiles): polygons there carry no image evidence
+    # of their misregistration, so the aligners train on the polygons over imagery only
+    align_train = [within_image(s) for s in train]
     test = within_image(scenes[TEST], margin=16)
     res = abs(test.transform.a)
     results: dict = {
@@ -259,7 +262,7 @@ def main() -> None:
     # A. multiscale chain
     aligner = MultiscaleAligner(filters=(8, 8, 16), focus=20.0)
     t0 = time.time()
-    hist = train_aligner(aligner, train, epochs=1000, steps=10, batch=8, size=args.crop,
+    hist = train_aligner(aligner, align_train, epochs=1000, steps=10, batch=8, size=args.crop,
                          max_amplitude=args.amplitude, learning_rate=2e-3, time_limit_s=budget)
     before, after = eval_alignment(aligner, cases)
     results["aligner"] = {"train_s": time.time() - t0 - 0.0, "epochs": len(hist["loss"]), "final_loss": hist["loss"][-1],
@@ -270,7 +273,7 @@ def main() -> None:
     # B. align and update
     au = AlignUpdateNet(image_base=8, map_base=8, depth=4, max_displacement=args.amplitude * 1.5)
     t0 = time.time()
-    hist = train_align_update(au, train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
+    hist = train_align_update(au, align_train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
                               keep_fraction=0.5, learning_rate=1e-3, time_limit_s=budget)
     before_u, after_u = eval_alignment(au, cases)
     results["align_update"] = {"train_s": time.time() - t0, "epochs": len(hist["loss"]), "final_loss": hist["loss"][-1],
@@ -329,7 +332,7 @@ def write_report(r: dict, out: Path) -> None:
         f"fields (sums of Gaussians, widths 20-64 px) peaking at {r['amplitude_px']:g} px at most, applied to the real "
         f"polygons, so the truth is exact. Each model trained for about {r['budget_s']:.0f} s on the shared CPU "
         f"(small widths, {r.get('crop', 64)} px crops, batches of 8): MultiscaleAligner {r['aligner']['epochs']} "
-        f"epochs of 10 steps, AlignUpdateNet {r['align_update']['epochs']}.",
+        f"epochs of 10 steps, AlignUpdateNet {r['align_update']['epochs']}; both on the train polygons over imagery.",
         "",
         "## A/B. Misregistration per vertex (px), before vs after alignment",
         "",
@@ -344,13 +347,22 @@ def write_report(r: dict, out: Path) -> None:
         )
     best = min(a["ratio"], u["ratio"])
     verdict = "MET" if best <= 0.5 else "NOT MET"
-    lines += ["", f"Target (halve the mean misregistration): **{verdict}** (best after/before = {best:.2f}). "
-              "The nets are the papers' architectures at small widths, trained for minutes on a CPU shared by "
-              "several jobs (load average above 10 on 2 cores during this run), i.e. a few hundred steps; "
-              "the papers train for hours on a GPU. The warp, the composition of fields and the vertex "
-              "correction are exact (unit tests: identity and constant fields; a constant-field chain moves "
-              "every vertex exactly, coarse to fine); whether longer training reaches the target was not tested "
-              "here."]
+    lines += ["", f"Target (halve the mean misregistration): **{verdict}** (best after/before = {best:.2f}).", "",
+              "What was checked and fixed (issue #6 follow-up): the conventions agree (the truth field warps the "
+              "misregistered map back onto the true polygons; `tests/align/test_data.py`) and the chain overfits "
+              "one batch (loss 25 -> 0.3 px^2 in 125 steps), so the nets can fit the task; three training defects "
+              "were fixed: (1) each chain step's L2 was in its own pixels, so the 1/8 step weighed 64x less than the "
+              "full-resolution one (now all in input pixels); (2) the AlignUpdateNet's field L2 was in pixels^2 and "
+              "outweighed its segmentation term ~40:1 (now in units of its bound `max_displacement`, the paper's "
+              "normalised field); (3) ~84% of the train mosaics is black (no tiles) and about a third of their "
+              "polygons lie there, with no image evidence of their shift (the aligners now train on polygons over "
+              "imagery only). Before (1)-(3) the chain learned nothing (after/before 1.00); with them, short trials "
+              "(90-120 s, 300-550 steps, even with constant shifts) still showed a flat training loss, and the "
+              "budget above only starts the chain reading the image-map offset: the target needs far more steps "
+              "than a shared 2-core CPU gives in minutes (the papers train for hours on a GPU). Not tested here: "
+              "longer training. Note also that the real OSM polygons are "
+              "themselves off the imagery (crude per-building best edge-match shift: median 1.0-1.4 px, mean "
+              "1.9-3.0 px over the three cities), which bounds how low 'after' can go against OSM truth."]
     lines += ["", f"Distribution, MultiscaleAligner ({a['vertices']} vertices x trials):", "", *a["histogram"], "",
               "Distribution, AlignUpdateNet:", "", *u["histogram"], "",
               "## B. Align-and-update: buildings dropped from the input map",
@@ -380,12 +392,15 @@ def write_report(r: dict, out: Path) -> None:
             f"{m['shifted_recall']:.2f} | {err} | {m['counts']} | {osc} ({m['osc_creates']} created, "
             f"{m['osc_modifies']} modified ways) |"
         )
-    lines += ["", "Reading D: the oracle row feeds the true building raster, so it measures the diff logic alone "
+    fell_back = c["refined_iou"] == c["base_iou"]
+    lines += ["", "Reading C: the refinement is fitted on 3/4 of the labelled chips and kept only if it beats the "
+              "identity on the other 1/4 (`train_rnn_refine`); "
+              + ("here it did not, so it is the identity and cannot hurt the base." if fell_back else
+                 "here it did, and was kept."),
+              "", "Reading D: the oracle row feeds the true building raster, so it measures the diff logic alone "
               "(the 'new' buildings it misses are probably removed buildings touching a kept one, whose pixels are "
-              "then explained by the neighbour's footprint; not checked one by one). The model rows inherit the models' quality: an "
-              "under-trained AlignUpdateNet segments almost nothing (every building 'missing'), and the "
-              "image-only U-Net's false positives become false 'new' buildings. In C the refinement, trained on "
-              "OSM labels of another city for the time shown, lowered IoU in this run."]
+              "then explained by the neighbour's footprint; not checked one by one). The model rows inherit the "
+              "models' quality (A-C): the image-only U-Net's false positives become false 'new' buildings."]
     lines += ["", "Outputs of D (GeoJSON with `status`, .osc, summary, preview) are under "
               "`benchmarks/results/alignment-mapupdate/`.", ""]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines))

@@ -125,8 +125,14 @@ def train_rnn_refine(
     batch: int = 8,
     learning_rate: float = 1e-3,
     time_limit_s: float | None = None,
+    validation_split: float = 0.25,
 ) -> dict[str, list[float]]:
     """Fit the refinement on a (small, clean) labelled set on top of a frozen base model.
+
+    The last `validation_split` of the chips is held back: training stops when their loss
+    stops improving, the best weights are kept, and the refinement falls back to the
+    identity (its starting point) if it ends no better than that on them, so a few noisy
+    labelled chips cannot make the base model worse.
 
     Args:
         base_predict: images (N, H, W, C) 0-255 -> probabilities (N, H, W, K).
@@ -134,6 +140,15 @@ def train_rnn_refine(
     """
     probs = np.concatenate([base_predict(images[i : i + batch]) for i in range(0, len(images), batch)])
     refine.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
-    return refine.fit(
-        [images, probs], labels, batch_size=batch, epochs=epochs, verbose=0, callbacks=[TimeLimit(time_limit_s)]
+    cut = len(images) - max(1, int(round(len(images) * validation_split)))
+    val = ([images[cut:], probs[cut:]], labels[cut:])
+    identity_loss = refine.evaluate(*val, batch_size=batch, verbose=0)  # also builds the model
+    identity = refine.get_weights()
+    best = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
+    history = refine.fit(
+        [images[:cut], probs[:cut]], labels[:cut], batch_size=batch, epochs=epochs, verbose=0,
+        validation_data=val, callbacks=[TimeLimit(time_limit_s), best],
     ).history
+    if refine.evaluate(*val, batch_size=batch, verbose=0) >= identity_loss:
+        refine.set_weights(identity)
+    return history

@@ -87,3 +87,22 @@ def test_fit_moves_weights_and_lowers_loss(tmp_path):
 def test_depth_too_small():
     with pytest.raises(ValueError):
         AlignUpdateNet(depth=2)
+
+
+def test_displacement_loss_is_in_units_of_max_displacement():
+    """The same pixel error costs 4x less with a 2x larger bound: in pixels^2 the field term
+    outweighed the segmentation term ~40:1 and the segmentation outputs learned nothing."""
+    seg = np.zeros((1, 32, 32, 4), "float32")
+    seg[..., 0] = 1.0
+    seg[:, 8:20, 8:20] = [0, 1, 1, 1]
+    y = {"displacement": np.full((1, 32, 32, 2), 2.0, "float32"), "segmentation": seg}
+    pred = {}
+    for level in range(3):
+        suffix, size = (f"_{level}" if level else ""), 32 // 2**level
+        pred["displacement" + suffix] = np.zeros((1, size, size, 2), "float32")
+        pred["segmentation" + suffix] = np.zeros((1, size, size, 4), "float32")
+    losses = []
+    for bound in (4.0, 8.0):
+        model = AlignUpdateNet(image_base=4, map_base=4, depth=4, seg_weight=0.0, max_displacement=bound)
+        losses.append(float(model.compute_loss(x=None, y=y, y_pred=pred)))
+    assert losses[0] == pytest.approx(4 * losses[1], rel=1e-4)

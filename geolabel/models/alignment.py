@@ -199,6 +199,9 @@ class MultiscaleAligner(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Weighted sum over the chain's steps of the L2 loss against the downsampled truth.
 
+        Every step's loss is expressed in input pixels^2 (x scale^2): in its own coarse
+        pixels the 1/8 step weighed 64 times less than the full-resolution one.
+
         With `focus` > 0, pixels within `focus_radius` of the map's content weigh 1 and the
         rest `1 / (1 + focus)`: far from any building the field cannot be seen in the image.
         """
@@ -212,7 +215,8 @@ class MultiscaleAligner(keras.Model):
         for k, (scale, weight) in enumerate(zip(self.scales, self.level_weights)):
             if weight:
                 w = None if pixel_weights is None else downsample(pixel_weights, scale)[..., 0]
-                total = total + weight * displacement_loss(downsample_field(y, scale), y_pred[f"level_{k}"], w)
+                err = displacement_loss(downsample_field(y, scale), y_pred[f"level_{k}"], w)
+                total = total + weight * float(scale) ** 2 * err
         return total
 
     def get_config(self) -> dict:

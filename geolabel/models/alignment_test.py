@@ -139,3 +139,12 @@ def test_focus_weights_pixels_near_the_map():
     pred["level_0"][0, 7, 7], pred["level_0"][0, 0, 0] = 0.0, 1.0
     near = float(model.compute_loss(x=(None, amap), y=y, y_pred=pred))
     assert near == pytest.approx(10 * far, rel=1e-4)
+
+
+def test_every_step_loss_is_in_input_pixels():
+    """A 4 px error everywhere costs 16 px^2 at every step: in each step's own pixels the
+    1/4 step counted 16x less than the full-resolution one and barely trained."""
+    model = MultiscaleAligner(scales=(4, 2, 1), filters=(4, 4, 8))
+    y = np.full((1, 16, 16, 2), 4.0 / np.sqrt(2), "float32")
+    pred = {f"level_{k}": np.zeros((1, 16 // s, 16 // s, 2), "float32") for k, s in enumerate((4, 2, 1))}
+    assert float(model.compute_loss(x=None, y=y, y_pred=pred)) == pytest.approx(3 * 16.0, rel=1e-4)
