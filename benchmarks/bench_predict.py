@@ -41,7 +41,7 @@ MODELS = {
     "unet-x4": ("unet", {"width": 16, "downsample": 4}),
 }
 REAL_RASTER = ROOT / "benchmarks" / "data" / "oam" / "zanzibar-tz" / "imagery.tif"  # z21 OAM, made by make_oam_datasets.py
-WINDOW, OVERLAP, BATCH = 1024, 64, 2
+WINDOW, OVERLAP, BATCH = 1024, 64, 2  # defaults; --window / --batch change them
 
 sys.path.insert(0, str(ROOT))
 
@@ -77,7 +77,7 @@ def build_raster(mpx: int) -> Path:
     return path
 
 
-def child(model_name: str, raster: str, out: str) -> None:
+def child(model_name: str, raster: str, out: str, window: int, batch: int) -> None:
     """Run one prediction end to end; print a JSON line with time and peak RSS."""
     import keras
 
@@ -88,13 +88,13 @@ def child(model_name: str, raster: str, out: str) -> None:
     name, config = MODELS[model_name]
     model = build_model(name, 2, **config)
     fn = keras_predict_fn(model)
-    x = np.random.default_rng(0).uniform(0, 255, (BATCH, WINDOW, WINDOW, 3)).astype("float32")
+    x = np.random.default_rng(0).uniform(0, 255, (batch, window, window, 3)).astype("float32")
     fn(x)  # compile outside the timed run
     t0 = time.perf_counter()
     for _ in range(2):
         fn(x)
-    model_only = 2 * BATCH * WINDOW * WINDOW / (time.perf_counter() - t0) / 1e6
-    result = predict_raster(fn, raster, out, window=WINDOW, overlap=OVERLAP, batch_size=BATCH, preview=True)
+    model_only = 2 * batch * window * window / (time.perf_counter() - t0) / 1e6
+    result = predict_raster(fn, raster, out, window=window, overlap=OVERLAP, batch_size=batch, preview=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": result.seconds, "mpx": result.width * result.height / 1e6,
                       "mpx_s": result.megapixels_per_second, "model_only_window_mpx_s": model_only,
@@ -121,10 +121,13 @@ def main() -> None:
     parser.add_argument("--models", default="fcn,unet-x4,unet")
     parser.add_argument("--max-mpx", default="unet:64",
                         help="largest mosaic per model (full-resolution U-Net at 256 Mpx takes too long on 2 cores)")
-    parser.add_argument("--child", nargs=3, metavar=("MODEL", "RASTER", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, default=WINDOW, help="window side in pixels")
+    parser.add_argument("--batch", type=int, default=BATCH, help="windows per model call")
+    parser.add_argument("--append", action="store_true", help="add the rows to the existing results")
+    parser.add_argument("--child", nargs=5, metavar=("MODEL", "RASTER", "OUT", "WINDOW", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child[:3], int(args.child[3]), int(args.child[4]))
         return
     command = " ".join(["cd /work/main && .venv/bin/python benchmarks/bench_predict.py", *sys.argv[1:]])
     sizes = args.sizes.split(",")
@@ -133,7 +136,7 @@ def main() -> None:
     if "real" in rasters and not REAL_RASTER.exists():
         raise SystemExit(f"{REAL_RASTER} is missing: run benchmarks/make_oam_datasets.py first, or leave 'real' out")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GEOLABEL_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    runs = []
+    runs = json.loads((RESULTS / "predict.json").read_text())["runs"] if args.append else []
     for model_name in args.models.split(","):
         ref = measure_reference(model_name)
         for size in sizes:
@@ -141,7 +144,8 @@ def main() -> None:
                 continue
             out = OUT / f"{model_name}-{size}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, __file__, "--child", model_name, str(rasters[size]), str(out)]
+            cmd = [sys.executable, __file__, "--child", model_name, str(rasters[size]), str(out), str(args.window),
+                   str(args.batch)]
             load_before = os.getloadavg()[0]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
@@ -150,9 +154,10 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             fpp = ref["flops_per_pixel"]
             peak = ref["peak"]["best_gflops"]
-            computed_px = row["windows"] * WINDOW * WINDOW  # every window is run at full size (edges padded)
+            computed_px = row["windows"] * args.window**2  # every window is run at full size (edges padded)
             row.update({
                 "model": model_name, "model_config": MODELS[model_name][1], "raster": rasters[size].name,
+                "window": args.window, "batch": args.batch, "command": command,
                 "size_mpx_nominal": size, "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
                 "flops_per_pixel": fpp, "conv_peak_gflops_best": peak,
                 "conv_peak_gflops_median": ref["peak"]["median_gflops"],
@@ -164,35 +169,37 @@ def main() -> None:
             })
             runs.append(row)
             print(json.dumps(row), flush=True)
-            write_results(runs, command)  # after every run, so a cut-short run still reports
+            write_results(runs)  # after every run, so a cut-short run still reports
 
 
-def write_results(runs: list[dict], command: str) -> None:
+def write_results(runs: list[dict]) -> None:
     from geolabel.atomic import write_text_atomic
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULTS / "predict.json", json.dumps({"command": command, "window": WINDOW, "overlap": OVERLAP,
-                                                            "batch": BATCH, "baseline_mpx_s": BASELINE_MPX_S,
+    write_text_atomic(RESULTS / "predict.json", json.dumps({"overlap": OVERLAP, "baseline_mpx_s": BASELINE_MPX_S,
                                                             "runs": runs}, indent=2))
+    commands = list(dict.fromkeys(r["command"] for r in runs))
     lines = [
         "# predict: end-to-end throughput and peak memory", "",
-        f"Command: `{command}`", "",
+        "Commands:", "", *[f"    {c}" for c in commands], "",
         "Rasters: the real Inria Austin crop (0.3 m) mirrored into 16/64/256 Mpx mosaics, and the real z21 "
         "(0.075 m) OpenAerialMap raster of Zanzibar (8192 x 37888 px). "
-        f"Windows {WINDOW} px, overlap {OVERLAP}, batch {BATCH}, float32 on this machine's 2-core CPU "
+        f"Overlap {OVERLAP} px, float32 on this machine's 2-core CPU "
         "(TensorFlow, no XLA: XLA was slower on this CPU); outputs classes.tif + probabilities.tif COGs + "
         "preview.png. Each run in its own process; peak RSS = ru_maxrss. Conv peak = best of "
         "`geolabel.perf.measure_conv_peak()` (3x3, 128->128 channels) measured in the same run just before "
-        "each model's rows. Utilisation = FLOPs executed (every window at full size, overlap included) / "
-        "time / conv peak: end to end (wall clock from opening the input to the last COG and preview), over "
-        "the predict stage only (time inside the model calls while reader and writer threads run beside "
-        "it), and model only (back-to-back batches of random windows).", "",
-        "| model | raster | Mpx | seconds | Mpx/s | x baseline 0.57 | peak RSS MB | kFLOP/px | conv peak GFLOP/s "
-        "| utilisation end-to-end | predict stage | model only | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "each model's rows. Utilisation = FLOP/s / conv peak, three ways: end to end (the raster's pixels x "
+        "FLOPs per pixel over the wall clock from opening the input to the last COG and preview: useful work "
+        "only), predict stage (FLOPs executed, every window at full size with its overlap, over the time inside "
+        "the model calls while the reader and writer threads run beside them), and model only (back-to-back "
+        "batches of random windows).", "",
+        "| model | raster | Mpx | window x batch | seconds | Mpx/s | x baseline 0.57 | peak RSS MB | kFLOP/px "
+        "| conv peak GFLOP/s | utilisation end-to-end | predict stage | model only | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        lines.append(f"| {r['model']} {r['model_config'] or ''} | {r['raster']} | {r['mpx']:.1f} | {r['seconds']:.1f} | "
+        lines.append(f"| {r['model']} {r['model_config'] or ''} | {r['raster']} | {r['mpx']:.1f} | "
+                     f"{r['window']} x {r['batch']} | {r['seconds']:.1f} | "
                      f"{r['mpx_s']:.3f} | {r['vs_baseline']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['flops_per_pixel'] / 1e3:.1f} | {r['conv_peak_gflops_best']:.0f} | "
                      f"{r['utilisation_end_to_end']:.0%} | {r['utilisation_predict_stage']:.0%} | "
