@@ -34,6 +34,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 CHIP, CHIP_STEP = 1024, 512
 
 
+def load_scene(city: str, scene_norm: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """`load_city`, with the image mapped to the reference band statistics when `scene_norm`
+    (what `geolabel predict` does to its input for a model trained with `scene_norm`)."""
+    from geolabel.data.standardize import band_stats, standardize
+
+    image, labels, source = load_city(city)
+    if scene_norm:
+        image = standardize(image, band_stats(image, labels != 255), np.uint8)
+    return image, labels, source
+
+
 def city_dataset(city: str) -> Path:
     """Dataset folder of `city`'s z21 chips (train split + every 10th chip as val), built once."""
     from geolabel.data.chips import write_shards
@@ -47,10 +58,16 @@ def city_dataset(city: str) -> Path:
     return folder
 
 
-def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 2048, margin: int = 256) -> np.ndarray:
-    """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins."""
+def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 2048, margin: int = 256,
+                 tta: bool = False) -> np.ndarray:
+    """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins.
+
+    `tta` averages the 8 dihedral transforms of every tile (inference only: the training
+    budget is unchanged).
+    """
     from geolabel.metrics import confusion_matrix
     from geolabel.models import stride_of
+    from geolabel.predict import tta_predict
 
     stride = stride_of(model)
     h, w = labels.shape
@@ -66,18 +83,26 @@ def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 204
             tile = image[r0:r1, c0:c1]
             ph, pw = -tile.shape[0] % stride, -tile.shape[1] % stride
             tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-            probs = np.asarray(model(tile[None].astype("float32"), training=False))[0]
+            batch = tile[None].astype("float32")
+            run = lambda x: model(x, training=False)  # noqa: E731
+            probs = (tta_predict(run, batch) if tta else np.asarray(run(batch)))[0]
             pred = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]].argmax(-1)
             confusion += confusion_matrix(lab, pred, 2)
     return confusion
 
 
 def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
-    from geolabel.metrics import iou_per_class, pixel_accuracy
-    from geolabel.train import TrainConfig, load_run, train
+    from geolabel.train import TrainConfig, train
     from geolabel.train.trainer import remove_run
 
     train_cities = [c for c in CITIES if c != held_out]
+    if args.rescore:
+        run_dir = RUNS / f"gen-{args.rescore}-{held_out}-s{seed}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        trained = next(r for r in json.loads((RESULTS / "generalisation.json").read_text())
+                       if (r["tag"], r["held_out"], r["seed"]) == (args.rescore, held_out, seed))
+        config = {**trained["config"], "tag": args.tag, "tta": args.tta, "rescore": args.rescore}
+        return evaluate_run(args, held_out, seed, run_dir, metrics, train_cities, trained["wall_s"], config)
     datasets = [str(city_dataset(c)) for c in train_cities]
     run_dir = RUNS / f"gen-{args.tag}-{held_out}-s{seed}"
     remove_run(run_dir)
@@ -105,14 +130,24 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         time_limit_s=args.time_limit,
         downsample=args.downsample,
         cache=True,
+        scene_norm=args.scene_norm,
     )
     started = time.perf_counter()
     metrics = train(config, run_dir)
-    wall = time.perf_counter() - started
+    config = {k: v for k, v in vars(args).items() if k not in ("held_out", "seeds")}
+    return evaluate_run(args, held_out, seed, run_dir, metrics, train_cities, time.perf_counter() - started, config)
+
+
+def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Path, metrics: dict,
+                 train_cities: list[str], wall: float, config: dict) -> dict:
+    """Score a finished run on its held-out city and describe it as one result row."""
+    from geolabel.metrics import iou_per_class, pixel_accuracy
+    from geolabel.train import load_run
+
     model = load_run(run_dir)
-    image, labels, source = load_city(held_out)
+    image, labels, source = load_scene(held_out, args.scene_norm)
     t0 = time.perf_counter()
-    confusion = predict_city(model, image, labels)
+    confusion = predict_city(model, image, labels, tta=args.tta)
     predict_s = time.perf_counter() - t0
     ious = iou_per_class(confusion)
     known = labels != 255
@@ -134,7 +169,7 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         "predict_s": predict_s,
         "run_dir": str(run_dir.relative_to(ROOT)),
         "eval_source": source,
-        "config": {k: v for k, v in vars(args).items() if k not in ("held_out", "seeds")},
+        "config": config,
         "last_epoch": history[-1] if len(history) > 1 else "",
         "cpu_load_1min": os.getloadavg()[0],
     }
@@ -213,8 +248,10 @@ def write_table(results: list[dict]) -> None:
         if tag.startswith("unet16bn"):  # recorded before GroupNorm became the U-Net default
             cfg["model_config"] = json.dumps({**json.loads(cfg["model_config"]), "norm": "batch"})
         flags = " ".join(
-            f"--{k.replace('_', '-')} '{v}'" if isinstance(v, str) and " " in v else f"--{k.replace('_', '-')} {v}"
-            for k, v in cfg.items() if v is not None and k not in skip
+            f"--{k.replace('_', '-')}" if v is True
+            else f"--{k.replace('_', '-')} '{v}'" if isinstance(v, str) and " " in v
+            else f"--{k.replace('_', '-')} {v}"
+            for k, v in cfg.items() if v is not None and v is not False and k not in skip
         )
         note = " (schedule no longer reproducible: see above)" if tag.endswith("steplr") else ""
         lines.append(f"- `{tag}`{note}: `.venv/bin/python benchmarks/bench_generalisation.py --tag {tag} {flags} --held-out all --seeds 0`")
@@ -315,6 +352,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hue", type=float, default=None, help="largest hue rotation (default 0.04 x jitter)")
     parser.add_argument("--grayscale", type=float, default=0.0, help="probability of a grey training crop")
     parser.add_argument("--time-limit", type=float, default=600.0)
+    parser.add_argument("--scene-norm", action="store_true",
+                        help="map every city's band statistics to one reference (train and held-out)")
+    parser.add_argument("--tta", action="store_true", help="score with D4 test-time augmentation")
+    parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
     parser.add_argument("--held-out", default="all")
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args(argv)

@@ -7,6 +7,17 @@ import json
 import click
 
 
+def _trained_with_scene_norm(model: str | None) -> bool:
+    """Whether MODEL is a run folder trained with per-scene standardisation."""
+    from pathlib import Path
+
+    if model is None or not (Path(model) / "config.yaml").is_file():
+        return False
+    from geolabel.train.trainer import load_run_config
+
+    return load_run_config(model).scene_norm
+
+
 @click.command("predict")
 @click.argument("model", type=click.Path(), required=False)
 @click.argument("input_path", metavar="INPUT", type=click.Path(), required=False)
@@ -16,6 +27,8 @@ import click
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Windows per model call.")
 @click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
 @click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
+@click.option("--scene-norm/--no-scene-norm", default=None,
+              help="Map the input's colours to the reference first (default: as the MODEL run was trained).")
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the model step with XLA.")
 @click.option("--polygons", "polygonizer", default=None, is_flag=False, flag_value="mesh",
               help="Also vectorise: mesh (alone, the default: best IoU per vertex), dp, regularized or polycnn.")
@@ -27,7 +40,7 @@ import click
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
-    bands: str | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
+    bands: str | None, scene_norm: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
     beam: bool = False, beam_args: str = "",
 ) -> None:
     """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
@@ -51,9 +64,13 @@ def predict(
         model, input_path = None, model
     if input_path is None or (model is None and not endpoint):
         raise click.UsageError("give MODEL and INPUT, or --endpoint URL and INPUT")
+    if scene_norm is None:
+        scene_norm = _trained_with_scene_norm(model)
     if beam:
         from geolabel.pipelines.beam_predict import predict_cli
 
+        if scene_norm:
+            raise click.UsageError("--beam does not standardise scenes; predict a --scene-norm model without --beam")
         if endpoint:
             raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
@@ -66,7 +83,7 @@ def predict(
     else:
         predict_fn = keras_predict_fn(load_model(model), jit_compile=xla)
     result = predict_raster(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
-                            tta=tta, bands=band_list)
+                            tta=tta, bands=band_list, scene_norm=scene_norm)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3)}
     if polygonizer is not None:

@@ -40,6 +40,8 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--zoom", type=float, help="Largest random zoom of training crops (1 = off, 2 = 0.5x to 2x).")
 @click.option("--hue", type=float, help="Largest random hue rotation, fraction of the colour circle (0.5 = any hue).")
 @click.option("--grayscale", type=float, help="Probability of a grey training crop.")
+@click.option("--scene-norm/--no-scene-norm", default=None,
+              help="Map each dataset's colours to one reference (predict does the same to its input).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]))
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--schedule", type=click.Choice(["onecycle", "triangular", "constant"]))

@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from geolabel.atomic import atomic_path
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.data.raster import RasterWriter, open_raster
+from geolabel.data.standardize import raster_band_stats, standardize
 from geolabel.errors import InputError
 from geolabel.predict.windows import blend_weights, plan_windows
 from geolabel.progress import logger, progress
@@ -270,6 +271,7 @@ def predict_raster(
     tta: bool = False,
     classes: ClassMap | Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
+    scene_norm: bool = False,
     tile: int = 512,
     probability_dtype: str = "uint8",
     preview: bool = True,
@@ -291,6 +293,8 @@ def predict_raster(
         tta: average over the 8 dihedral transforms (D4 test-time augmentation).
         classes: class names or a ClassMap (default: by the number of classes predicted).
         bands: 1-based input bands fed to the model (default: the first C, C from the model).
+        scene_norm: map the raster's band statistics to the reference first, as for a model
+            trained with `TrainConfig.scene_norm`.
         tile: output tile (and COG block) side in pixels.
         probability_dtype: "uint8" (probability x 255, 0 on nodata) or "float32" (NaN on nodata).
         preview: also write preview.png (input with the classes overlaid).
@@ -308,11 +312,12 @@ def predict_raster(
     """
     with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
         return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
-                        tta=tta, classes=classes, bands=bands, tile=tile, probability_dtype=probability_dtype,
+                        tta=tta, classes=classes, bands=bands, scene_norm=scene_norm, tile=tile,
+                        probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress)
 
 
-def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, tile,
+def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm, tile,
              probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
@@ -338,6 +343,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
         overlap = min(int(overlap), size // 2)
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
+    stats = raster_band_stats(input_path, band_list) if scene_norm else None
     weights = blend_weights(size, overlap)
     positions = list(plan)
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
@@ -384,7 +390,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
                             raise InputError(input_path, f"cannot read window {win} ({err})") from err
                         ok = _valid_mask(rsrc, block, win, boundless)
                         valid[b] = ok
-                        pixels = np.moveaxis(block, 0, -1).astype(np.float32, copy=False)
+                        pixels = np.moveaxis(block, 0, -1)
+                        pixels = standardize(pixels, stats) if stats else pixels.astype(np.float32, copy=False)
                         x[b] = np.where(ok[..., None], np.nan_to_num(pixels), 0.0)
                     x[len(batch):] = x[len(batch) - 1]  # pad a last partial batch: one compiled shape
                     timings["read"] += time.perf_counter() - t0
@@ -423,6 +430,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
             state["cmap"] = cmap
             tags = {"classes": json.dumps(list(cmap.names)), "window": str(size), "overlap": str(overlap),
                     "tta": str(bool(tta)), "software": "geolabel predict"}
+            if stats:
+                tags["scene_band_stats"] = json.dumps(stats.to_dict())
             common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
                           compress=compress, tags=tags)
             cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,

@@ -10,10 +10,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from geolabel.classes import IGNORE
 from geolabel.data.chips import COMPRESSION, parse_chip, shard_paths
+from geolabel.data.standardize import BandStats, standardize
 from geolabel.errors import InputError
 
 
@@ -42,6 +44,12 @@ def _pad_to(image: tf.Tensor, mask: tf.Tensor, size: int) -> tuple[tf.Tensor, tf
     image = tf.pad(image, [[0, ph], [0, pw], [0, 0]])
     mask = tf.pad(mask, [[0, ph], [0, pw]], constant_values=IGNORE)
     return image, mask
+
+
+def _lookup(table: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """Per-band lookup: `table` (C, 256) applied to a uint8 image (H, W, C)."""
+    bands = [tf.gather(table[c], tf.cast(image[..., c], tf.int32)) for c in range(table.shape[0])]
+    return tf.stack(bands, axis=-1)
 
 
 def downsample_chip(image: tf.Tensor, mask: tf.Tensor, factor: int, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -93,6 +101,7 @@ def make_dataset(
     downsample: int = 1,
     num_classes: int = 2,
     cache: bool = False,
+    band_stats: Sequence[BandStats] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 pixels [0, 255] (B, crop, crop, C), uint8 labels (B, crop, crop)).
 
@@ -120,6 +129,8 @@ def make_dataset(
         num_classes: classes of the labels (for the majority vote of `downsample`).
         cache: keep the decoded (and downsampled) chips in memory after the first pass:
             for datasets that fit in RAM, it removes PNG decoding from every later step.
+        band_stats: one `BandStats` per dataset: map each dataset's colours to the common
+            reference (per-scene standardisation; predict then standardises its raster too).
     """
     groups = [list(shards)] if shards and isinstance(shards[0], (str, os.PathLike)) else [list(g) for g in shards]
     groups = [g for g in groups if g]
@@ -132,6 +143,8 @@ def make_dataset(
         raise InputError("hue", f"must be in [0, 0.5], got {hue}")
     if not 0.0 <= grayscale <= 1.0:
         raise InputError("grayscale", f"must be a probability in [0, 1], got {grayscale}")
+    if band_stats is not None and len(band_stats) != len(groups):
+        raise InputError("band_stats", f"{len(band_stats)} given for {len(groups)} datasets")
     for group in groups:
         for path in group:
             if not Path(path).is_file():
@@ -151,6 +164,11 @@ def make_dataset(
             # shuffle the still-encoded records: cheap to hold, no decoding before the first batch
             ds = ds.shuffle(shuffle_buffer, seed=seed + 1000 + index)
         ds = ds.map(lambda r: parse_chip(r, channels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if band_stats is not None:
+            table = tf.constant(standardize(np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, 1),
+                                            band_stats[index], np.uint8).T)
+            ds = ds.map(lambda image, mask: (_lookup(table, image), mask),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if downsample > 1:
             ds = ds.map(
                 lambda image, mask: downsample_chip(image, mask, downsample, num_classes),

@@ -71,6 +71,9 @@ class TrainConfig:
             `model.keras` contains the factor (average pooling in, bilinear upsampling out),
             so it still takes pixels at the dataset's resolution.
         cache: keep decoded chips in memory (datasets that fit in RAM).
+        scene_norm: map each dataset's band statistics to one reference
+            (`geolabel.data.standardize`), so colour differences between cities matter less;
+            `geolabel predict` then standardises the input raster the same way.
     """
 
     model: str = "unet"
@@ -108,6 +111,7 @@ class TrainConfig:
     iou_class: int = 1
     downsample: int = 1
     cache: bool = False
+    scene_norm: bool = False
 
 
 def choose_strategy():
@@ -249,6 +253,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
 
     from geolabel.losses import get_loss
     from geolabel.models import build_model, encoder_layers, stride_of
+    from geolabel.data.standardize import chips_band_stats
     from geolabel.train.dataset import dataset_shards, make_dataset
     from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
 
@@ -269,13 +274,17 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
 
     train_shards = [dataset_shards(d, "train") for d in config.train]
     val_sources = config.val or config.train
-    val_shards: list = []
+    val_shards: list[list[Path]] = []
     for d in val_sources:
         try:
-            val_shards.extend(dataset_shards(d, "val"))
+            val_shards.append(dataset_shards(d, "val"))
         except InputError:
             if config.val:
                 raise
+    train_stats = val_stats = None
+    if config.scene_norm:
+        train_stats = [chips_band_stats(shards) for shards in train_shards]
+        val_stats = [chips_band_stats(shards) for shards in val_shards]
     num_classes = len(config.classes)
 
     previous_policy = keras.config.dtype_policy()
@@ -395,7 +404,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             train_shards, config.crop, config.batch_size, True, config.seed + 7919 * start_epoch,
             jitter=config.jitter, d4=config.d4, zoom=config.zoom, hue=config.hue,
             grayscale=config.grayscale, balance=config.balance,
-            downsample=config.downsample, num_classes=num_classes, cache=config.cache,
+            downsample=config.downsample, num_classes=num_classes, cache=config.cache, band_stats=train_stats,
         )
         iterator = iter(strategy.experimental_distribute_dataset(ds))
         stopped = False
@@ -437,7 +446,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if val_shards:
                 val_ds = make_dataset(
                     val_shards, val_crop, config.batch_size, training=False, seed=config.seed,
-                    downsample=config.downsample, num_classes=num_classes,
+                    downsample=config.downsample, num_classes=num_classes, band_stats=val_stats,
                 )
                 if config.val_steps:
                     val_ds = val_ds.take(config.val_steps)

@@ -190,6 +190,21 @@ def test_tta_equals_plain_run_for_a_pixelwise_model(austin, tmp_path):
     np.testing.assert_allclose(_read(tta.probabilities), _read(plain.probabilities), atol=1e-5)
 
 
+def test_scene_norm_predicts_the_standardised_scene(austin, tmp_path):
+    from geolabel.data.standardize import raster_band_stats, standardize
+
+    model = _pixelwise_model()
+    result = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32",
+                            scene_norm=True, preview=False)
+    with rasterio.open(austin) as src:
+        image = src.read().transpose(1, 2, 0)
+    stats = raster_band_stats(austin)
+    expected = np.asarray(model(standardize(image, stats)[None], training=False))[0]
+    np.testing.assert_allclose(_read(result.probabilities).transpose(1, 2, 0), expected, atol=1e-5)
+    with rasterio.open(result.classes) as out:
+        assert "scene_band_stats" in out.tags()
+
+
 def test_memory_holds_only_the_tiles_under_one_row_of_windows(shared_data, tmp_path):
     """A tall raster: the tiles held at once depend on the width and window, not the height."""
     src_path = shared_data / "inria-austin" / "image.tif"

@@ -37,6 +37,24 @@ def test_train_command_writes_a_run(austin_dataset, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
 
 
+def test_scene_norm_run_is_predicted_with_its_scene_standardised(austin_dataset, shared_data, tmp_path):
+    import rasterio
+
+    run = tmp_path / "run"
+    invoke([
+        "train", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
+        "--train", str(austin_dataset), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "1",
+        "--batch-size", "2", "--crop", "32", "--scene-norm",
+    ])
+    assert load_run_config(run).scene_norm
+    image = shared_data / "inria-austin" / "image.tif"
+    for flags, expected in (([], True), (["--no-scene-norm"], False)):
+        out = tmp_path / f"pred-{expected}"
+        invoke(["predict", str(run), str(image), "--out", str(out), "--window", "512", *flags])
+        with rasterio.open(out / "classes.tif") as src:
+            assert ("scene_band_stats" in src.tags()) is expected
+
+
 def test_bad_model_option_is_a_one_line_error(austin_dataset, tmp_path):
     from geolabel.cli import main
 

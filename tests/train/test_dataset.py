@@ -112,3 +112,18 @@ def test_grayscale_and_any_hue(austin_dataset):
     np.testing.assert_allclose(np.ptp(hued, axis=-1), np.ptp(plain, axis=-1), atol=2.0)
     with pytest.raises(InputError, match="hue"):
         make_dataset(shards, 64, 4, hue=0.7)
+
+
+def test_scene_norm_maps_each_dataset_to_the_reference(austin_dataset, austin_arrays):
+    from geolabel.data.standardize import REFERENCE_MEAN, REFERENCE_STD, band_stats, chips_band_stats
+
+    shards = dataset_shards(austin_dataset, "val")
+    stats = chips_band_stats(shards)
+    image, _ = austin_arrays
+    # chips sampled 1 px in 4 agree with the statistics of the image they were cut from
+    np.testing.assert_allclose(stats.mean, band_stats(image[240:432, :960]).mean, rtol=0.03)
+    x = np.concatenate([b[0] for b in first_batches(make_dataset(shards, 96, 10, training=False, band_stats=[stats]), 2)])
+    np.testing.assert_allclose(x.reshape(-1, 3).mean(0), REFERENCE_MEAN, atol=4)
+    np.testing.assert_allclose(x.reshape(-1, 3).std(0), REFERENCE_STD, rtol=0.1)
+    with pytest.raises(InputError, match="band_stats"):
+        make_dataset(shards, 96, 10, training=False, band_stats=[stats, stats])
