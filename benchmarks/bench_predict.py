@@ -154,7 +154,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             fpp = ref["flops_per_pixel"]
             peak = ref["peak"]["best_gflops"]
-            computed_px = row["windows"] * args.window**2  # every window is run at full size (edges padded)
+            # every window the model ran is run at full size (edges padded); all-nodata ones are skipped
+            computed_px = (row["windows"] - row["timings"].get("windows_skipped", 0)) * args.window**2
             row.update({
                 "model": model_name, "model_config": MODELS[model_name][1], "raster": rasters[size].name,
                 "window": args.window, "batch": args.batch, "command": command,
@@ -210,17 +211,22 @@ def write_results(runs: list[dict]) -> None:
 
 NOTES = (
     "Notes. `unet-x4` is the architecture of the generalisation recipe (U-Net depth 4, width 16, "
-    "GroupNorm, input average-pooled 4x inside the model, logits upsampled back): it reaches a mean "
-    "unseen-city building IoU of 0.435 in benchmarks/results/generalisation.md, above the PyTorch "
+    "GroupNorm, input average-pooled 4x inside the model, logits upsampled back): its best recipe reaches "
+    "a mean unseen-city building IoU of 0.465 in benchmarks/results/generalisation.md, above the PyTorch "
     "baseline's 0.31-0.39, so its throughput is the one to compare with the baseline's 0.57 Mpx/s "
     "(the baseline was not measured on this machine). Its few FLOPs per pixel make it bound by reading, "
     "blending and compressing, not by convolutions, hence its low FLOP utilisation; `fcn` is the "
-    "compute-bound case that shows how close the model stage runs to the machine's conv peak. Memory "
+    "compute-bound case that shows how close the model stage runs to the machine's conv peak (55-58 %). "
+    "End to end it reaches 34-46 %: 1024 px windows with 64 px overlap compute 1.31x the useful pixels, "
+    "and the reader and writer threads (decoding, blending, ZSTD/deflate) share the same 2 cores; 2048 px "
+    "windows cut the recomputation to 1.14x but ran slower and held more memory (rows `2048 x 1`). Memory "
     "holds one row of output tiles and a few batches, so peak RSS depends on the raster width and the "
     "model's activations, not on the raster's area: flat from 16 to 310 Mpx for every model; the "
-    "full-resolution U-Net's 1024 px windows hold ~0.7 GB more activations (about 2.0 GB peak; "
-    "`--batch-size 1` or smaller windows lower it). The z21 Zanzibar raster runs faster per pixel than "
-    "the mosaics; it has large nodata areas (not profiled further)."
+    "full-resolution U-Net holds ~0.7 GB more activations with 2 windows per call (2.0 GB peak) and "
+    "1.4-1.45 GB with one (`--batch-size 1`, rows `1024 x 1`), at about 60 % of the throughput. The z21 "
+    "Zanzibar raster runs faster per pixel than the mosaics: it has large nodata areas (before "
+    "all-nodata batches were skipped, these were decoded and compressed cheaply; rows with "
+    "`windows_skipped` in predict.json skip them)."
 )
 
 

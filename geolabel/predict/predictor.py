@@ -354,7 +354,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(maxsize=queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=queue_size)
-    timings = {"read": 0.0, "predict": 0.0, "blend_write": 0.0, "wait_input": 0.0}
+    timings = {"read": 0.0, "predict": 0.0, "blend_write": 0.0, "wait_input": 0.0, "windows_skipped": 0.0}
 
     def put(q: queue.Queue, item) -> bool:
         while not stop.is_set():
@@ -473,9 +473,14 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
                 if item is _STOP or item is None:
                     break
                 batch, x, valid = item
-                t0 = time.perf_counter()
-                probs = tta_predict(predict_fn, x) if tta else np.asarray(predict_fn(x), np.float32)
-                timings["predict"] += time.perf_counter() - t0
+                if not valid.any() and "classes" in state:  # all nodata: every pixel is written as nodata
+                    probs = np.zeros((*x.shape[:3], state["classes"]), np.float32)
+                    timings["windows_skipped"] += len(batch)
+                else:
+                    t0 = time.perf_counter()
+                    probs = tta_predict(predict_fn, x) if tta else np.asarray(predict_fn(x), np.float32)
+                    timings["predict"] += time.perf_counter() - t0
+                    state["classes"] = probs.shape[-1]
                 if probs.shape[:3] != x.shape[:3]:
                     raise InputError("predict_fn", f"returned shape {probs.shape} for windows {x.shape}")
                 if not put(q_out, (batch, probs[:len(batch)], valid)):

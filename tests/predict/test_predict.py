@@ -152,6 +152,33 @@ def test_nodata_stays_nodata(austin, unet, tmp_path):
     assert (classes[~invalid] != IGNORE).all()
 
 
+def test_all_nodata_windows_are_not_run(austin, tmp_path):
+    with rasterio.open(austin) as src:
+        data = src.read()
+        profile = src.profile | {"nodata": 0}
+    data[data == 0] = 1
+    data[:, :, 160:] = 0  # the right half is nodata
+    path = tmp_path / "half.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    model = _pixelwise_model()
+    calls = []
+    predict_fn = keras_predict_fn(model)
+
+    def counting(x):
+        calls.append(len(x))
+        return predict_fn(x)
+
+    result = predict_raster(counting, path, tmp_path / "out", window=128, overlap=32, batch_size=1,
+                            probability_dtype="float32", preview=False)
+    assert result.timings["windows_skipped"] > 0
+    assert len(calls) + result.timings["windows_skipped"] == len(plan_windows(320, 320, 128, 32))
+    probs = _read(result.probabilities)
+    expected = _whole(model, path).transpose(2, 0, 1)
+    assert np.isnan(probs[:, :, 160:]).all()
+    np.testing.assert_allclose(probs[:, :, :160], expected[:, :, :160], atol=1e-5)
+
+
 def test_corrupt_or_missing_input_gives_a_clear_error(tmp_path, unet):
     bad = tmp_path / "not-a-raster.tif"
     bad.write_text("this is not a GeoTIFF")
