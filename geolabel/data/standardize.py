@@ -66,27 +66,28 @@ def raster_band_stats(path: str | Path, bands: list[int] | None = None) -> BandS
     return band_stats(image.transpose(1, 2, 0), valid)
 
 
-def chips_band_stats(shards: Sequence[str | Path], max_chips: int = 64) -> BandStats:
+def chips_band_stats(shards: Sequence[str | Path], channels: int = 3, max_chips: int = 64) -> BandStats:
     """Statistics of a chip dataset from up to `max_chips` chips spread over its shards.
 
     Pixels whose label is unknown (no imagery) are left out, as nodata is for a raster.
     """
+    import tensorflow as tf
+
     from geolabel.classes import IGNORE
-    from geolabel.data.chips import read_chips
+    from geolabel.data.chips import COMPRESSION, parse_chip
 
     if not shards:
         raise InputError("chips", "no shards to compute band statistics from")
-    picked = list(shards)[:: max(1, len(shards) // max_chips)]
+    picked = [str(s) for s in list(shards)[:: max(1, len(shards) // max_chips)]]
     per_shard = max(1, -(-max_chips // len(picked)))
+    chips = tf.data.Dataset.from_tensor_slices(picked).interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=COMPRESSION).take(per_shard),
+        cycle_length=1).map(lambda record: parse_chip(record, channels))
     pixels, masks = [], []
-    for shard in picked:
-        for i, chip in enumerate(read_chips([shard])):
-            if i == per_shard:
-                break
-            pixels.append(chip.image[::4, ::4])
-            masks.append(chip.mask[::4, ::4] != IGNORE)
-    return band_stats(np.concatenate([p.reshape(-1, p.shape[-1]) for p in pixels])[:, None],
-                      np.concatenate([m.reshape(-1) for m in masks])[:, None])
+    for image, mask in chips.as_numpy_iterator():
+        pixels.append(image[::4, ::4].reshape(-1, channels))
+        masks.append(mask[::4, ::4].reshape(-1) != IGNORE)
+    return band_stats(np.concatenate(pixels)[:, None], np.concatenate(masks)[:, None])
 
 
 def standardize(image: np.ndarray, stats: BandStats, dtype: type = np.float32) -> np.ndarray:
