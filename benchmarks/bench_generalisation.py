@@ -34,14 +34,15 @@ RESULTS = ROOT / "benchmarks" / "results"
 CHIP, CHIP_STEP = 1024, 512
 
 
-def load_scene(city: str, scene_norm: bool) -> tuple[np.ndarray, np.ndarray, str]:
+def load_scene(city: str, scene_norm: bool, contrast: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """`load_city`, with the image mapped to the reference band statistics when `scene_norm`
     (what `geolabel predict` does to its input for a model trained with `scene_norm`)."""
     from geolabel.data.standardize import band_stats, standardize
 
     image, labels, source = load_city(city)
     if scene_norm:
-        image = standardize(image, band_stats(image, labels != 255), np.uint8)
+        stats = band_stats(image, labels != 255)
+        image = standardize(image, stats if contrast else stats.means_only(), np.uint8)
     return image, labels, source
 
 
@@ -131,6 +132,7 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
         downsample=args.downsample,
         cache=True,
         scene_norm=args.scene_norm,
+        scene_contrast=not args.scene_means_only,
     )
     started = time.perf_counter()
     metrics = train(config, run_dir)
@@ -145,7 +147,7 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
     from geolabel.train import load_run
 
     model = load_run(run_dir)
-    image, labels, source = load_scene(held_out, args.scene_norm)
+    image, labels, source = load_scene(held_out, args.scene_norm, not args.scene_means_only)
     t0 = time.perf_counter()
     confusion = predict_city(model, image, labels, tta=args.tta)
     predict_s = time.perf_counter() - t0
@@ -354,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=600.0)
     parser.add_argument("--scene-norm", action="store_true",
                         help="map every city's band statistics to one reference (train and held-out)")
+    parser.add_argument("--scene-means-only", action="store_true", help="with --scene-norm: shift band means only")
     parser.add_argument("--tta", action="store_true", help="score with D4 test-time augmentation")
     parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
     parser.add_argument("--held-out", default="all")

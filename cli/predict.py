@@ -7,15 +7,16 @@ import json
 import click
 
 
-def _trained_with_scene_norm(model: str | None) -> bool:
-    """Whether MODEL is a run folder trained with per-scene standardisation."""
+def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
+    """(scene_norm, scene_contrast) of MODEL's run folder; (False, True) for a bare model."""
     from pathlib import Path
 
     if model is None or not (Path(model) / "config.yaml").is_file():
-        return False
+        return False, True
     from geolabel.train.trainer import load_run_config
 
-    return load_run_config(model).scene_norm
+    config = load_run_config(model)
+    return config.scene_norm, config.scene_contrast
 
 
 @click.command("predict")
@@ -29,6 +30,8 @@ def _trained_with_scene_norm(model: str | None) -> bool:
 @click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
 @click.option("--scene-norm/--no-scene-norm", default=None,
               help="Map the input's colours to the reference first (default: as the MODEL run was trained).")
+@click.option("--scene-contrast/--no-scene-contrast", default=None,
+              help="With --scene-norm, also match band standard deviations (default: as the MODEL run was trained).")
 @click.option("--xla/--no-xla", default=False, show_default=True, help="Compile the model step with XLA.")
 @click.option("--polygons", "polygonizer", default=None, is_flag=False, flag_value="mesh",
               help="Also vectorise: mesh (alone, the default: best IoU per vertex), dp, regularized or polycnn.")
@@ -40,7 +43,7 @@ def _trained_with_scene_norm(model: str | None) -> bool:
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
-    bands: str | None, scene_norm: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
+    bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
     beam: bool = False, beam_args: str = "",
 ) -> None:
     """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
@@ -64,8 +67,9 @@ def predict(
         model, input_path = None, model
     if input_path is None or (model is None and not endpoint):
         raise click.UsageError("give MODEL and INPUT, or --endpoint URL and INPUT")
-    if scene_norm is None:
-        scene_norm = _trained_with_scene_norm(model)
+    trained_norm, trained_contrast = _run_scene_norm(model)
+    scene_norm = trained_norm if scene_norm is None else scene_norm
+    scene_contrast = trained_contrast if scene_contrast is None else scene_contrast
     if beam:
         from geolabel.pipelines.beam_predict import predict_cli
 
@@ -83,7 +87,8 @@ def predict(
     else:
         predict_fn = keras_predict_fn(load_model(model), jit_compile=xla)
     result = predict_raster(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
-                            tta=tta, bands=band_list, scene_norm=scene_norm)
+                            tta=tta, bands=band_list, scene_norm=scene_norm,
+                            scene_contrast=scene_contrast)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3)}
     if polygonizer is not None:

@@ -42,6 +42,8 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--grayscale", type=float, help="Probability of a grey training crop.")
 @click.option("--scene-norm/--no-scene-norm", default=None,
               help="Map each dataset's colours to one reference (predict does the same to its input).")
+@click.option("--scene-contrast/--no-scene-contrast", default=None,
+              help="With --scene-norm, also match band standard deviations (default) or shift the means only.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]))
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--schedule", type=click.Choice(["onecycle", "triangular", "constant"]))

@@ -32,6 +32,11 @@ class BandStats:
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 
+    def means_only(self) -> BandStats:
+        """These statistics with the reference spread: standardising then shifts each band's
+        mean and keeps the scene's contrast."""
+        return BandStats(self.mean, (REFERENCE_STD,) * len(self.mean))
+
     @classmethod
     def from_dict(cls, data: dict) -> BandStats:
         return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))

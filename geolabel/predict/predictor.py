@@ -272,6 +272,7 @@ def predict_raster(
     classes: ClassMap | Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
     scene_norm: bool = False,
+    scene_contrast: bool = True,
     tile: int = 512,
     probability_dtype: str = "uint8",
     preview: bool = True,
@@ -295,6 +296,8 @@ def predict_raster(
         bands: 1-based input bands fed to the model (default: the first C, C from the model).
         scene_norm: map the raster's band statistics to the reference first, as for a model
             trained with `TrainConfig.scene_norm`.
+        scene_contrast: with `scene_norm`, also match the band standard deviations
+            (`TrainConfig.scene_contrast`).
         tile: output tile (and COG block) side in pixels.
         probability_dtype: "uint8" (probability x 255, 0 on nodata) or "float32" (NaN on nodata).
         preview: also write preview.png (input with the classes overlaid).
@@ -312,12 +315,13 @@ def predict_raster(
     """
     with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
         return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
-                        tta=tta, classes=classes, bands=bands, scene_norm=scene_norm, tile=tile,
+                        tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
+                        scene_contrast=scene_contrast, tile=tile,
                         probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress)
 
 
-def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm, tile,
+def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm, scene_contrast, tile,
              probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
@@ -344,6 +348,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
     stats = raster_band_stats(input_path, band_list) if scene_norm else None
+    if stats and not scene_contrast:
+        stats = stats.means_only()
     weights = blend_weights(size, overlap)
     positions = list(plan)
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]

@@ -74,6 +74,8 @@ class TrainConfig:
         scene_norm: map each dataset's band statistics to one reference
             (`geolabel.data.standardize`), so colour differences between cities matter less;
             `geolabel predict` then standardises the input raster the same way.
+        scene_contrast: with `scene_norm`, also match each band's standard deviation (False:
+            shift the band means only, keeping each scene's contrast).
     """
 
     model: str = "unet"
@@ -112,6 +114,7 @@ class TrainConfig:
     downsample: int = 1
     cache: bool = False
     scene_norm: bool = False
+    scene_contrast: bool = True
 
 
 def choose_strategy():
@@ -283,8 +286,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
                 raise
     train_stats = val_stats = None
     if config.scene_norm:
-        train_stats = [chips_band_stats(shards) for shards in train_shards]
-        val_stats = [chips_band_stats(shards) for shards in val_shards]
+        train_stats, val_stats = ([chips_band_stats(s) if config.scene_contrast else chips_band_stats(s).means_only()
+                                   for s in shards] for shards in (train_shards, val_shards))
     num_classes = len(config.classes)
 
     previous_policy = keras.config.dtype_policy()

@@ -55,3 +55,11 @@ def test_bad_input_names_the_problem(austin):
         band_stats(image, np.zeros(image.shape[:2], bool))
     with pytest.raises(InputError, match="4 bands"):
         standardize(np.zeros((4, 4, 4), np.uint8), band_stats(image))
+
+
+def test_means_only_keeps_the_scene_contrast(austin):
+    _, image = austin
+    stats = band_stats(image)
+    out = standardize(image, stats.means_only())
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), REFERENCE_MEAN, atol=3)
+    np.testing.assert_allclose(out.reshape(-1, 3).std(0), stats.std, rtol=0.08)

@@ -44,15 +44,18 @@ def test_scene_norm_run_is_predicted_with_its_scene_standardised(austin_dataset,
     invoke([
         "train", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
         "--train", str(austin_dataset), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "1",
-        "--batch-size", "2", "--crop", "32", "--scene-norm",
+        "--batch-size", "2", "--crop", "32", "--scene-norm", "--no-scene-contrast",
     ])
-    assert load_run_config(run).scene_norm
+    config = load_run_config(run)
+    assert config.scene_norm and not config.scene_contrast
     image = shared_data / "inria-austin" / "image.tif"
     for flags, expected in (([], True), (["--no-scene-norm"], False)):
         out = tmp_path / f"pred-{expected}"
         invoke(["predict", str(run), str(image), "--out", str(out), "--window", "512", *flags])
         with rasterio.open(out / "classes.tif") as src:
             assert ("scene_band_stats" in src.tags()) is expected
+            if expected:  # the means are matched, the scene's contrast is kept
+                assert json.loads(src.tags()["scene_band_stats"])["std"] == [48.0] * 3
 
 
 def test_bad_model_option_is_a_one_line_error(austin_dataset, tmp_path):
