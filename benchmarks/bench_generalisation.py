@@ -207,7 +207,12 @@ def write_table(results: list[dict]) -> None:
         "`-j2` = photometric jitter strength 2 (brightness +-0.4, contrast/saturation +-60%, hue +-0.08);",
         "`-c96`/`-c64` = training crop side in coarse pixels; `-x8` = 8x downsampled (0.6 m); `-z2` = random "
         "zoom of training crops between 0.5x and 2x; `-h5` = any hue (rotation up to 0.5 of the circle); "
-        "`-g3` = 30% of training crops grey.",
+        "`-g3`/`-g5` = 30%/50% of training crops grey; `-sn` = per-scene colour standardisation "
+        "(`TrainConfig.scene_norm`: each training city's band means and standard deviations mapped to one "
+        "reference, the held-out raster mapped the same way from its own statistics); `-snm` = the same "
+        "with band means only (`scene_contrast=False`: each scene keeps its contrast); `-tta` = the same "
+        "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta`: training unchanged). "
+        "Untagged runs without `idle-` ran while other jobs shared the 2 cores (see `load`).",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",
         "`two_stage.md` (`--two-stage`), the training throughput vs conv peak in `train.md`.",
