@@ -73,6 +73,7 @@ def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 204
     stride = stride_of(model)
     h, w = labels.shape
     confusion = np.zeros((2, 2), np.int64)
+    run = lambda x: model(x, training=False)  # noqa: E731
     core = window - 2 * margin
     for r in range(0, h, core):
         for c in range(0, w, core):
@@ -85,7 +86,6 @@ def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 204
             ph, pw = -tile.shape[0] % stride, -tile.shape[1] % stride
             tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
             batch = tile[None].astype("float32")
-            run = lambda x: model(x, training=False)  # noqa: E731
             probs = (tta_predict(run, batch) if tta else np.asarray(run(batch)))[0]
             pred = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]].argmax(-1)
             confusion += confusion_matrix(lab, pred, 2)

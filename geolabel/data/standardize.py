@@ -105,12 +105,15 @@ def standardize(image: np.ndarray, stats: BandStats, dtype: type = np.float32) -
     if image.shape[-1] != len(mean):
         raise InputError("image", f"has {image.shape[-1]} bands but the statistics describe {len(mean)}")
     integer = np.issubdtype(np.dtype(dtype), np.integer)
-    if image.dtype == np.uint8:
-        table = np.clip((np.arange(256, dtype=np.float32)[None] - mean[:, None]) * gain[:, None] + REFERENCE_MEAN, 0, 255)
-        table = (np.round(table) if integer else table).astype(dtype)
-        out = np.empty(image.shape, dtype)
-        for band in range(len(mean)):
-            out[..., band] = table[band][image[..., band]]
-        return out
-    scaled = np.clip((image.astype(np.float32) - mean) * gain + REFERENCE_MEAN, 0.0, 255.0)
-    return (np.round(scaled) if integer else scaled).astype(dtype)
+
+    def mapped(values: np.ndarray) -> np.ndarray:  # (..., C) -> dtype
+        scaled = np.clip((values.astype(np.float32) - mean) * gain + REFERENCE_MEAN, 0.0, 255.0)
+        return (np.round(scaled) if integer else scaled).astype(dtype)
+
+    if image.dtype != np.uint8:
+        return mapped(image)
+    table = mapped(np.repeat(np.arange(256, dtype=np.float32)[:, None], len(mean), 1))  # (256, C)
+    out = np.empty(image.shape, dtype)
+    for band in range(len(mean)):
+        out[..., band] = table[:, band][image[..., band]]
+    return out

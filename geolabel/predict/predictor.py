@@ -316,13 +316,12 @@ def predict_raster(
     with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
         return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
-                        scene_contrast=scene_contrast, tile=tile,
-                        probability_dtype=probability_dtype,
+                        scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress)
 
 
-def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm, scene_contrast, tile,
-             probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
+def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm,
+             scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
     if batch_size < 1:

@@ -254,9 +254,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     import keras
     import tensorflow as tf
 
+    from geolabel.data.standardize import BandStats, chips_band_stats
     from geolabel.losses import get_loss
     from geolabel.models import build_model, encoder_layers, stride_of
-    from geolabel.data.standardize import chips_band_stats
     from geolabel.train.dataset import dataset_shards, make_dataset
     from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
 
@@ -284,10 +284,12 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         except InputError:
             if config.val:
                 raise
-    train_stats = val_stats = None
-    if config.scene_norm:
-        train_stats, val_stats = ([chips_band_stats(s) if config.scene_contrast else chips_band_stats(s).means_only()
-                                   for s in shards] for shards in (train_shards, val_shards))
+    def scene_stats(shards: list[Path]) -> BandStats:
+        stats = chips_band_stats(shards)
+        return stats if config.scene_contrast else stats.means_only()
+
+    train_stats = [scene_stats(s) for s in train_shards] if config.scene_norm else None
+    val_stats = [scene_stats(s) for s in val_shards] if config.scene_norm else None
     num_classes = len(config.classes)
 
     previous_policy = keras.config.dtype_policy()
