@@ -139,6 +139,8 @@ class RasterWriter:
         nodata: nodata value written into the file, or None.
         blocksize: internal tile size (a multiple of 16).
         compress: GDAL compression (deflate, lzw, zstd, jpeg, ...).
+        compress_level: deflate/zstd/lzma level (None = GDAL's default: 6 for deflate); ignored by
+            compressions without levels.
         tags: dataset-level metadata tags.
         band_descriptions: one name per band.
         colormap: optional {value: (r, g, b[, a])} palette for band 1.
@@ -158,6 +160,7 @@ class RasterWriter:
         nodata: float | None = None,
         blocksize: int = 512,
         compress: str = "deflate",
+        compress_level: int | None = None,
         tags: dict[str, str] | None = None,
         band_descriptions: list[str] | None = None,
         colormap: dict[int, tuple[int, ...]] | None = None,
@@ -181,6 +184,7 @@ class RasterWriter:
             BIGTIFF="IF_SAFER",
         )
         self.compress = compress
+        self.compress_level = compress_level
         self.blocksize = blocksize
         self.tags = tags or {}
         self.band_descriptions = band_descriptions
@@ -212,6 +216,10 @@ class RasterWriter:
             array = array[None]
         self._dst.write(array.astype(self.profile["dtype"], copy=False), window=window)
 
+    def _level_option(self) -> dict[str, int]:
+        leveled = self.compress.lower() in ("deflate", "zstd", "lzma", "lerc_deflate", "lerc_zstd")
+        return {"LEVEL": self.compress_level} if leveled and self.compress_level is not None else {}
+
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self._dst.close()
@@ -222,6 +230,7 @@ class RasterWriter:
                         cog_tmp,
                         driver="COG",
                         COMPRESS=self.compress.upper(),
+                        **self._level_option(),
                         BLOCKSIZE=self.blocksize,
                         OVERVIEW_RESAMPLING=self.overview_resampling.upper(),
                         BIGTIFF="IF_SAFER",

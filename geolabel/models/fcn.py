@@ -16,6 +16,7 @@ from geolabel.models.layers import (
     BilinearUpsampleInit,
     Normalize,
     ReflectPad2D,
+    RowSumConv2D,
     downsample_input,
     softmax_output,
     upsample_output,
@@ -62,7 +63,7 @@ def build_fcn(
         if norm == "batch":
             x = keras.layers.BatchNormalization(center=False, scale=False, name=f"conv{i}_bn")(x)
         x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
-    x = keras.layers.Conv2D(num_classes, 9, padding="valid", name="conv4")(x)
+    x = RowSumConv2D(num_classes, 9, name="conv4")(x)
     x = keras.layers.Conv2DTranspose(
         num_classes, 8, strides=4, padding="valid", use_bias=False,
         kernel_initializer=BilinearUpsampleInit(), name="deconv",

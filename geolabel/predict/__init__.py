@@ -10,7 +10,7 @@ from geolabel.predict.predictor import (
     tta_predict,
     write_preview,
 )
-from geolabel.predict.windows import WindowPlan, blend_weights, plan_windows
+from geolabel.predict.windows import WindowPlan, blend_weights, fit_window, plan_windows
 
 __all__ = [
     "KerasPredictor",
@@ -18,6 +18,7 @@ __all__ = [
     "PredictResult",
     "WindowPlan",
     "blend_weights",
+    "fit_window",
     "keras_predict_fn",
     "load_model",
     "plan_windows",

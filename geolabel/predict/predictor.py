@@ -34,7 +34,7 @@ from geolabel.classes import IGNORE, ClassMap
 from geolabel.data.raster import RasterWriter, open_raster
 from geolabel.data.standardize import raster_band_stats, standardize
 from geolabel.errors import InputError
-from geolabel.predict.windows import blend_weights, plan_windows
+from geolabel.predict.windows import blend_weights, fit_window, plan_windows
 from geolabel.progress import logger, progress
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -279,6 +279,7 @@ def predict_raster(
     preview_size: int = 1024,
     queue_size: int = 3,
     compress: str = "deflate",
+    compress_level: int | None = 3,
     gdal_cache_mb: int = 64,
 ) -> PredictResult:
     """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
@@ -304,6 +305,8 @@ def predict_raster(
         preview_size: longest side of the preview in pixels.
         queue_size: batches in flight between the reader, the model and the writer.
         compress: compression of the COGs.
+        compress_level: its level; 3 writes the COGs ~2.3x faster than GDAL's default 6
+            (deflate) for files ~15% larger.
         gdal_cache_mb: GDAL block cache while predicting (GDAL's default, 5 % of RAM, would
             let memory grow with the raster up to that size).
 
@@ -317,11 +320,13 @@ def predict_raster(
         return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
                         scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
-                        preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress)
+                        preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress,
+                        compress_level=compress_level)
 
 
 def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm,
-             scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress) -> PredictResult:
+             scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
+             compress_level) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
     if batch_size < 1:
@@ -344,6 +349,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
         size = min(int(window), max(width, height))
         size = max(16, math.ceil(size / stride) * stride)
         overlap = min(int(overlap), size // 2)
+        size = fit_window(width, height, size, overlap, stride)
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
     stats = raster_band_stats(input_path, band_list) if scene_norm else None
@@ -438,7 +444,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
             if stats:
                 tags["scene_band_stats"] = json.dumps(stats.to_dict())
             common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
-                          compress=compress, tags=tags)
+                          compress=compress, compress_level=compress_level, tags=tags)
             cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
                                                      band_descriptions=["class"], colormap=cmap.colormap(),
                                                      overview_resampling="nearest", **common))

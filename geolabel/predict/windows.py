@@ -11,6 +11,7 @@ sum is divided by the summed weights: no seams, and pixels near a window's edge
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -56,6 +57,24 @@ def _starts(length: int, size: int, step: int) -> tuple[int, ...]:
     starts = list(range(0, length - size, step))
     starts.append(length - size)
     return tuple(starts)
+
+
+def fit_window(width: int, height: int, size: int, overlap: int, stride: int = 1) -> int:
+    """The smallest window side (a multiple of `stride`, at most `size`) that covers the raster
+    with as few windows as `size` does: the windows then overlap by about `overlap` instead
+    of the last row and column overlapping by up to a whole window, so less is recomputed.
+
+    Example:
+        >>> fit_window(8192, 8192, 1024, 64, 4)  # 9 x 9 windows either way, 1.13x instead of 1.27x the pixels
+        968
+    """
+    step = size - overlap
+    side = 0
+    for length in (width, height):
+        count = len(_starts(length, size, step))
+        side = max(side, math.ceil((length + (count - 1) * overlap) / count))
+    side = math.ceil(side / stride) * stride
+    return min(size, max(side, 2 * overlap, 16))
 
 
 def plan_windows(width: int, height: int, size: int, overlap: int) -> WindowPlan:

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from geolabel.classes import IGNORE
 from geolabel.data.raster import cog_problems
 from geolabel.errors import InputError
-from geolabel.predict import blend_weights, keras_predict_fn, plan_windows, predict_raster
+from geolabel.predict import blend_weights, fit_window, keras_predict_fn, plan_windows, predict_raster
 
 
 def _crop(src_path: Path, dst: Path, size: int, row: int = 0, col: int = 0, **profile_updates) -> Path:
@@ -72,6 +72,20 @@ def test_windows_cover_the_raster_and_weights_are_smooth():
     assert np.abs(np.diff(w, axis=0)).max() < 0.1  # no step anywhere
     with pytest.raises(InputError, match="overlap"):
         plan_windows(100, 100, 64, 40)
+
+
+@pytest.mark.parametrize("width, height", [(8192, 8192), (8192, 37888), (1000, 700), (4100, 300), (129, 129)])
+def test_fitted_windows_keep_the_window_count_and_cut_the_recomputed_pixels(width, height):
+    plan = plan_windows(width, height, 1024, 64)
+    side = fit_window(width, height, 1024, 64, stride=4)
+    fitted = plan_windows(width, height, side, 64)
+    assert side % 4 == 0 and side <= 1024
+    assert len(fitted) == len(plan)
+    assert fitted.rows[-1] + side >= height and fitted.cols[-1] + side >= width
+    # neighbouring windows overlap by at least the asked overlap, and no window is smaller than needed
+    assert all(b - a <= side - 64 for axis in (fitted.rows, fitted.cols) for a, b in zip(axis, axis[1:]))
+    assert len(plan_windows(width, height, side - 4, 64)) > len(plan) or side - 4 < 128
+    assert len(fitted) * side**2 <= len(plan) * 1024**2
 
 
 def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
