@@ -168,6 +168,8 @@ class PredictResult:
     windows: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    window: int = 0
+    """Side of the windows run (the requested window fitted to the raster: `fit_window`)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -518,7 +520,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
                                      band_list[:3], preview_size)
     seconds = time.perf_counter() - start
     return PredictResult(out / "classes.tif", out / "probabilities.tif", preview_path, width, height,
-                         len(positions), seconds, timings)
+                         len(positions), seconds, timings, size)
 
 
 def write_preview(
