@@ -7,6 +7,7 @@ from geolabel.predict.predictor import (
     keras_predict_fn,
     load_model,
     predict_raster,
+    render_preview,
     tta_predict,
     write_preview,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "load_model",
     "plan_windows",
     "predict_raster",
+    "render_preview",
     "tta_predict",
     "write_preview",
 ]

@@ -354,6 +354,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
         size = fit_window(width, height, size, overlap, stride)
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
+        src_dtype = src.dtypes[0]
     stats = raster_band_stats(input_path, band_list) if scene_norm else None
     if stats and not scene_contrast:
         stats = stats.means_only()
@@ -363,6 +364,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
     logger.info("predict %s: %dx%d px, %d windows of %d px (overlap %d), %d batches",
                 input_path, width, height, len(positions), size, overlap, len(batches))
 
+    canvas = _PreviewCanvas(width, height, preview_size) if preview else None
     stop = threading.Event()
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -403,9 +405,12 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
                             raise InputError(input_path, f"cannot read window {win} ({err})") from err
                         ok = _valid_mask(rsrc, block, win, boundless)
                         valid[b] = ok
+                        if canvas is not None:
+                            canvas.add_image(row, col, block[:3])
                         pixels = np.moveaxis(block, 0, -1)
-                        pixels = standardize(pixels, stats) if stats else pixels.astype(np.float32, copy=False)
-                        x[b] = np.where(ok[..., None], np.nan_to_num(pixels), 0.0)
+                        x[b] = standardize(pixels, stats) if stats else pixels  # converted on assignment
+                        if not ok.all():  # nodata (and NaN, never valid) pixels go in as 0
+                            x[b][~ok] = 0.0
                     x[len(batch):] = x[len(batch) - 1]  # pad a last partial batch: one compiled shape
                     timings["read"] += time.perf_counter() - t0
                     if not put(q_in, (batch, x, valid)):
@@ -463,6 +468,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
                 cls = np.argmax(chw, axis=0).astype(np.uint8)  # K planes compared pixel-wise: fast
                 cls[~valid] = IGNORE
                 cls_w.write(cls, win)
+                if canvas is not None:
+                    canvas.add_classes(row, col, cls)
                 if probability_dtype == "uint8":
                     chw = np.clip(np.rint(chw * 255.0), 0, 255).astype(np.uint8)
                     chw[:, ~valid] = 0
@@ -515,12 +522,44 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
         peak_tiles = state["blender"].peak_tiles
     timings["peak_tiles_held"] = float(peak_tiles)
     preview_path = None
-    if preview:
-        preview_path = write_preview(input_path, out / "classes.tif", out / "preview.png", state["cmap"],
-                                     band_list[:3], preview_size)
+    if canvas is not None:
+        preview_path = render_preview(canvas.image, src_dtype, canvas.classes, state["cmap"], out / "preview.png")
     seconds = time.perf_counter() - start
     return PredictResult(out / "classes.tif", out / "probabilities.tif", preview_path, width, height,
                          len(positions), seconds, timings, size)
+
+
+def _preview_shape(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """(height, width) of a preview whose longest side is at most `max_size`."""
+    scale = max(max(width, height) / max_size, 1.0)
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+class _PreviewCanvas:
+    """The preview's pixels, sampled (nearest) from the windows as they are read and from the
+    class tiles as they are written, so the preview costs no second pass over the input."""
+
+    def __init__(self, width: int, height: int, max_size: int):
+        h, w = _preview_shape(width, height, max_size)
+        self.rows = ((np.arange(h) + 0.5) * height / h).astype(np.int64)
+        self.cols = ((np.arange(w) + 0.5) * width / w).astype(np.int64)
+        self.image = np.zeros((3, h, w), np.float32)
+        self.classes = np.full((h, w), IGNORE, np.uint8)
+
+    def _hits(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.nonzero((self.rows >= row) & (self.rows < row + h))[0]
+        cols = np.nonzero((self.cols >= col) & (self.cols < col + w))[0]
+        return rows, cols
+
+    def add_image(self, row: int, col: int, bands: np.ndarray) -> None:
+        """(bands <= 3, h, w) raw pixels of the window at (row, col)."""
+        rows, cols = self._hits(row, col, *bands.shape[1:])
+        picked = bands[:, self.rows[rows, None] - row, self.cols[None, cols] - col]
+        self.image[:, rows[:, None], cols[None, :]] = picked if len(bands) == 3 else picked[:1]
+
+    def add_classes(self, row: int, col: int, classes: np.ndarray) -> None:
+        rows, cols = self._hits(row, col, *classes.shape)
+        self.classes[rows[:, None], cols[None, :]] = classes[self.rows[rows, None] - row, self.cols[None, cols] - col]
 
 
 def write_preview(
@@ -533,28 +572,36 @@ def write_preview(
     alpha: float = 0.45,
 ) -> Path:
     """A PNG of the image (decimated to `max_size`) with the non-background classes overlaid."""
-    from PIL import Image
-
     with open_raster(image_path) as src:
-        scale = max(src.width, src.height) / max_size
-        w, h = max(1, round(src.width / max(scale, 1))), max(1, round(src.height / max(scale, 1)))
+        h, w = _preview_shape(src.width, src.height, max_size)
         bands = [b for b in bands if b <= src.count] or [1]
         img = src.read(list(bands), out_shape=(len(bands), h, w), resampling=Resampling.average).astype(np.float32)
-        if src.dtypes[0] != "uint8":
-            finite = img[np.isfinite(img)]
-            lo, hi = (np.percentile(finite, (2, 98)) if finite.size else (0.0, 1.0))
-            img = (img - lo) / max(hi - lo, 1e-9) * 255.0
+        dtype = src.dtypes[0]
+    with open_raster(classes_path) as src:
+        cls = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+    return render_preview(img, dtype, cls, class_map, out_path, alpha)
+
+
+def render_preview(image: np.ndarray, dtype: str, classes: np.ndarray, class_map: ClassMap,
+                   out_path: str | os.PathLike, alpha: float = 0.45) -> Path:
+    """Write (bands, h, w) `image` pixels of raster type `dtype` as a PNG with `classes` overlaid
+    (non-uint8 rasters are stretched between their 2nd and 98th percentiles)."""
+    from PIL import Image
+
+    img = image.astype(np.float32, copy=True)
+    if dtype != "uint8":
+        finite = img[np.isfinite(img)]
+        lo, hi = (np.percentile(finite, (2, 98)) if finite.size else (0.0, 1.0))
+        img = (img - lo) / max(hi - lo, 1e-9) * 255.0
     if img.shape[0] == 1:
         img = np.repeat(img, 3, axis=0)
     rgb = np.clip(np.nan_to_num(np.moveaxis(img[:3], 0, -1)), 0, 255)
-    with open_raster(classes_path) as src:
-        cls = src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
     colors = np.zeros((256, 3), np.float32)
     for i, c in enumerate(class_map.colors):
         colors[i] = c
-    overlay = (cls > 0) & (cls != IGNORE)
-    rgb[overlay] = (1 - alpha) * rgb[overlay] + alpha * colors[cls[overlay]]
-    rgb[cls == IGNORE] *= 0.5
+    overlay = (classes > 0) & (classes != IGNORE)
+    rgb[overlay] = (1 - alpha) * rgb[overlay] + alpha * colors[classes[overlay]]
+    rgb[classes == IGNORE] *= 0.5
     with atomic_path(out_path) as tmp:
         Image.fromarray(rgb.astype(np.uint8)).save(tmp, format="PNG")
     return Path(out_path)

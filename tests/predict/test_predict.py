@@ -136,6 +136,22 @@ def test_outputs_keep_the_input_georeferencing_and_are_cogs(austin, unet, tmp_pa
     assert result.preview.is_file() and result.preview.stat().st_size > 1000
 
 
+def test_preview_is_sampled_from_the_windows_without_rereading_the_input(austin, tmp_path):
+    from PIL import Image
+
+    from geolabel.classes import ClassMap
+    from geolabel.predict import render_preview
+
+    result = predict_raster(_pixelwise_model(), austin, tmp_path / "out", window=96, overlap=16, preview_size=100)
+    image, classes = _read(austin), _read(result.classes)[0]
+    centres = ((np.arange(100) + 0.5) * 320 / 100).astype(int)  # nearest pixel of each preview pixel
+    expected = render_preview(image[:, centres][:, :, centres].astype("float32"), "uint8",
+                              classes[centres][:, centres], ClassMap(), tmp_path / "expected.png")
+    got = np.asarray(Image.open(result.preview))
+    assert got.shape == (100, 100, 3)
+    np.testing.assert_array_equal(got, np.asarray(Image.open(expected)))
+
+
 def test_any_crs_single_band_uint16(shared_data, tmp_path):
     """SpaceNet Las Vegas panchromatic: EPSG:4326, one uint16 band."""
     src_path = _crop(shared_data / "spacenet" / "vegas-pan.tif", tmp_path / "vegas.tif", 200, 500, 500)
