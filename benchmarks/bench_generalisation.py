@@ -227,14 +227,16 @@ def write_table(results: list[dict]) -> None:
             f"| {r['pixel_accuracy']:.3f} | {r['steps']} | {r['train_time_s']:.0f} | {r['steps_per_s']:.2f} "
             f"| {r.get('cpu_load_1min', float('nan')):.1f} | `{r['run_dir']}` |"
         )
-    lines += ["", "## Mean over held-out cities (per tag)", "", "| tag | cities | mean building IoU | min | max |", "|---|---|---|---|---|"]
+    lines += ["", "## Mean over held-out cities (per tag; each city's seeds averaged first)", "",
+              "| tag | cities | seeds | mean building IoU | min | max |", "|---|---|---|---|---|---|"]
     for tag in sorted({r["tag"] for r in results}):
         rows = [r for r in results if r["tag"] == tag]
         per_city = {}
         for r in rows:
             per_city.setdefault(r["held_out"], []).append(r["building_iou"])
         means = [float(np.mean(v)) for v in per_city.values()]
-        lines.append(f"| {tag} | {len(per_city)} | {np.mean(means):.3f} | {min(means):.3f} | {max(means):.3f} |")
+        seeds = ",".join(str(x) for x in sorted({r["seed"] for r in rows}))
+        lines.append(f"| {tag} | {len(per_city)} | {seeds} | {np.mean(means):.3f} | {min(means):.3f} | {max(means):.3f} |")
     lines += ["", "## Best run per held-out city (models take z21 pixels; stride in metrics.json)", ""]
     for city in CITIES:
         rows = [r for r in results if r["held_out"] == city and not r["tag"].startswith("unet16bn")]

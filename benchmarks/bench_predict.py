@@ -242,7 +242,7 @@ def write_results(runs: list[dict]) -> None:
 NOTES = (
     "Notes. `unet-x4` is the architecture of the generalisation recipe (U-Net depth 4, width 16, "
     "GroupNorm, input average-pooled 4x inside the model, logits upsampled back): its best recipe reaches "
-    "a mean unseen-city building IoU of 0.471 (2 seeds) in benchmarks/results/generalisation.md, above the "
+    "a mean unseen-city building IoU of 0.477 (3 seeds) in benchmarks/results/generalisation.md, above the "
     "PyTorch baseline's 0.31-0.39, so its throughput is the one to compare with the baseline's 0.57 Mpx/s "
     "(the baseline was not measured on this machine). Its few FLOPs per pixel make it bound by reading, "
     "blending and compressing, not by convolutions, hence its low FLOP utilisation; `fcn` is the "
