@@ -16,7 +16,6 @@ output folder is on storage every worker can reach.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -76,13 +75,6 @@ def plan_blocks(width: int, height: int, block_size: int, halo: int, align: int 
         r1 = min(height, int(w.row_off + w.height) + halo)
         blocks.append(Block(i, int(w.col_off), int(w.row_off), int(w.width), int(w.height), c0, r0, c1 - c0, r1 - r0))
     return blocks
-
-
-def window_geometry(width: int, height: int, window: int, overlap: int, stride: int) -> tuple[int, int]:
-    """(window size, overlap) exactly as `geolabel.predict.predict_raster` settles them for this raster."""
-    size = min(int(window), max(width, height))
-    size = max(16, math.ceil(size / stride) * stride)
-    return size, min(int(overlap), size // 2)
 
 
 def beam_options(beam_args: list[str] | None):
@@ -339,6 +331,7 @@ def predict_raster_beam(
 
     from geolabel.data.raster import open_raster
     from geolabel.predict.predictor import keras_predict_fn, load_model
+    from geolabel.predict.windows import window_geometry
 
     if block_size < 16:
         raise InputError("--block-size", "must be >= 16 pixels")
@@ -354,7 +347,8 @@ def predict_raster_beam(
     else:
         blocks = plan_blocks(width, height, block_size, halo=size, align=size - overlap)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
-    options = {**predict_options, "window": size, "overlap": overlap}
+    # every block runs the whole raster's windows as they are (no refitting to the block)
+    options = {**predict_options, "window": size, "overlap": overlap, "fit_to_raster": False}
     body = PredictBlock(os.fspath(model), input_path, os.fspath(out), options, polygons, grid)
 
     class _PredictDoFn(beam.DoFn):

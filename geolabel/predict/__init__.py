@@ -11,7 +11,7 @@ from geolabel.predict.predictor import (
     tta_predict,
     write_preview,
 )
-from geolabel.predict.windows import WindowPlan, blend_weights, fit_window, plan_windows
+from geolabel.predict.windows import WindowPlan, blend_weights, fit_window, plan_windows, window_geometry
 
 __all__ = [
     "KerasPredictor",
@@ -26,5 +26,6 @@ __all__ = [
     "predict_raster",
     "render_preview",
     "tta_predict",
+    "window_geometry",
     "write_preview",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import queue
 import threading
@@ -34,7 +33,7 @@ from geolabel.classes import IGNORE, ClassMap
 from geolabel.data.raster import RasterWriter, open_raster
 from geolabel.data.standardize import raster_band_stats, standardize
 from geolabel.errors import InputError
-from geolabel.predict.windows import blend_weights, fit_window, plan_windows
+from geolabel.predict.windows import blend_weights, plan_windows, window_geometry
 from geolabel.progress import logger, progress
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -169,7 +168,7 @@ class PredictResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     window: int = 0
-    """Side of the windows run (the requested window fitted to the raster: `fit_window`)."""
+    """Side of the windows run (the requested window fitted to the raster: `window_geometry`)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -269,6 +268,7 @@ def predict_raster(
     *,
     window: int = 1024,
     overlap: int = 64,
+    fit_to_raster: bool = True,
     batch_size: int = 2,
     tta: bool = False,
     classes: ClassMap | Sequence[str] | None = None,
@@ -291,8 +291,11 @@ def predict_raster(
             Keras model is wrapped with `keras_predict_fn`.
         input_path: any GDAL raster (any CRS); its nodata value, alpha band or mask is respected.
         out_dir: output folder (created).
-        window: window side in pixels (rounded up to the model's stride, shrunk for small rasters).
+        window: largest window side in pixels (rounded up to the model's stride).
         overlap: pixels shared by neighbouring windows, blended with smooth weights.
+        fit_to_raster: shrink the window to the smallest side that needs as many windows
+            (`fit_window`: less overlap recomputed); False runs `window` as given (Beam
+            blocks, which must reproduce the whole raster's windows).
         batch_size: windows per `predict_fn` call (a last partial batch is padded to it).
         tta: average over the 8 dihedral transforms (D4 test-time augmentation).
         classes: class names or a ClassMap (default: by the number of classes predicted).
@@ -319,14 +322,16 @@ def predict_raster(
     (geolabel.classes.IGNORE) on nodata. On any error nothing appears under the output names.
     """
     with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
-        return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
+        return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap,
+                        fit_to_raster=fit_to_raster, batch_size=batch_size,
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
                         scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress,
                         compress_level=compress_level)
 
 
-def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tta, classes, bands, scene_norm,
+def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster, batch_size, tta, classes, bands,
+             scene_norm,
              scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
              compress_level) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
@@ -348,10 +353,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, batch_size, tt
             raise InputError(input_path, f"has {src.count} bands; bands {band_list} were asked for")
         if channels is not None and len(band_list) != channels:
             raise InputError("--bands", f"the model takes {channels} bands, {len(band_list)} given")
-        size = min(int(window), max(width, height))
-        size = max(16, math.ceil(size / stride) * stride)
-        overlap = min(int(overlap), size // 2)
-        size = fit_window(width, height, size, overlap, stride)
+        size, overlap = window_geometry(width, height, window, overlap, stride, fit=fit_to_raster)
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
         src_dtype = src.dtypes[0]

@@ -77,6 +77,19 @@ def fit_window(width: int, height: int, size: int, overlap: int, stride: int = 1
     return min(size, max(side, 2 * overlap, 16))
 
 
+def window_geometry(width: int, height: int, window: int, overlap: int, stride: int = 1,
+                    fit: bool = True) -> tuple[int, int]:
+    """(window side, overlap) that `predict_raster` runs on a `width` x `height` raster: the
+    window clamped to the raster and rounded up to the model stride, the overlap to half of
+    it, then (with `fit`) the side shrunk by `fit_window`."""
+    size = min(int(window), max(width, height))
+    size = max(16, math.ceil(size / stride) * stride)
+    overlap = min(int(overlap), size // 2)
+    if fit:
+        size = fit_window(width, height, size, overlap, stride)
+    return size, overlap
+
+
 def plan_windows(width: int, height: int, size: int, overlap: int) -> WindowPlan:
     """Window positions covering a `width` x `height` raster with `size` windows overlapping by `overlap`.
 
