@@ -331,8 +331,7 @@ def predict_raster(
 
 
 def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster, batch_size, tta, classes, bands,
-             scene_norm,
-             scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
+             scene_norm, scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
              compress_level) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")

@@ -73,8 +73,8 @@ def fit_window(width: int, height: int, size: int, overlap: int, stride: int = 1
     for length in (width, height):
         count = len(_starts(length, size, step))
         side = max(side, math.ceil((length + (count - 1) * overlap) / count))
-    side = math.ceil(side / stride) * stride
-    return min(size, max(side, 2 * overlap, 16))
+    side = math.ceil(max(side, 2 * overlap, 16) / stride) * stride
+    return min(size, side)
 
 
 def window_geometry(width: int, height: int, window: int, overlap: int, stride: int = 1,
