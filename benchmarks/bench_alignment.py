@@ -221,7 +221,7 @@ def run_aligner(scenes: list, cases: list, args: argparse.Namespace, budget: flo
     """Train the MultiscaleAligner for `budget` seconds and score it on the test cases."""
     aligner = MultiscaleAligner(filters=(8, 8, 16), focus=20.0)
     t0 = time.time()
-    hist = train_aligner(aligner, scenes, epochs=1000, steps=10, batch=8, size=args.crop,
+    hist = train_aligner(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
                          max_amplitude=args.amplitude, learning_rate=2e-3, time_limit_s=budget)
     before, after = eval_alignment(aligner, cases)
     return {"train_s": time.time() - t0, "budget_s": budget, "epochs": len(hist["loss"]),
