@@ -23,7 +23,8 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.argument("model", type=click.Path(), required=False)
 @click.argument("input_path", metavar="INPUT", type=click.Path(), required=False)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
-@click.option("--window", default=1024, show_default=True, type=click.IntRange(16), help="Window side, pixels.")
+@click.option("--window", default=1024, show_default=True, type=click.IntRange(16),
+              help="Largest window side, pixels (shrunk to the smallest side that needs as many windows).")
 @click.option("--overlap", default=64, show_default=True, type=click.IntRange(0), help="Overlap of neighbouring windows, pixels.")
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Windows per model call.")
 @click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
