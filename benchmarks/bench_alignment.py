@@ -382,9 +382,10 @@ def write_report(r: dict, out: Path) -> None:
               "(90-120 s, 300-550 steps, even with constant shifts) still showed a flat training loss, and the "
               "budget above only starts the chain reading the image-map offset: the target needs far more steps "
               "than a shared 2-core CPU gives in minutes (the papers train for hours on a GPU). "
-              + (f"Longer training of the same chain (table above) lowers the ratio with the steps run: "
+              + (f"Longer training of the same chain (table above), after/before: "
                  f"{a['ratio']:.2f} after {a['epochs'] * 10} steps, "
-                 + ", ".join(f"{m['ratio']:.2f} after {m['epochs'] * 10}" for m in longer) + ". "
+                 + ", ".join(f"{m['ratio']:.2f} after {m['epochs'] * 10}" for m in longer)
+                 + ". "
                  if longer else "Not tested here: longer training. ")
               + "Note also that the real OSM polygons are "
               "themselves off the imagery (crude per-building best edge-match shift: median 1.0-1.4 px, mean "
