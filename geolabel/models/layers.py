@@ -85,10 +85,11 @@ class RowSumConv2D(keras.layers.Conv2D):
         kh, kw, cin, filters = kernel.shape
         rows = ops.reshape(ops.transpose(kernel, (1, 2, 0, 3)), (1, kw, cin, kh * filters))
         partial = ops.conv(inputs, rows, strides=1, padding="valid")
+        height = ops.shape(partial)[1] - (kh - 1)
         # output row r = sum over kernel rows i of (row i's 1 x kw conv) at input row r + i
-        out = partial[:, : ops.shape(partial)[1] - (kh - 1), :, :filters]
+        out = partial[:, :height, :, :filters]
         for i in range(1, kh):
-            out = out + partial[:, i : ops.shape(partial)[1] - (kh - 1 - i), :, i * filters : (i + 1) * filters]
+            out = out + partial[:, i : i + height, :, i * filters : (i + 1) * filters]
         return out
 
 

@@ -547,20 +547,21 @@ class _PreviewCanvas:
         self.image = np.zeros((3, h, w), np.float32)
         self.classes = np.full((h, w), IGNORE, np.uint8)
 
-    def _hits(self, row: int, col: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    def _sample(self, row: int, col: int, h: int, w: int) -> tuple[tuple, tuple]:
+        """(preview index, block index) of the preview pixels inside the h x w block at (row, col)."""
         rows = np.nonzero((self.rows >= row) & (self.rows < row + h))[0]
         cols = np.nonzero((self.cols >= col) & (self.cols < col + w))[0]
-        return rows, cols
+        return (rows[:, None], cols[None, :]), (self.rows[rows, None] - row, self.cols[None, cols] - col)
 
     def add_image(self, row: int, col: int, bands: np.ndarray) -> None:
         """(bands <= 3, h, w) raw pixels of the window at (row, col)."""
-        rows, cols = self._hits(row, col, *bands.shape[1:])
-        picked = bands[:, self.rows[rows, None] - row, self.cols[None, cols] - col]
-        self.image[:, rows[:, None], cols[None, :]] = picked if len(bands) == 3 else picked[:1]
+        dst, src = self._sample(row, col, *bands.shape[1:])
+        picked = bands[(slice(None), *src)]
+        self.image[(slice(None), *dst)] = picked if len(bands) == 3 else picked[:1]
 
     def add_classes(self, row: int, col: int, classes: np.ndarray) -> None:
-        rows, cols = self._hits(row, col, *classes.shape)
-        self.classes[rows[:, None], cols[None, :]] = classes[self.rows[rows, None] - row, self.cols[None, cols] - col]
+        dst, src = self._sample(row, col, *classes.shape)
+        self.classes[dst] = classes[src]
 
 
 def write_preview(
