@@ -133,13 +133,54 @@ class ResizeBilinear(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
+@keras.saving.register_keras_serializable(package="geolabel")
+class GroupNorm(keras.layers.GroupNormalization):
+    """`keras.layers.GroupNormalization` over channels-last images, from per-channel moments.
+
+    Same weights, config and outputs. Keras reduces a 5-D (B, H, W, groups, C/groups) view,
+    which on CPU costs ~3x more than reducing each channel over the pixels and averaging the
+    channels of a group afterwards; at full resolution that difference was half of a
+    U-Net's inference time.
+    """
+
+    def call(self, inputs):
+        if self.axis not in (-1, len(inputs.shape) - 1):
+            return super().call(inputs)
+        shape = ops.shape(inputs)
+        channels = inputs.shape[-1]
+        per_group = channels // self.groups
+        pixels = ops.reshape(inputs, (shape[0], -1, channels))
+        # statistics in float32 even under mixed precision (as Keras does)
+        stats_input = ops.cast(pixels, "float32")
+        channel_mean = ops.mean(stats_input, axis=1, keepdims=True)
+        # centred per channel first: E[x^2] - E[x]^2 loses the variance of offset channels
+        channel_variance = ops.mean(ops.square(stats_input - channel_mean), axis=1)
+        channel_mean = channel_mean[:, 0]
+
+        def per_channel_group_mean(values):
+            grouped = ops.mean(ops.reshape(values, (-1, self.groups, per_group)), axis=-1)
+            return ops.repeat(grouped, per_group, axis=-1)
+
+        mean = per_channel_group_mean(channel_mean)
+        variance = per_channel_group_mean(channel_variance + ops.square(channel_mean - mean))
+        scale = ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale = scale * ops.cast(self.gamma, "float32")
+        shift = -mean * scale
+        if self.center:
+            shift = shift + ops.cast(self.beta, "float32")
+        scale = ops.cast(scale, self.compute_dtype)[:, None, :]
+        shift = ops.cast(shift, self.compute_dtype)[:, None, :]
+        return ops.reshape(ops.cast(pixels, self.compute_dtype) * scale + shift, shape)
+
+
 def norm_layer(kind: str, name: str, groups: int = 8) -> keras.layers.Layer | None:
     """A normalisation layer by name: "batch", "group", "layer" or "none" (returns None)."""
     if kind == "batch":
         # momentum 0.9 (Keras default 0.99): the moving statistics must settle within short trainings
         return keras.layers.BatchNormalization(momentum=0.9, name=name)
     if kind == "group":
-        return keras.layers.GroupNormalization(groups=groups, name=name)
+        return GroupNorm(groups=groups, name=name)
     if kind == "layer":
         return keras.layers.LayerNormalization(name=name)
     if kind == "none":

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from geolabel.models.layers import ClassSoftmax, RowSumConv2D
+from geolabel.models.layers import ClassSoftmax, GroupNorm, RowSumConv2D
 from geolabel.models.testing import real_batch
 
 
@@ -38,3 +38,58 @@ def test_class_softmax_equals_softmax(classes):
     got = np.asarray(ClassSoftmax()(logits))
     np.testing.assert_allclose(got, expected, atol=1e-6)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+
+
+def _features(channels: int, offset: float = 0.0) -> np.ndarray:
+    """Conv features of real imagery (not centred: a conv output feeds the norm in the models)."""
+    x, _ = real_batch(48, 2)
+    conv = keras.layers.Conv2D(channels, 3, kernel_initializer=keras.initializers.HeNormal(seed=1))
+    return np.asarray(conv(x / 127.5 - 1.0)) + offset
+
+
+def _pair(channels: int, groups: int) -> tuple[keras.layers.Layer, GroupNorm]:
+    plain = keras.layers.GroupNormalization(groups=groups)
+    fast = GroupNorm(groups=groups)
+    for layer in (plain, fast):
+        layer.build((None, None, None, channels))
+    rng = np.random.default_rng(2)
+    weights = [rng.normal(1, 0.3, channels).astype("float32"), rng.normal(0, 0.3, channels).astype("float32")]
+    plain.set_weights(weights)
+    fast.set_weights(weights)
+    return plain, fast
+
+
+@pytest.mark.parametrize("channels,groups,offset", [(16, 8, 0.0), (32, 8, 0.0), (12, 3, 0.0), (16, 8, 50.0)])
+def test_group_norm_equals_keras_group_normalization(channels, groups, offset):
+    features = _features(channels, offset)
+    plain, fast = _pair(channels, groups)
+    np.testing.assert_allclose(np.asarray(fast(features)), np.asarray(plain(features)), atol=1e-4)
+
+
+def test_group_norm_gradients_equal_keras_group_normalization():
+    import tensorflow as tf
+
+    features = tf.constant(_features(16))
+    plain, fast = _pair(16, 8)
+    weights = tf.constant(np.random.default_rng(3).normal(size=features.shape).astype("float32"))
+    grads = []
+    for layer in (plain, fast):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            loss = tf.reduce_sum(layer(features) * weights)
+        grads.append(tape.gradient(loss, [features, *layer.trainable_variables]))
+    for expected, got in zip(*grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-3, atol=1e-4)
+
+
+def test_group_norm_round_trips_and_keeps_float32_statistics_under_bfloat16():
+    layer = GroupNorm(groups=4, epsilon=1e-5, name="norm")
+    restored = GroupNorm.from_config(layer.get_config())
+    assert (restored.groups, restored.epsilon, restored.name) == (4, 1e-5, "norm")
+    features = _features(16)
+    _, fast = _pair(16, 8)
+    half = GroupNorm(groups=8, dtype="mixed_bfloat16")
+    half.build(features.shape)
+    half.set_weights(fast.get_weights())
+    got = np.asarray(keras.ops.cast(half(features), "float32"))
+    np.testing.assert_allclose(got, np.asarray(fast(features)), atol=0.1)
