@@ -212,7 +212,9 @@ def write_table(results: list[dict]) -> None:
         "(`TrainConfig.scene_norm`: each training city's band means and standard deviations mapped to one "
         "reference, the held-out raster mapped the same way from its own statistics); `-snm` = the same "
         "with band means only (`scene_contrast=False`: each scene keeps its contrast); `-tta` = the same "
-        "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta`: training unchanged). "
+        "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta`: training unchanged); "
+        "`-fastgn` = the `-snm` recipe re-run with geolabel's `GroupNorm` layer (same function as Keras' "
+        "GroupNormalization, 1.18x faster training step: ~2900 steps instead of ~2600 in the 10 min). "
         "Untagged runs without `idle-` ran while other jobs shared the 2 cores (see `load`).",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",

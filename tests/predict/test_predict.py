@@ -15,6 +15,7 @@ from geolabel.classes import IGNORE
 from geolabel.data.raster import cog_problems
 from geolabel.errors import InputError
 from geolabel.predict import blend_weights, fit_window, keras_predict_fn, plan_windows, predict_raster
+from geolabel.predict.predictor import argmax_planes
 
 
 def _crop(src_path: Path, dst: Path, size: int, row: int = 0, col: int = 0, **profile_updates) -> Path:
@@ -86,6 +87,15 @@ def test_fitted_windows_keep_the_window_count_and_cut_the_recomputed_pixels(widt
     assert all(b - a <= side - 64 for axis in (fitted.rows, fitted.cols) for a, b in zip(axis, axis[1:]))
     assert len(plan_windows(width, height, side - 4, 64)) > len(plan) or side - 4 < 128
     assert len(fitted) * side**2 <= len(plan) * 1024**2
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_argmax_planes_equals_numpy_argmax_ties_included(classes):
+    rng = np.random.default_rng(classes)
+    planes = rng.integers(0, 4, (classes, 64, 48)).astype(np.float32) / 4  # many exact ties
+    got = argmax_planes(planes)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, np.argmax(planes, axis=0))
 
 
 def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
