@@ -42,7 +42,7 @@ def load_scene(city: str, scene_norm: bool, contrast: bool = True) -> tuple[np.n
     image, labels, source = load_city(city)
     if scene_norm:
         stats = band_stats(image, labels != 255)
-        image = standardize(image, stats if contrast else stats.means_only(), np.uint8)
+        image = standardize(image, stats.with_contrast(contrast), np.uint8)
     return image, labels, source
 
 

@@ -37,6 +37,10 @@ class BandStats:
         mean and keeps the scene's contrast."""
         return BandStats(self.mean, (REFERENCE_STD,) * len(self.mean))
 
+    def with_contrast(self, contrast: bool) -> BandStats:
+        """These statistics if `contrast` (standardising maps the spread too), else `means_only()`."""
+        return self if contrast else self.means_only()
+
     @classmethod
     def from_dict(cls, data: dict) -> BandStats:
         return cls(tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"]))

@@ -372,9 +372,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
         src_dtype = src.dtypes[0]
-    stats = raster_band_stats(input_path, band_list) if scene_norm else None
-    if stats and not scene_contrast:
-        stats = stats.means_only()
+    stats = raster_band_stats(input_path, band_list).with_contrast(scene_contrast) if scene_norm else None
     weights = blend_weights(size, overlap)
     positions = list(plan)
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]

@@ -285,8 +285,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if config.val:
                 raise
     def scene_stats(shards: list[Path]) -> BandStats:
-        stats = chips_band_stats(shards)
-        return stats if config.scene_contrast else stats.means_only()
+        return chips_band_stats(shards).with_contrast(config.scene_contrast)
 
     train_stats = [scene_stats(s) for s in train_shards] if config.scene_norm else None
     val_stats = [scene_stats(s) for s in val_shards] if config.scene_norm else None

@@ -63,3 +63,10 @@ def test_means_only_keeps_the_scene_contrast(austin):
     out = standardize(image, stats.means_only())
     np.testing.assert_allclose(out.reshape(-1, 3).mean(0), REFERENCE_MEAN, atol=3)
     np.testing.assert_allclose(out.reshape(-1, 3).std(0), stats.std, rtol=0.08)
+
+
+def test_with_contrast_picks_full_or_means_only_statistics(austin):
+    _, image = austin
+    stats = band_stats(image)
+    assert stats.with_contrast(True) == stats
+    assert stats.with_contrast(False) == stats.means_only() != stats
