@@ -59,17 +59,21 @@ def _pair(channels: int, groups: int) -> tuple[keras.layers.Layer, GroupNorm]:
     return plain, fast
 
 
+@pytest.mark.parametrize("images", [2, 1])  # one image takes the TensorFlow fused path
 @pytest.mark.parametrize("channels,groups,offset", [(16, 8, 0.0), (32, 8, 0.0), (12, 3, 0.0), (16, 8, 50.0)])
-def test_group_norm_equals_keras_group_normalization(channels, groups, offset):
-    features = _features(channels, offset)
+def test_group_norm_equals_keras_group_normalization(channels, groups, offset, images):
+    features = _features(channels, offset)[:images]
     plain, fast = _pair(channels, groups)
-    np.testing.assert_allclose(np.asarray(fast(features)), np.asarray(plain(features)), atol=1e-4)
+    # the fused kernel's one-pass moments lose a little on channels offset 50 standard deviations
+    atol = 5e-4 if offset and images == 1 else 1e-4
+    np.testing.assert_allclose(np.asarray(fast(features)), np.asarray(plain(features)), atol=atol)
 
 
-def test_group_norm_gradients_equal_keras_group_normalization():
+@pytest.mark.parametrize("images", [2, 1])
+def test_group_norm_gradients_equal_keras_group_normalization(images):
     import tensorflow as tf
 
-    features = tf.constant(_features(16))
+    features = tf.constant(_features(16)[:images])
     plain, fast = _pair(16, 8)
     weights = tf.constant(np.random.default_rng(3).normal(size=features.shape).astype("float32"))
     grads = []
@@ -93,3 +97,14 @@ def test_group_norm_round_trips_and_keeps_float32_statistics_under_bfloat16():
     half.set_weights(fast.get_weights())
     got = np.asarray(keras.ops.cast(half(features), "float32"))
     np.testing.assert_allclose(got, np.asarray(fast(features)), atol=0.1)
+
+
+def test_group_norm_single_image_path_traces_in_a_compiled_model():
+    import tensorflow as tf
+
+    features = _features(16)
+    plain, fast = _pair(16, 8)
+    compiled = tf.function(lambda x: fast(x))
+    for images in (1, 2):
+        np.testing.assert_allclose(np.asarray(compiled(features[:images])), np.asarray(plain(features[:images])),
+                                   atol=1e-4)
