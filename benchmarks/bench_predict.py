@@ -41,7 +41,7 @@ MODELS = {
     "unet-x4": ("unet", {"width": 16, "downsample": 4}),
 }
 REAL_RASTER = ROOT / "benchmarks" / "data" / "oam" / "zanzibar-tz" / "imagery.tif"  # z21 OAM, made by make_oam_datasets.py
-WINDOW, OVERLAP, BATCH = 1024, 64, 2  # defaults; --window / --batch change them
+WINDOW, OVERLAP, BATCH = 1024, 64, 1  # defaults; --window / --batch change them
 MODEL_ONLY_CALLS = 5  # back-to-back model calls timed for the "model only" rate
 
 sys.path.insert(0, str(ROOT))
@@ -146,8 +146,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="16,64,256,real",
                         help="raster sizes in Mpx (2^20 px) of the Austin mosaic; 'real' = the z21 Zanzibar OAM raster")
     parser.add_argument("--models", default="fcn,unet-x4,unet")
-    parser.add_argument("--max-mpx", default="unet:64",
-                        help="largest mosaic per model (full-resolution U-Net at 256 Mpx takes too long on 2 cores)")
+    parser.add_argument("--max-mpx", default="unet:256",
+                        help="largest mosaic per model, e.g. unet:64 (the full-resolution U-Net takes ~4 min at 256 Mpx)")
     parser.add_argument("--window", type=int, default=WINDOW, help="window side in pixels")
     parser.add_argument("--batch", type=int, default=BATCH, help="windows per model call")
     parser.add_argument("--append", action="store_true", help="add the rows to the existing results")

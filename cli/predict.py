@@ -26,7 +26,7 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.option("--window", default=1024, show_default=True, type=click.IntRange(16),
               help="Largest window side, pixels (shrunk to the smallest side that needs as many windows).")
 @click.option("--overlap", default=64, show_default=True, type=click.IntRange(0), help="Overlap of neighbouring windows, pixels.")
-@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(1), help="Windows per model call.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1), help="Windows per model call.")
 @click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
 @click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
 @click.option("--scene-norm/--no-scene-norm", default=None,

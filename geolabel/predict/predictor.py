@@ -285,7 +285,7 @@ def predict_raster(
     window: int = 1024,
     overlap: int = 64,
     fit_to_raster: bool = True,
-    batch_size: int = 2,
+    batch_size: int = 1,
     tta: bool = False,
     classes: ClassMap | Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
@@ -312,7 +312,9 @@ def predict_raster(
         fit_to_raster: shrink the window to the smallest side that needs as many windows
             (`fit_window`: less overlap recomputed); False runs `window` as given (Beam
             blocks, which must reproduce the whole raster's windows).
-        batch_size: windows per `predict_fn` call (a last partial batch is padded to it).
+        batch_size: windows per `predict_fn` call (a last partial batch is padded to it). One is
+            fastest on CPU: whole windows keep both cores busy, and single images take
+            `GroupNorm`'s fused path.
         tta: average over the 8 dihedral transforms (D4 test-time augmentation).
         classes: class names or a ClassMap (default: by the number of classes predicted).
         bands: 1-based input bands fed to the model (default: the first C, C from the model).
