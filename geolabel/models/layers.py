@@ -1,7 +1,6 @@
 """Reusable Keras 3 layers and initialisers of geolabel's segmentation models.
 
-Only `keras` and `keras.ops` are used, so the models run on any Keras backend; the one
-exception, a TensorFlow fast path of `GroupNorm`, falls back to `keras.ops` elsewhere.
+Only `keras` and `keras.ops` are used, so the models run on any Keras backend.
 """
 
 from __future__ import annotations
@@ -149,8 +148,6 @@ class GroupNorm(keras.layers.GroupNormalization):
             return super().call(inputs)
         gamma = ops.cast(self.gamma, "float32") if self.scale else None
         beta = ops.cast(self.beta, "float32") if self.center else None
-        if keras.backend.backend() == "tensorflow" and self.compute_dtype == "float32" and len(inputs.shape) == 4:
-            return _tf_group_norm(inputs, gamma, beta, self.groups, self.epsilon, self._normalize)
         return self._normalize(inputs, gamma, beta)
 
     def _normalize(self, inputs, gamma, beta):
@@ -162,7 +159,7 @@ class GroupNorm(keras.layers.GroupNormalization):
         channel_mean = ops.mean(stats_input, axis=1, keepdims=True)
         # centred per channel first: E[x^2] - E[x]^2 loses the variance of offset channels
         channel_variance = ops.mean(ops.square(stats_input - channel_mean), axis=1)
-        mean, variance = _group_moments(channel_mean[:, 0], channel_variance, self.groups)
+        mean, variance = group_moments(channel_mean[:, 0], channel_variance, self.groups)
         scale = ops.rsqrt(variance + self.epsilon)
         if gamma is not None:
             scale = scale * gamma
@@ -174,7 +171,7 @@ class GroupNorm(keras.layers.GroupNormalization):
         return ops.reshape(ops.cast(pixels, self.compute_dtype) * scale + shift, shape)
 
 
-def _group_moments(channel_mean, channel_variance, groups: int):
+def group_moments(channel_mean, channel_variance, groups: int):
     """Per-channel moments (..., C) -> each channel's group mean and variance (..., C)."""
     channels = channel_mean.shape[-1]
     per_group = channels // groups
@@ -185,40 +182,6 @@ def _group_moments(channel_mean, channel_variance, groups: int):
 
     mean = group_average(channel_mean)
     return mean, group_average(channel_variance + ops.square(channel_mean - mean))
-
-
-def _tf_group_norm(inputs, gamma, beta, groups: int, epsilon: float, generic):
-    """TensorFlow fast path for one image (what `geolabel predict` runs with `--batch-size 1`):
-    two fused batch-norm kernels, one for the channel moments and one for the per-channel affine,
-    ~4x faster on CPU than the generic ops at full resolution; batches take `generic`. Gradients
-    are always `generic`'s."""
-    import tensorflow as tf
-
-    channels = inputs.shape[-1]
-    ones, zeros = tf.ones(channels), tf.zeros(channels)
-    gamma = ones if gamma is None else gamma
-    beta = zeros if beta is None else beta
-
-    def fused(x, gamma, beta):
-        _, channel_mean, channel_variance = tf.compat.v1.nn.fused_batch_norm(x, ones, zeros, is_training=True)[:3]
-        count = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.float32)
-        channel_variance = channel_variance * (count - 1) / count  # the kernel returns the unbiased variance
-        mean, variance = _group_moments(channel_mean, channel_variance, groups)
-        return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=mean, variance=variance, epsilon=epsilon,
-                                                is_training=False)[0]
-
-    @tf.custom_gradient
-    def single_image(x, gamma, beta):
-        def grad(upstream):
-            with tf.GradientTape() as tape:
-                tape.watch([x, gamma, beta])
-                y = generic(x, gamma, beta)
-            return tape.gradient(y, [x, gamma, beta], output_gradients=upstream)
-
-        return fused(x, gamma, beta), grad
-
-    return tf.cond(tf.shape(inputs)[0] == 1, lambda: single_image(inputs, gamma, beta),
-                   lambda: generic(inputs, gamma, beta))
 
 
 def norm_layer(kind: str, name: str, groups: int = 8) -> keras.layers.Layer | None:

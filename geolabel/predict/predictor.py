@@ -78,6 +78,10 @@ class KerasPredictor:
         if self.backend == "tensorflow":
             import tensorflow as tf
 
+            from geolabel.predict.fused import with_fused_group_norm
+
+            model = with_fused_group_norm(model)
+
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
             @tf.function(jit_compile=self.jit_compile)
