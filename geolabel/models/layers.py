@@ -146,11 +146,6 @@ class GroupNorm(keras.layers.GroupNormalization):
     def call(self, inputs):
         if self.axis not in (-1, len(inputs.shape) - 1):
             return super().call(inputs)
-        gamma = ops.cast(self.gamma, "float32") if self.scale else None
-        beta = ops.cast(self.beta, "float32") if self.center else None
-        return self._normalize(inputs, gamma, beta)
-
-    def _normalize(self, inputs, gamma, beta):
         shape = ops.shape(inputs)
         channels = inputs.shape[-1]
         pixels = ops.reshape(inputs, (shape[0], -1, channels))
@@ -161,11 +156,11 @@ class GroupNorm(keras.layers.GroupNormalization):
         channel_variance = ops.mean(ops.square(stats_input - channel_mean), axis=1)
         mean, variance = group_moments(channel_mean[:, 0], channel_variance, self.groups)
         scale = ops.rsqrt(variance + self.epsilon)
-        if gamma is not None:
-            scale = scale * gamma
+        if self.scale:
+            scale = scale * ops.cast(self.gamma, "float32")
         shift = -mean * scale
-        if beta is not None:
-            shift = shift + beta
+        if self.center:
+            shift = shift + ops.cast(self.beta, "float32")
         scale = ops.cast(scale, self.compute_dtype)[:, None, :]
         shift = ops.cast(shift, self.compute_dtype)[:, None, :]
         return ops.reshape(ops.cast(pixels, self.compute_dtype) * scale + shift, shape)
