@@ -37,6 +37,8 @@ class FusedGroupNorm(GroupNorm):
                                                     epsilon=self.epsilon, is_training=False)[0]
 
         # batches: splitting them into single images costs more than the fused kernels save
+        if inputs.shape[0] is not None:  # a static batch (the predictor traces one shape) needs no cond
+            return single_image(inputs) if inputs.shape[0] == 1 else GroupNorm.call(self, inputs)
         return tf.cond(tf.shape(inputs)[0] == 1, lambda: single_image(inputs), lambda: GroupNorm.call(self, inputs))
 
 

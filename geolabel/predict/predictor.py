@@ -215,12 +215,20 @@ def argmax_planes(planes: np.ndarray) -> np.ndarray:
 
 
 class _Blender:
-    """Weighted sums of window probabilities in output tiles; writes a tile once no later window touches it."""
+    """Weighted sums of window probabilities in output tiles; writes a tile once no later window touches it.
+
+    Tiles hold class planes (K, h, w) plus the weight sum; each window is weighted once into a
+    reused buffer and finished tiles' buffers are recycled, so blending allocates (and
+    page-faults) nothing per window after the first row of tiles. `write(row, col, planes,
+    valid)` gets the finished tile's probability planes and may change them in place.
+    """
 
     def __init__(self, plan, tile: int, weights: np.ndarray, write: Callable[[int, int, np.ndarray, np.ndarray], None]):
         self.plan, self.tile, self.weights, self.write = plan, tile, weights, write
-        self.tiles: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.tiles: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.peak_tiles = 0
+        self._weighted: np.ndarray | None = None
+        self._free: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
         ncols = len(plan.cols)
         # the last window (row-major index) touching each tile row / tile column
         last_row: dict[int, int] = {}
@@ -236,9 +244,23 @@ class _Blender:
             for tj, j in last_col.items():
                 self.finish_after.setdefault(i * ncols + j, []).append((ti, tj))
 
+    def _tile_buffers(self, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed (K + 1, h, w) sums (class planes, then the weight sum) and an (h, w) valid mask."""
+        free = self._free.get(shape)
+        if free:
+            sums, valid = free.pop()
+            sums.fill(0.0)
+            valid.fill(False)
+            return sums, valid
+        return np.zeros(shape, np.float32), np.zeros(shape[1:], bool)
+
     def add(self, index: int, row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
         """Blend the (size, size, K) probabilities of window `index` at (row, col) in."""
         size, tile, plan = self.plan.size, self.tile, self.plan
+        k = probs.shape[-1]
+        if self._weighted is None or self._weighted.shape[0] != k:
+            self._weighted = np.empty((k, size, size), np.float32)
+        np.multiply(np.moveaxis(probs, -1, 0), self.weights, out=self._weighted)
         r_end, c_end = min(row + size, plan.height), min(col + size, plan.width)
         for ti in range(row // tile, (r_end - 1) // tile + 1):
             t_r0, t_r1 = ti * tile, min((ti + 1) * tile, plan.height)
@@ -248,19 +270,19 @@ class _Blender:
                 c0, c1 = max(col, t_c0), min(c_end, t_c1)
                 acc = self.tiles.get((ti, tj))
                 if acc is None:
-                    acc = [np.zeros((t_r1 - t_r0, t_c1 - t_c0, probs.shape[-1]), np.float32),
-                           np.zeros((t_r1 - t_r0, t_c1 - t_c0), np.float32),
-                           np.zeros((t_r1 - t_r0, t_c1 - t_c0), bool)]
-                    self.tiles[(ti, tj)] = acc
-                w = self.weights[r0 - row:r1 - row, c0 - col:c1 - col]
+                    acc = self.tiles[(ti, tj)] = self._tile_buffers((k + 1, t_r1 - t_r0, t_c1 - t_c0))
+                sums, acc_valid = acc
+                src = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
                 dst = (slice(r0 - t_r0, r1 - t_r0), slice(c0 - t_c0, c1 - t_c0))
-                acc[0][dst] += probs[r0 - row:r1 - row, c0 - col:c1 - col] * w[..., None]
-                acc[1][dst] += w
-                acc[2][dst] |= valid[r0 - row:r1 - row, c0 - col:c1 - col]
+                sums[(slice(0, k), *dst)] += self._weighted[(slice(None), *src)]
+                sums[(k, *dst)] += self.weights[src]
+                acc_valid[dst] |= valid[src]
         self.peak_tiles = max(self.peak_tiles, len(self.tiles))
         for key in self.finish_after.pop(index, ()):
-            acc = self.tiles.pop(key)
-            self.write(key[0] * tile, key[1] * tile, acc[0] / acc[1][..., None], acc[2])
+            sums, acc_valid = self.tiles.pop(key)
+            sums[:k] /= sums[k]
+            self.write(key[0] * tile, key[1] * tile, sums[:k], acc_valid)
+            self._free.setdefault(sums.shape, []).append((sums, acc_valid))
 
 
 # --------------------------------------------------------------------------- prediction
@@ -482,22 +504,21 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                 band_descriptions=list(cmap.names), overview_resampling="average",
                 **{**common, "tags": {**tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}}))
 
-            def write_tile(row: int, col: int, probs: np.ndarray, valid: np.ndarray) -> None:
+            def write_tile(row: int, col: int, planes: np.ndarray, valid: np.ndarray) -> None:
                 h, w = valid.shape
                 win = Window(col, row, w, h)
-                chw = np.ascontiguousarray(np.moveaxis(probs, -1, 0))
-                cls = argmax_planes(chw)
+                cls = argmax_planes(planes)
                 cls[~valid] = IGNORE
                 cls_w.write(cls, win)
                 if canvas is not None:
                     canvas.add_classes(row, col, cls)
                 if probability_dtype == "uint8":
-                    chw = np.clip(np.rint(chw * 255.0), 0, 255).astype(np.uint8)
-                    chw[:, ~valid] = 0
+                    scaled = np.clip(np.rint(np.multiply(planes, 255.0, out=planes), out=planes), 0, 255, out=planes)
+                    planes = scaled.astype(np.uint8)
+                    planes[:, ~valid] = 0
                 else:
-                    chw = chw.astype(np.float32)
-                    chw[:, ~valid] = np.nan
-                prob_w.write(chw, win)
+                    planes[:, ~valid] = np.nan
+                prob_w.write(planes, win)
 
             state["blender"] = _Blender(plan, tile, weights, write_tile)
 
