@@ -318,6 +318,7 @@ def main() -> None:
     if args.aligner_only:  # a longer-budget row beside the full run's results
         full = json.loads(Path(args.out).with_suffix(".json").read_text())
         full.setdefault("aligner_budgets", []).append({**results["aligner"], "command": results["command"],
+                                                       "amplitude_px": args.amplitude,
                                                        "registered_buildings": results.get("registered_buildings")})
         write_report(full, Path(args.out))
         return
@@ -400,10 +401,10 @@ def write_report(r: dict, out: Path) -> None:
     longer = r.get("aligner_budgets", [])
     if longer:
         lines += ["", "MultiscaleAligner trained longer (same model, data and test cases; `--aligner-only`):", "",
-                  "| training s | epochs of 10 steps | final loss | before mean | after mean | after/before "
-                  "| after median | after < 2 px | command |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| field peak px | training s | epochs of 10 steps | final loss | before mean | after mean | after/before "
+                  "| after median | after < 2 px | command |", "|---|---|---|---|---|---|---|---|---|---|"]
         for m in longer:
-            lines.append(f"| {m['train_s']:.0f} | {m['epochs']} | {m['final_loss']:.2f} | {m['before']['mean']:.2f} | "
+            lines.append(f"| {m.get('amplitude_px', r['amplitude_px']):g} | {m['train_s']:.0f} | {m['epochs']} | {m['final_loss']:.2f} | {m['before']['mean']:.2f} | "
                          f"{m['after']['mean']:.2f} | {m['ratio']:.2f} | {m['after']['p50']:.2f} | "
                          f"{m['after']['share_below_2px']:.1%} | `{m['command']}` |")
     checked = [m for m in longer if m.get("extra")]
@@ -413,12 +414,12 @@ def write_report(r: dict, out: Path) -> None:
                   "tolerance 0.6 m), under the same kind of random fields: there the truth sits on the imagery; "
                   "**OSM as drawn** = the held-out city's test cells with no synthetic shift, where 'after' is how far "
                   "the aligner moves the real OSM polygons, i.e. the OSM-to-imagery offset it reads.", "",
-                  "| training s | registered: buildings | before mean | after mean | after/before | after median "
+                  "| field peak px | training s | registered: buildings | before mean | after mean | after/before | after median "
                   "| after < 2 px | OSM as drawn: mean move (px) | median move |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for m in checked:
             reg, drawn = m["extra"]["registered"], m["extra"]["as_drawn"]
-            lines.append(f"| {m['train_s']:.0f} | {m.get('registered_buildings')} | {reg['before']['mean']:.2f} | "
+            lines.append(f"| {m.get('amplitude_px', r['amplitude_px']):g} | {m['train_s']:.0f} | {m.get('registered_buildings')} | {reg['before']['mean']:.2f} | "
                          f"{reg['after']['mean']:.2f} | {reg['ratio']:.2f} | {reg['after']['p50']:.2f} | "
                          f"{reg['after']['share_below_2px']:.1%} | {drawn['after']['mean']:.2f} | "
                          f"{drawn['after']['p50']:.2f} |")

@@ -15,7 +15,7 @@ from geolabel.align.data import rasterize_map
 from geolabel.atomic import atomic_path
 from geolabel.errors import InputError
 from geolabel.align.fields import undisplace
-from geolabel.progress import progress
+from geolabel.predict.windows import predict_in_tiles
 
 
 def model_stride(model: keras.Model) -> int:
@@ -34,23 +34,12 @@ def predict_field(
         image: (H, W, 3) 0-255; amap: (H, W, 3) rasterised map (fill, edge, vertex).
         tile: core tile size; margin: context kept around each tile and then cropped.
     """
-    stride = model_stride(model)
-    h, w = image.shape[:2]
-    tile = max(stride, tile // stride * stride)
-    margin = -(-margin // stride) * stride
-    ph, pw = -(-h // tile) * tile, -(-w // tile) * tile
-    pad = ((margin, ph - h + margin), (margin, pw - w + margin), (0, 0))
-    img = np.pad(image.astype(np.float32), pad, mode="edge")
-    mp = np.pad(amap.astype(np.float32), pad, mode="constant")
-    field = np.zeros((ph, pw, 2), np.float32)
-    cells = [(r, c) for r in range(0, ph, tile) for c in range(0, pw, tile)]
-    for r, c in progress(cells, desc="align", total=len(cells), unit="tile"):
-        span = tile + 2 * margin
-        x = [img[None, r : r + span, c : c + span], mp[None, r : r + span, c : c + span]]
-        out = model(x, training=False)
-        out = out["displacement"] if isinstance(out, dict) else out
-        field[r : r + tile, c : c + tile] = keras.ops.convert_to_numpy(out)[0, margin:-margin, margin:-margin]
-    return field[:h, :w]
+
+    def run(tiles: list[np.ndarray]) -> np.ndarray:
+        out = model(tiles, training=False)
+        return keras.ops.convert_to_numpy(out["displacement"] if isinstance(out, dict) else out)
+
+    return predict_in_tiles(run, [image, amap], ("edge", "constant"), tile, margin, model_stride(model), desc="align")
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from geolabel.atomic import atomic_path, write_text_atomic
 from geolabel.errors import InputError
 from geolabel.mapupdate.diff import Change, DiffParams, compare, counts
 from geolabel.mapupdate.osc import build_osc, write_osc
-from geolabel.progress import progress
+from geolabel.predict.windows import predict_in_tiles
 
 COLORS = {"new": (60, 180, 75), "missing": (230, 25, 75), "shifted": (255, 225, 25), "unchanged": (0, 130, 200)}
 
@@ -35,24 +35,16 @@ def building_probability(
     """
     two_inputs = len(getattr(model, "inputs", None) or []) == 2 or hasattr(model, "level_weights")
     stride = model_stride(model) if hasattr(model, "stride") else _stride(model)
-    h, w = image.shape[:2]
-    tile = max(stride, tile // stride * stride)
-    margin = -(-margin // stride) * stride
-    ph, pw = -(-h // tile) * tile, -(-w // tile) * tile
-    pad = ((margin, ph - h + margin), (margin, pw - w + margin), (0, 0))
-    img = np.pad(image.astype(np.float32), pad, mode="edge")
-    amap = np.pad(rasterize_map(geoms if geoms is not None else np.array([]), h, w), pad) if two_inputs else None
-    prob = np.zeros((ph, pw), np.float32)
-    cells = [(r, c) for r in range(0, ph, tile) for c in range(0, pw, tile)]
-    span = tile + 2 * margin
-    for r, c in progress(cells, desc="predict", total=len(cells), unit="tile"):
-        x = img[None, r : r + span, c : c + span]
+
+    def run(tiles: list[np.ndarray]) -> np.ndarray:
         if two_inputs:
-            out = model([x, amap[None, r : r + span, c : c + span]], training=False)["segmentation"][..., 1]
-        else:
-            out = model(x, training=False)[..., 1]
-        prob[r : r + tile, c : c + tile] = keras.ops.convert_to_numpy(out)[0, margin:-margin, margin:-margin]
-    return prob[:h, :w]
+            return keras.ops.convert_to_numpy(model(tiles, training=False)["segmentation"][..., 1])
+        return keras.ops.convert_to_numpy(model(tiles[0], training=False)[..., 1])
+
+    arrays = [image]
+    if two_inputs:
+        arrays.append(rasterize_map(geoms if geoms is not None else np.array([]), *image.shape[:2]))
+    return predict_in_tiles(run, arrays, ("edge", "constant"), tile, margin, stride)
 
 
 def _stride(model: keras.Model) -> int:

@@ -11,7 +11,14 @@ from geolabel.predict.predictor import (
     tta_predict,
     write_preview,
 )
-from geolabel.predict.windows import WindowPlan, blend_weights, fit_window, plan_windows, window_geometry
+from geolabel.predict.windows import (
+    WindowPlan,
+    blend_weights,
+    fit_window,
+    plan_windows,
+    predict_in_tiles,
+    window_geometry,
+)
 
 __all__ = [
     "KerasPredictor",
@@ -23,6 +30,7 @@ __all__ = [
     "keras_predict_fn",
     "load_model",
     "plan_windows",
+    "predict_in_tiles",
     "predict_raster",
     "render_preview",
     "tta_predict",

@@ -12,12 +12,13 @@ sum is divided by the summed weights: no seams, and pixels near a window's edge
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from geolabel.errors import InputError
+from geolabel.progress import progress
 
 EDGE_WEIGHT = 1e-3
 """Weight of a window's outermost pixels (> 0, so a pixel seen by one window only is still defined)."""
@@ -122,3 +123,49 @@ def blend_weights(size: int, overlap: int) -> np.ndarray:
         ramp[:overlap] = edge
         ramp[size - overlap:] = edge[::-1]
     return np.outer(ramp, ramp).astype(np.float32)
+
+
+def predict_in_tiles(
+    run: Callable[[list[np.ndarray]], np.ndarray],
+    arrays: Sequence[np.ndarray],
+    pad_modes: Sequence[str],
+    tile: int,
+    margin: int,
+    stride: int = 1,
+    desc: str = "predict",
+) -> np.ndarray:
+    """The per-pixel output of `run` over in-memory (H, W, C) arrays of one scene, tile by tile.
+
+    Each `tile` x `tile` cell (both rounded to `stride`) is run with `margin` pixels of
+    context around it (the arrays padded past the scene's edge with `pad_modes`, one numpy
+    pad mode per array), and only its core is kept: the result equals a whole-scene run
+    wherever the model's receptive field fits in the margin, in memory bounded by the tile.
+    For scenes that fit in memory (alignment, map update); rasters stream through
+    `predict_raster`.
+
+    Args:
+        run: list of (1, span, span, C) float32 tiles -> (1, span, span, ...) output.
+        arrays: the scene's inputs, all with the same H and W.
+        pad_modes: numpy pad mode per array ("edge", "constant", ...).
+        tile: core cell side; margin: context on each side.
+        stride: the model's input multiple.
+        desc: progress bar label.
+
+    Returns:
+        (H, W, ...) float32.
+    """
+    h, w = arrays[0].shape[:2]
+    tile = max(stride, tile // stride * stride)
+    margin = -(-margin // stride) * stride
+    ph, pw = -(-h // tile) * tile, -(-w // tile) * tile
+    pad = ((margin, ph - h + margin), (margin, pw - w + margin), (0, 0))
+    padded = [np.pad(a.astype(np.float32), pad, mode=mode) for a, mode in zip(arrays, pad_modes)]
+    span = tile + 2 * margin
+    out = None
+    for r, c in progress([(r, c) for r in range(0, ph, tile) for c in range(0, pw, tile)], desc=desc, unit="tile"):
+        result = np.asarray(run([p[None, r : r + span, c : c + span] for p in padded]), np.float32)
+        core = result[0, margin : margin + tile, margin : margin + tile]
+        if out is None:
+            out = np.zeros((ph, pw, *core.shape[2:]), np.float32)
+        out[r : r + tile, c : c + tile] = core
+    return out[:h, :w]

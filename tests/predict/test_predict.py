@@ -14,7 +14,14 @@ from rasterio.windows import Window
 from geolabel.classes import IGNORE
 from geolabel.data.raster import cog_problems
 from geolabel.errors import InputError
-from geolabel.predict import blend_weights, fit_window, keras_predict_fn, plan_windows, predict_raster
+from geolabel.predict import (
+    blend_weights,
+    fit_window,
+    keras_predict_fn,
+    plan_windows,
+    predict_in_tiles,
+    predict_raster,
+)
 from geolabel.predict.predictor import argmax_planes
 
 
@@ -96,6 +103,34 @@ def test_argmax_planes_equals_numpy_argmax_ties_included(classes):
     got = argmax_planes(planes)
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, np.argmax(planes, axis=0))
+
+
+def _box5(x: np.ndarray) -> np.ndarray:
+    """5x5 mean of (1, H, W, C) with zero padding: a receptive field of radius 2."""
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    return np.lib.stride_tricks.sliding_window_view(padded, (5, 5), axis=(1, 2)).mean(axis=(-2, -1))
+
+
+@pytest.mark.parametrize("tile, margin, stride", [(64, 8, 16), (50, 2, 1), (128, 0, 1)])
+def test_in_memory_tiles_equal_a_whole_scene_run(austin, tile, margin, stride):
+    with rasterio.open(austin) as src:
+        image = src.read().transpose(1, 2, 0).astype(np.float32)
+    amap = (image[..., :1] > 120).astype(np.float32)
+    run = lambda tiles: _box5(tiles[0])[..., :1] + _box5(tiles[1])  # noqa: E731
+
+    got = predict_in_tiles(run, [image, amap], ("edge", "constant"), tile, margin, stride)
+    assert got.shape == (*image.shape[:2], 1)
+    if margin == 0:  # no context: each tile's border sees its own padding, the cores are still exact
+        inner = np.ones(image.shape[:2], bool)
+        for edge in range(0, max(image.shape), tile):
+            inner[max(edge - 2, 0):edge + 2] = inner[:, max(edge - 2, 0):edge + 2] = False
+        inner[-2:] = inner[:, -2:] = False
+    else:  # a margin of >= 2 px holds the whole receptive field: equal everywhere
+        inner = np.ones(image.shape[:2], bool)
+    whole_image = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")[None]
+    whole_map = np.pad(amap, ((2, 2), (2, 2), (0, 0)))[None]
+    expected = (_box5(whole_image)[..., :1] + _box5(whole_map))[0, 2:-2, 2:-2]
+    np.testing.assert_allclose(got[inner], expected[inner], rtol=1e-5, atol=1e-4)
 
 
 def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
