@@ -64,9 +64,18 @@ def _pair(channels: int, groups: int) -> tuple[keras.layers.Layer, GroupNorm]:
 def test_group_norm_equals_keras_group_normalization(channels, groups, offset, images):
     features = _features(channels, offset)[:images]
     plain, fast = _pair(channels, groups)
-    # looser on one image offset 50 standard deviations (kept from the fused kernels' tolerance)
-    atol = 5e-4 if offset and images == 1 else 1e-4
-    np.testing.assert_allclose(np.asarray(fast(features)), np.asarray(plain(features)), atol=atol)
+    got = np.asarray(fast(features))
+    np.testing.assert_allclose(got, _group_norm_float64(features, fast), atol=1e-4)
+    if not offset:  # Keras' own layer is off by ~2e-4 on one image with channels 50 std from zero
+        np.testing.assert_allclose(got, np.asarray(plain(features)), atol=1e-4)
+
+
+def _group_norm_float64(features: np.ndarray, layer: GroupNorm) -> np.ndarray:
+    """The exact group normalisation of (B, H, W, C) `features` with `layer`'s weights."""
+    gamma, beta = (w.astype(np.float64) for w in layer.get_weights())
+    x = features.astype(np.float64).reshape(len(features), -1, layer.groups, features.shape[-1] // layer.groups)
+    mean, variance = x.mean(axis=(1, 3), keepdims=True), x.var(axis=(1, 3), keepdims=True)
+    return ((x - mean) / np.sqrt(variance + layer.epsilon)).reshape(features.shape) * gamma + beta
 
 
 @pytest.mark.parametrize("images", [2, 1])
