@@ -513,8 +513,9 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                 if canvas is not None:
                     canvas.add_classes(row, col, cls)
                 if probability_dtype == "uint8":
-                    scaled = np.clip(np.rint(np.multiply(planes, 255.0, out=planes), out=planes), 0, 255, out=planes)
-                    planes = scaled.astype(np.uint8)
+                    np.multiply(planes, 255.0, out=planes)  # in place: the blender's buffer is ours to change
+                    np.clip(np.rint(planes, out=planes), 0, 255, out=planes)
+                    planes = planes.astype(np.uint8)
                     planes[:, ~valid] = 0
                 else:
                     planes[:, ~valid] = np.nan

@@ -159,7 +159,7 @@ def predict_in_tiles(
     margin = -(-margin // stride) * stride
     ph, pw = -(-h // tile) * tile, -(-w // tile) * tile
     pad = ((margin, ph - h + margin), (margin, pw - w + margin), (0, 0))
-    padded = [np.pad(a.astype(np.float32), pad, mode=mode) for a, mode in zip(arrays, pad_modes)]
+    padded = [np.pad(a, pad, mode=mode).astype(np.float32, copy=False) for a, mode in zip(arrays, pad_modes)]
     span = tile + 2 * margin
     out = None
     for r, c in progress([(r, c) for r in range(0, ph, tile) for c in range(0, pw, tile)], desc=desc, unit="tile"):
