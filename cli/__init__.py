@@ -26,6 +26,7 @@ COMMANDS = {
     "models": "geolabel.cli.models:models",
     "pipeline": "geolabel.cli.pipeline:pipeline",
     "align": "geolabel.cli.align:align",
+    "align-train": "geolabel.cli.align:align_train",
     "mapupdate": "geolabel.cli.mapupdate:mapupdate",
     "polycnn-train": "geolabel.cli.polycnn:polycnn_train",
     "export": "geolabel.cli.export:export",

@@ -28,3 +28,30 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
         raise InputError("--factors", "needs at least one factor >= 1")
     summary = align_file(image, labels, model_path, out_path, downsample, steps, tile)
     click.echo(json.dumps(summary))
+
+
+@click.command("align-train")
+@click.option("--scene", "scenes", nargs=2, multiple=True, type=click.Path(), metavar="IMAGE LABELS",
+              help="An image and its (misregistered) polygons, e.g. OSM; repeatable.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of AlignerConfig options.")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(), help="Model to write (.keras; state beside it as .keras.json).")
+@click.option("--downsample", type=int, help="Average the images down by this factor (the resolution `align` will use).")
+@click.option("--amplitude", type=float, help="Largest synthetic misregistration trained on, pixels.")
+@click.option("--crop", type=int, help="Training crop side, pixels (a multiple of 64).")
+@click.option("--steps", type=int, help="Optimiser steps.")
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--seed", type=int)
+@click.option("--time-limit", "time_limit_s", type=float, help="Stop after this many seconds (resume later with --resume).")
+@click.option("--save-every", default=100, show_default=True, type=click.IntRange(1), help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the run saved at --out.")
+def align_train(scenes, config_path, out_path, time_limit_s, save_every, resume, **options) -> None:
+    """Train a multiscale alignment model on real polygons under random smooth misregistrations."""
+    from geolabel.align.training import AlignerConfig, train_aligner_files
+    from geolabel.config import load_config
+
+    config = load_config(AlignerConfig, config_path, **options)
+    state = train_aligner_files(scenes, out_path, config, resume, time_limit_s, save_every)
+    click.echo(json.dumps({"steps": state["steps"], "final_loss": state["loss"][-1] if state["loss"] else None,
+                           "seconds": round(state["seconds"], 1)}))
+    click.echo(f"wrote {out_path}")

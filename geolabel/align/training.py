@@ -6,16 +6,23 @@ so every epoch sees new crops and new random misregistrations.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
 
-from geolabel.align.data import Scene, make_batch
+from geolabel.align.data import Scene, load_scene, make_batch, within_image
+from geolabel.atomic import atomic_path, write_text_atomic
+from geolabel.errors import InputError
 from geolabel.models.align_update import AlignUpdateNet, SteppedLevelWeights
 from geolabel.models.alignment import MultiscaleAligner
 from geolabel.models.rnn_refine import RNNRefine
+from geolabel.progress import progress
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -152,3 +159,78 @@ def train_rnn_refine(
     if refine.evaluate(*val, batch_size=batch, verbose=0) >= identity_loss:
         refine.set_weights(identity)
     return history
+
+
+@dataclasses.dataclass
+class AlignerConfig:
+    """Options of `geolabel align-train` (YAML keys = field names); defaults = the benchmark's."""
+
+    downsample: int = 1
+    amplitude: float = 8.0
+    crop: int = 64
+    filters: list[int] = dataclasses.field(default_factory=lambda: [8, 8, 16])
+    focus: float = 20.0
+    batch_size: int = 8
+    steps: int = 10_000
+    learning_rate: float = 2e-3
+    seed: int = 0
+
+
+def train_aligner_files(
+    scenes: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
+    out_path: str | os.PathLike,
+    config: AlignerConfig,
+    resume: bool = False,
+    time_limit_s: float | None = None,
+    round_steps: int = 100,
+) -> dict:
+    """Train a MultiscaleAligner on (image, polygons) files and save it to `out_path` (.keras).
+
+    Only polygons wholly over imagery train it (elsewhere the image shows nothing of their
+    shift). The model and its optimiser state are saved atomically every `round_steps`
+    steps (`config.steps` is rounded up to whole rounds) with a `<out>.json` state, so an
+    interrupted run resumes where it stopped.
+    Returns that state: config, steps done, loss per round, seconds.
+    """
+    out, state_path = Path(out_path), Path(f"{out_path}.json")
+    if out.suffix != ".keras":
+        raise InputError(out_path, "the aligner is saved as a Keras file: use a .keras name")
+    if not scenes:
+        raise InputError("--scene", "give at least one IMAGE LABELS pair")
+    loaded = []
+    for image, labels in scenes:
+        scene = within_image(load_scene(image, labels, config.downsample))
+        if not len(scene.geoms):
+            raise InputError(labels, f"no polygon lies wholly over the imagery of {image}")
+        if min(scene.shape) < config.crop:
+            raise InputError(image, f"{scene.shape[1]}x{scene.shape[0]} px is smaller than the crop ({config.crop})")
+        loaded.append(scene)
+    settings = dataclasses.asdict(config)
+    if resume:
+        if not state_path.is_file() or not out.is_file():
+            raise InputError(out_path, f"nothing to resume (no {out.name} with its {state_path.name})")
+        state = json.loads(state_path.read_text())
+        if {**state["config"], "steps": config.steps} != settings:  # only the step count may grow
+            raise InputError(state_path, "--resume with a different configuration than the saved run's")
+        state["config"] = settings
+        model = keras.models.load_model(out)
+    else:
+        state = {"config": settings, "steps": 0, "loss": [], "seconds": 0.0}
+        model = MultiscaleAligner(filters=config.filters, focus=config.focus)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    data = AlignmentBatches(loaded, round_steps, config.batch_size, config.crop, config.amplitude, seed=config.seed)
+    start = time.monotonic()
+    rounds = range(state["steps"] // round_steps, -(-config.steps // round_steps))
+    for round_index in progress(rounds, desc="align-train", total=len(rounds), unit="round"):
+        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
+            break
+        data.epoch = round_index  # each round draws its own crops and fields, resumed or not
+        t0 = time.monotonic()
+        history = model.fit(data, epochs=1, verbose=0).history
+        state["steps"] += round_steps
+        state["loss"].append(float(history["loss"][-1]))
+        state["seconds"] += time.monotonic() - t0
+        with atomic_path(out, suffix=".keras") as tmp:
+            model.save(tmp)
+        write_text_atomic(state_path, json.dumps(state, indent=1))
+    return state

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import geopandas as gpd
+import keras
 import numpy as np
 import pytest
 import shapely
 
-from geolabel.align.apply import align_geometries, predict_field
+from geolabel.align.apply import align_geometries, load_alignment_model, predict_field
 from geolabel.align.fields import vertex_errors
 from geolabel.cli import main
 from geolabel.models.alignment import MultiscaleAligner
@@ -70,3 +71,42 @@ def test_align_command_errors(virac, tmp_path, capsys):
         main(["align", str(image), str(labels), "--model", str(tmp_path / "none.keras"), "-o", str(tmp_path / "x.gpkg")])
     assert exit_.value.code == 2
     assert "none.keras" in capsys.readouterr().err
+
+
+def test_align_train_command_trains_saves_and_resumes(virac, tmp_path, capsys):
+    image, labels = virac
+    out = tmp_path / "aligner.keras"
+    args = ["align-train", "--scene", str(image), str(labels), "-o", str(out), "--batch-size", "2", "--seed", "3",
+            "--save-every", "5"]
+    main([*args, "--steps", "10"])
+    first = json.loads(capsys.readouterr().out.splitlines()[-2])
+    assert first["steps"] == 10 and np.isfinite(first["final_loss"])
+    state = json.loads((tmp_path / "aligner.keras.json").read_text())
+    assert state["config"]["batch_size"] == 2 and len(state["loss"]) == 2
+    # resumed with more steps: the saved optimiser state carries on
+    main([*args, "--steps", "15", "--resume"])
+    assert json.loads(capsys.readouterr().out.splitlines()[-2])["steps"] == 15
+    model = load_alignment_model(out)
+    assert isinstance(model, MultiscaleAligner)
+    trained = keras.models.load_model(out)
+    assert int(trained.optimizer.iterations.numpy()) == 15
+    # and `geolabel align` uses it
+    main(["align", str(image), str(labels), "--model", str(out), "-o", str(tmp_path / "aligned.geojson"), "--tile", "256"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["polygons"] > 0
+
+
+def test_align_train_command_errors(virac, tmp_path, capsys):
+    image, labels = virac
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 0.001, 0.001)], crs=4326).to_file(far)
+    for args, named in [
+        (["--scene", str(image), str(far), "-o", str(tmp_path / "a.keras")], "far.geojson"),
+        (["--scene", str(image), str(labels), "-o", str(tmp_path / "a.h5")], "a.h5"),
+        (["--scene", str(image), str(labels), "-o", str(tmp_path / "b.keras"), "--resume"], "nothing to resume"),
+        (["-o", str(tmp_path / "c.keras")], "--scene"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["align-train", *args, "--steps", "1"])
+        assert exit_.value.code == 2
+        assert named in capsys.readouterr().err
+    assert not (tmp_path / "a.keras").exists()
