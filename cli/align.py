@@ -37,7 +37,7 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(), help="Model to write (.keras; state beside it as .keras.json).")
 @click.option("--downsample", type=int, help="Average the images down by this factor (the resolution `align` will use).")
 @click.option("--amplitude", type=float, help="Largest synthetic misregistration trained on, pixels.")
-@click.option("--crop", type=int, help="Training crop side, pixels (a multiple of 64).")
+@click.option("--crop", type=int, help="Training crop side, pixels (a multiple of 32, the aligner's stride).")
 @click.option("--steps", type=int, help="Optimiser steps.")
 @click.option("--batch-size", type=int)
 @click.option("--learning-rate", type=float)

@@ -163,7 +163,8 @@ def train_rnn_refine(
 
 @dataclasses.dataclass
 class AlignerConfig:
-    """Options of `geolabel align-train` (YAML keys = field names); defaults = the benchmark's."""
+    """Options of `geolabel align-train` (YAML keys = field names); model and training
+    defaults are the alignment benchmark's."""
 
     downsample: int = 1
     amplitude: float = 8.0
@@ -197,16 +198,8 @@ def train_aligner_files(
         raise InputError(out_path, "the aligner is saved as a Keras file: use a .keras name")
     if not scenes:
         raise InputError("--scene", "give at least one IMAGE LABELS pair")
-    loaded = []
-    for image, labels in scenes:
-        scene = within_image(load_scene(image, labels, config.downsample))
-        if not len(scene.geoms):
-            raise InputError(labels, f"no polygon lies wholly over the imagery of {image}")
-        if min(scene.shape) < config.crop:
-            raise InputError(image, f"{scene.shape[1]}x{scene.shape[0]} px is smaller than the crop ({config.crop})")
-        loaded.append(scene)
     settings = dataclasses.asdict(config)
-    if resume:
+    if resume:  # checked before the (slow) scene reading
         if not state_path.is_file() or not out.is_file():
             raise InputError(out_path, f"nothing to resume (no {out.name} with its {state_path.name})")
         state = json.loads(state_path.read_text())
@@ -218,6 +211,16 @@ def train_aligner_files(
         state = {"config": settings, "steps": 0, "loss": [], "seconds": 0.0}
         model = MultiscaleAligner(filters=config.filters, focus=config.focus)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    if config.crop % model.stride:
+        raise InputError("crop", f"{config.crop} is not a multiple of the aligner's stride ({model.stride})")
+    loaded = []
+    for image, labels in scenes:
+        scene = within_image(load_scene(image, labels, config.downsample))
+        if not len(scene.geoms):
+            raise InputError(labels, f"no polygon lies wholly over the imagery of {image}")
+        if min(scene.shape) < config.crop:
+            raise InputError(image, f"{scene.shape[1]}x{scene.shape[0]} px is smaller than the crop ({config.crop})")
+        loaded.append(scene)
     data = AlignmentBatches(loaded, round_steps, config.batch_size, config.crop, config.amplitude, seed=config.seed)
     start = time.monotonic()
     rounds = range(state["steps"] // round_steps, -(-config.steps // round_steps))
