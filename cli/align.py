@@ -15,7 +15,11 @@ import click
 @click.option("--downsample", default=1, show_default=True, type=click.IntRange(1), help="Average the image down by this factor first (the model's training resolution).")
 @click.option("--factors", default="1", show_default=True, help="Coarse-to-fine downsampling factors, e.g. 4,2,1.")
 @click.option("--tile", default=512, show_default=True, type=click.IntRange(32), help="Tile size for prediction.")
-def align(image: str, labels: str, model_path: str, out_path: str, downsample: int, factors: str, tile: int) -> None:
+@click.option("--tta/--no-tta", default=True, show_default=True, help="Average the field over the 8 dihedral transforms (8x the work).")
+@click.option("--smooth", type=click.FloatRange(0), help="Width (px) of the Gaussian that pools the field over neighbouring "
+              "buildings; 0 = off. Default: geolabel.align.apply.SMOOTH_PX, chosen on validation data.")
+def align(image: str, labels: str, model_path: str, out_path: str, downsample: int, factors: str, tile: int,
+          tta: bool, smooth: float | None) -> None:
     """Align the polygons of LABELS to IMAGE and write them to --out."""
     from geolabel.align.apply import align_file
     from geolabel.errors import InputError
@@ -26,7 +30,8 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
         raise InputError("--factors", f"expected comma-separated integers, got {factors!r}") from None
     if not steps or min(steps) < 1:
         raise InputError("--factors", "needs at least one factor >= 1")
-    summary = align_file(image, labels, model_path, out_path, downsample, steps, tile)
+    pooling = {} if smooth is None else {"smooth": smooth}
+    summary = align_file(image, labels, model_path, out_path, downsample, steps, tile, tta=tta, **pooling)
     click.echo(json.dumps(summary))
 
 

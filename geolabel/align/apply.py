@@ -11,11 +11,18 @@ import keras
 import numpy as np
 import shapely
 
+from scipy import ndimage
+
 from geolabel.align.data import rasterize_map
+from geolabel.align.fields import smooth_field, undisplace
 from geolabel.atomic import atomic_path
 from geolabel.errors import InputError
-from geolabel.align.fields import undisplace
+from geolabel.predict.predictor import tta_predict
 from geolabel.predict.windows import predict_in_tiles
+
+SMOOTH_PX = 6.0
+"""Default width (pixels) of the Gaussian that pools the field over neighbouring buildings;
+chosen on validation sets other than the benchmark's test city (benchmarks/results/alignment.md)."""
 
 
 def model_stride(model: keras.Model) -> int:
@@ -24,7 +31,7 @@ def model_stride(model: keras.Model) -> int:
 
 
 def predict_field(
-    model: keras.Model, image: np.ndarray, amap: np.ndarray, tile: int = 512, margin: int = 32
+    model: keras.Model, image: np.ndarray, amap: np.ndarray, tile: int = 512, margin: int = 32, tta: bool = False
 ) -> np.ndarray:
     """The aligning field (H, W, 2) of a whole image, predicted on overlapping tiles.
 
@@ -33,13 +40,22 @@ def predict_field(
             `displacement`, or the field itself, from `[image, map]`).
         image: (H, W, 3) 0-255; amap: (H, W, 3) rasterised map (fill, edge, vertex).
         tile: core tile size; margin: context kept around each tile and then cropped.
+        tta: average the 8 dihedral transforms of each tile (8x the work): the model's
+            errors, and any pull in one direction, partly cancel.
     """
 
     def run(tiles: list[np.ndarray]) -> np.ndarray:
         out = model(tiles, training=False)
         return keras.ops.convert_to_numpy(out["displacement"] if isinstance(out, dict) else out)
 
-    return predict_in_tiles(run, [image, amap], ("edge", "constant"), tile, margin, model_stride(model), desc="align")
+    predict = (lambda tiles: tta_predict(run, tiles, vectors=True)) if tta else run
+    return predict_in_tiles(predict, [image, amap], ("edge", "constant"), tile, margin, model_stride(model), desc="align")
+
+
+def map_support(amap: np.ndarray, radius: int = 4) -> np.ndarray:
+    """(H, W) 1 within `radius` pixels of the rasterised map's content, else 0: where the
+    image can show the field."""
+    return ndimage.maximum_filter(amap.max(axis=-1), size=2 * radius + 1)
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -54,12 +70,16 @@ def align_geometries(
     geoms: np.ndarray,
     factors: tuple[int, ...] = (1,),
     tile: int = 512,
+    tta: bool = True,
+    smooth: float = SMOOTH_PX,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Move each polygon's vertices by the predicted field, coarse to fine.
 
     At each downsampling factor (e.g. (4, 2, 1) for a single-scale AlignUpdateNet; (1,)
     for the MultiscaleAligner, which chains scales inside) the image is averaged down,
-    the current polygons are rasterised on that grid, the field is predicted and the
+    the current polygons are rasterised on that grid, the field is predicted (averaged
+    over the 8 dihedral transforms with `tta`), pooled over neighbouring buildings
+    (`smooth_field`, a Gaussian of `smooth` full-resolution pixels; 0 = off) and the
     vertices moved. Returns the aligned geometries (pixel coordinates of `image`) and the
     last full-resolution field.
     """
@@ -69,7 +89,8 @@ def align_geometries(
         small = _block_mean(image, factor) if factor > 1 else image.astype(np.float32)
         coarse = shapely.transform(current, lambda pts, f=factor: pts / f)
         amap = rasterize_map(coarse, small.shape[0], small.shape[1])
-        field_c = predict_field(model, small, amap, tile=tile)
+        field_c = predict_field(model, small, amap, tile=tile, tta=tta)
+        field_c = smooth_field(field_c, map_support(amap), smooth / factor)
         current = shapely.transform(undisplace(coarse, field_c), lambda pts, f=factor: pts * f)
         if factor == 1:
             field = field_c
@@ -97,8 +118,12 @@ def align_file(
     downsample: int = 1,
     factors: tuple[int, ...] = (1,),
     tile: int = 512,
+    tta: bool = True,
+    smooth: float = SMOOTH_PX,
 ) -> dict:
     """Align a vector file's polygons to an image and write them (same attributes, input CRS).
+
+    `tta` and `smooth` as in `align_geometries`.
 
     Returns a summary: polygon count and the mean / max vertex move in pixels and metres.
     """
@@ -110,7 +135,7 @@ def align_file(
     frame, geoms = read_polygons(labels_path, crs)
     source_crs = gpd.read_file(labels_path, rows=1).crs
     pixels = to_pixels(geoms, transform)
-    aligned, _ = align_geometries(model, image, pixels, factors=factors, tile=tile)
+    aligned, _ = align_geometries(model, image, pixels, factors=factors, tile=tile, tta=tta, smooth=smooth)
     moves = vertex_errors(pixels, aligned) if len(pixels) else np.zeros(0)
     frame = frame.set_geometry(list(to_crs(aligned, transform)), crs=crs).to_crs(source_crs)
     out = Path(out_path)

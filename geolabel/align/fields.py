@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 from affine import Affine
+from scipy import ndimage
 
 
 def random_smooth_field(
@@ -79,6 +80,24 @@ def undisplace(geoms: np.ndarray, field: np.ndarray, iterations: int = 5) -> np.
         return p
 
     return shapely.transform(geoms, solve)
+
+
+def smooth_field(field: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """The field averaged over a Gaussian of `sigma` pixels, each pixel counted by its weight.
+
+    A normalised convolution: the field is only seen where the image shows map content
+    (buildings), so elsewhere it borrows from the nearest evidence, and each building's
+    vectors are pooled with its neighbours' (misregistration varies slowly; one building's
+    reading is noisy). A constant field is unchanged. `sigma` <= 0 returns `field`.
+
+    Args:
+        weights: (H, W) >= 0, e.g. 1 near map content and 0 elsewhere.
+    """
+    if sigma <= 0:
+        return field
+    w = np.asarray(weights, np.float32) + 1e-3  # a floor keeps empty areas defined
+    num = ndimage.gaussian_filter(field * w[..., None], (sigma, sigma, 0))
+    return (num / ndimage.gaussian_filter(w, sigma)[..., None]).astype(np.float32)
 
 
 def to_pixels(geoms: np.ndarray, transform: Affine) -> np.ndarray:

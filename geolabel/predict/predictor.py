@@ -147,12 +147,31 @@ def _d4_inverse(batch: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(batch, -(k % 4), axes=(1, 2))
 
 
-def tta_predict(predict_fn: PredictFn, batch: np.ndarray) -> np.ndarray:
-    """Mean of `predict_fn` over the 8 dihedral transforms of square windows, mapped back."""
+def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:
+    """Turn (dx, dy) vectors predicted under transform k back to the untransformed frame."""
+    dx, dy = field[..., 0], field[..., 1]
+    if k >= 4:
+        dx = -dx
+    for _ in range(k % 4):  # a quarter turn maps (dx, dy) to (dy, -dx); undo it
+        dx, dy = -dy, dx
+    return np.stack([dx, dy], axis=-1)
+
+
+def tta_predict(predict_fn: PredictFn | Callable[[list[np.ndarray]], np.ndarray], inputs: np.ndarray | list[np.ndarray], vectors: bool = False) -> np.ndarray:
+    """Mean of `predict_fn` over the 8 dihedral transforms of square windows, mapped back.
+
+    Args:
+        inputs: a (B, H, W, C) batch, or a list of them transformed alike (image and map).
+        vectors: the output is a displacement field (dx, dy): its vectors turn with the
+            windows, so a bias in a fixed direction averages out instead of adding up.
+    """
     total = None
     for k in range(8):
-        probs = _d4_inverse(np.asarray(predict_fn(_d4(batch, k)), np.float32), k)
-        total = probs.copy() if total is None else total + probs
+        x = [_d4(a, k) for a in inputs] if isinstance(inputs, (list, tuple)) else _d4(inputs, k)
+        out = _d4_inverse(np.asarray(predict_fn(x), np.float32), k)
+        if vectors:
+            out = _d4_vectors_inverse(out, k)
+        total = out.copy() if total is None else total + out
     return total / 8.0
 
 

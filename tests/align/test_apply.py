@@ -43,10 +43,44 @@ def test_untrained_chain_is_the_identity(virac_scene):
 def test_constant_field_moves_every_vertex_coarse_to_fine(virac_scene):
     model = constant_field_aligner(2.0, 1.0)
     geoms = virac_scene.geoms[:10]
-    aligned, _ = align_geometries(model, virac_scene.image, geoms, factors=(2, 1), tile=256)
+    aligned, _ = align_geometries(model, virac_scene.image, geoms, factors=(2, 1), tile=256, tta=False)
     # the factor-2 pass moves by 2 x (2, 1) pixels, the full-resolution pass by (2, 1) more
     expected = shapely.get_coordinates(geoms) - 3 * np.array([2.0, 1.0])
     assert np.allclose(shapely.get_coordinates(aligned), expected, atol=1e-4)
+
+
+class CentroidReader:
+    """An exactly rotation- and flip-equivariant stand-in for an aligner: the field everywhere
+    is the offset of the map's fill from the bright pixels of the image (centroid to centroid)."""
+
+    stride = 1
+
+    def __call__(self, tiles, training=False):
+        image, amap = tiles
+        bright = (image[..., 0] > 127).astype("float64")
+        fill = amap[..., 0].astype("float64")
+        rows, cols = np.mgrid[0 : image.shape[1], 0 : image.shape[2]]
+
+        def centroid(mask):
+            return np.array([(mask * cols).sum(), (mask * rows).sum()]) / mask.sum()
+
+        field = np.zeros((*image.shape[:3], 2), "float32")
+        for b in range(image.shape[0]):
+            field[b] = centroid(fill[b]) - centroid(bright[b])
+        return field
+
+
+def test_d4_averaging_keeps_an_equivariant_reading_and_cancels_a_fixed_pull():
+    image = np.zeros((96, 96, 3), "float32")
+    image[30:50, 20:44] = 255.0
+    drawn = np.array([shapely.box(23, 28, 47, 48)], dtype=object)  # the map is off by (+3, -2)
+    for tta in (False, True):
+        aligned, field = align_geometries(CentroidReader(), image, drawn, tile=96, tta=tta, smooth=0.0)
+        assert np.allclose(field, [3.0, -2.0], atol=1e-4)
+        assert np.allclose(shapely.get_coordinates(aligned), shapely.get_coordinates(shapely.box(20, 30, 44, 50)), atol=1e-3)
+    # a pull in one fixed direction, whatever the inputs, turns with the 8 transforms and cancels
+    pulled = predict_field(constant_field_aligner(1.5, -0.5), image, np.zeros_like(image), tile=64, tta=True)
+    assert np.allclose(pulled, 0.0, atol=1e-5)
 
 
 def test_align_command(virac, tmp_path, capsys):
@@ -54,7 +88,8 @@ def test_align_command(virac, tmp_path, capsys):
     model = constant_field_aligner(0.0, 3.0)
     model.save(tmp_path / "aligner.keras")
     out = tmp_path / "aligned.gpkg"
-    main(["align", str(image), str(labels), "--model", str(tmp_path / "aligner.keras"), "-o", str(out), "--tile", "256"])
+    main(["align", str(image), str(labels), "--model", str(tmp_path / "aligner.keras"), "-o", str(out), "--tile", "256",
+          "--no-tta"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     src, got = gpd.read_file(labels), gpd.read_file(out)
     assert summary["polygons"] == len(got) >= len(src)

@@ -10,6 +10,7 @@ from geolabel.align.fields import (
     displace,
     random_smooth_field,
     sample_field,
+    smooth_field,
     to_crs,
     to_pixels,
     undisplace,
@@ -59,3 +60,18 @@ def test_pixel_crs_round_trip():
     crs = to_crs(SQUARES, t)
     assert shapely.get_coordinates(crs)[0].tolist() == [1000.0 + 0.3 * 20, 5000.0 - 0.3 * 10]
     assert np.allclose(shapely.get_coordinates(to_pixels(crs, t)), shapely.get_coordinates(SQUARES))
+
+
+def test_smooth_field_keeps_a_constant_field_and_fills_from_evidence():
+    const = np.broadcast_to(np.array([1.5, -2.0], np.float32), (40, 60, 2)).copy()
+    weights = np.zeros((40, 60), np.float32)
+    weights[10:20, 10:30] = 1.0
+    assert np.allclose(smooth_field(const, weights, 6.0), const, atol=1e-5)
+    # evidence (weight 1) says (3, 0); elsewhere the unseen field is noise: pooled, the area
+    # beside the evidence takes the evidence's value instead of the noise
+    noisy = np.random.default_rng(0).normal(0, 3, (40, 60, 2)).astype(np.float32)
+    noisy[10:20, 10:30] = [3.0, 0.0]
+    out = smooth_field(noisy, weights, 4.0)
+    assert np.allclose(out[12:18, 12:28], [3.0, 0.0], atol=0.05)
+    assert np.allclose(out[22, 15:25], [3.0, 0.0], atol=0.3)
+    assert smooth_field(noisy, weights, 0.0) is noisy
