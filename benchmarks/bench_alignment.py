@@ -304,7 +304,7 @@ def run_aligner(scenes: list, cases: list, args: argparse.Namespace, budget: flo
     aligner = MultiscaleAligner(filters=(8, 8, 16), focus=20.0)
     t0 = time.time()
     hist = train_aligner(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
-                         max_amplitude=args.amplitude, learning_rate=2e-3, time_limit_s=budget)
+                         max_amplitude=args.amplitude, learning_rate=2e-3, seed=args.seed, time_limit_s=budget)
     train_s = time.time() - t0
     before, after = eval_alignment(aligner, cases)  # PLAIN, as every trained row
     if args.save:
@@ -327,6 +327,7 @@ def main() -> None:
     ap.add_argument("--downsample", type=int, default=2, help="of the z20 (~15 cm) mosaics")
     ap.add_argument("--trials", type=int, default=2, help="random fields per 256 px test cell")
     ap.add_argument("--crop", type=int, default=64, help="training crop size, px")
+    ap.add_argument("--seed", type=int, default=0, help="weights and training batches (test cases stay fixed)")
     ap.add_argument("--save", help="also save the trained MultiscaleAligner here (.keras)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (smoke run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "alignment"))
@@ -342,7 +343,7 @@ def main() -> None:
         return
     budget = 8.0 if args.quick else args.budget
     t_start = time.time()
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="bench-align-"))
     scenes = {}
     for city in (*TRAIN, TEST):
