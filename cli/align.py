@@ -13,7 +13,8 @@ import click
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Saved .keras MultiscaleAligner or AlignUpdateNet.")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(), help="Corrected vectors (.gpkg or .geojson).")
 @click.option("--downsample", default=1, show_default=True, type=click.IntRange(1), help="Average the image down by this factor first (the model's training resolution).")
-@click.option("--factors", default="1", show_default=True, help="Coarse-to-fine downsampling factors, e.g. 4,2,1.")
+@click.option("--factors", help="Passes as coarse-to-fine downsampling factors, e.g. 4,2,1 or 1 (one full-resolution "
+              "pass). Default: geolabel.align.apply.FACTORS (two full-resolution passes).")
 @click.option("--tile", default=512, show_default=True, type=click.IntRange(32), help="Tile size for prediction.")
 @click.option("--tta/--no-tta", default=True, show_default=True, help="Average the field over the 8 dihedral transforms (8x the work).")
 @click.option("--smooth", type=click.FloatRange(0), help="Width (px) of the Gaussian that pools the field over neighbouring "
@@ -24,14 +25,17 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
     from geolabel.align.apply import align_file
     from geolabel.errors import InputError
 
-    try:
-        steps = tuple(int(f) for f in factors.split(",") if f.strip())
-    except ValueError:
-        raise InputError("--factors", f"expected comma-separated integers, got {factors!r}") from None
-    if not steps or min(steps) < 1:
-        raise InputError("--factors", "needs at least one factor >= 1")
-    pooling = {} if smooth is None else {"smooth": smooth}
-    summary = align_file(image, labels, model_path, out_path, downsample, steps, tile, tta=tta, **pooling)
+    options = {"tta": tta}
+    if smooth is not None:
+        options["smooth"] = smooth
+    if factors is not None:
+        try:
+            options["factors"] = tuple(int(f) for f in factors.split(",") if f.strip())
+        except ValueError:
+            raise InputError("--factors", f"expected comma-separated integers, got {factors!r}") from None
+        if not options["factors"] or min(options["factors"]) < 1:
+            raise InputError("--factors", "needs at least one factor >= 1")
+    summary = align_file(image, labels, model_path, out_path, downsample, tile=tile, **options)
     click.echo(json.dumps(summary))
 
 

@@ -28,9 +28,9 @@ def _label_alignment(model_path: str, downsample: int):
         return {"model": model_path, "model_sha256": digest, "downsample": downsample,
                 **align_file(imagery, labels_in, model_path, labels_out, downsample=downsample)}
 
-    from geolabel.align.apply import SMOOTH_PX  # the defaults align_file runs with, so a change re-aligns
+    from geolabel.align.apply import FACTORS, SMOOTH_PX  # align_file's defaults: a change re-aligns
 
-    return LabelAlignment(key=f"{digest}:{downsample}:d4:{SMOOTH_PX:g}", run=run)
+    return LabelAlignment(key=f"{digest}:{downsample}:{FACTORS}:d4:{SMOOTH_PX:g}", run=run)
 
 
 @click.command()

@@ -10,7 +10,6 @@ import geopandas as gpd
 import keras
 import numpy as np
 import shapely
-
 from scipy import ndimage
 
 from geolabel.align.data import rasterize_map
@@ -20,9 +19,12 @@ from geolabel.errors import InputError
 from geolabel.predict.predictor import tta_predict
 from geolabel.predict.windows import predict_in_tiles
 
-SMOOTH_PX = 6.0
-"""Default width (pixels) of the Gaussian that pools the field over neighbouring buildings;
-chosen on validation sets other than the benchmark's test city (benchmarks/results/alignment.md)."""
+FACTORS = (1, 1)
+"""Default passes: two at full resolution, the second correcting what the first left."""
+SMOOTH_PX = 24.0
+"""Default width (pixels) of the Gaussian that pools the field over neighbouring buildings.
+With FACTORS, chosen on validation sets other than the benchmark's test city
+(benchmarks/results/alignment.md)."""
 
 
 def model_stride(model: keras.Model) -> int:
@@ -68,7 +70,7 @@ def align_geometries(
     model: keras.Model,
     image: np.ndarray,
     geoms: np.ndarray,
-    factors: tuple[int, ...] = (1,),
+    factors: tuple[int, ...] = FACTORS,
     tile: int = 512,
     tta: bool = True,
     smooth: float = SMOOTH_PX,
@@ -76,7 +78,7 @@ def align_geometries(
     """Move each polygon's vertices by the predicted field, coarse to fine.
 
     At each downsampling factor (e.g. (4, 2, 1) for a single-scale AlignUpdateNet; (1,)
-    for the MultiscaleAligner, which chains scales inside) the image is averaged down,
+    or (1, 1) for the MultiscaleAligner, which chains scales inside) the image is averaged down,
     the current polygons are rasterised on that grid, the field is predicted (averaged
     over the 8 dihedral transforms with `tta`), pooled over neighbouring buildings
     (`smooth_field`, a Gaussian of `smooth` full-resolution pixels; 0 = off) and the
@@ -116,16 +118,17 @@ def align_file(
     model_path: str | os.PathLike,
     out_path: str | os.PathLike,
     downsample: int = 1,
-    factors: tuple[int, ...] = (1,),
+    factors: tuple[int, ...] = FACTORS,
     tile: int = 512,
     tta: bool = True,
     smooth: float = SMOOTH_PX,
 ) -> dict:
     """Align a vector file's polygons to an image and write them (same attributes, input CRS).
 
-    `tta` and `smooth` as in `align_geometries`.
+    `factors`, `tta` and `smooth` as in `align_geometries`.
 
-    Returns a summary: polygon count and the mean / max vertex move in pixels and metres.
+    Returns a summary: polygon count, the mean / max vertex move in pixels and metres, and
+    the inference settings.
     """
     from geolabel.align.data import read_image, read_polygons
     from geolabel.align.fields import to_crs, to_pixels, vertex_errors
@@ -151,4 +154,7 @@ def align_file(
         "mean_move_px": float(moves.mean()) if moves.size else 0.0,
         "max_move_px": float(moves.max()) if moves.size else 0.0,
         "mean_move_m": float(moves.mean() * res) if moves.size else 0.0,
+        "factors": list(factors),
+        "tta": bool(tta),
+        "smooth_px": float(smooth),
     }

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import shapely
 
-from geolabel.align.apply import align_geometries, load_alignment_model, predict_field
+from geolabel.align.apply import SMOOTH_PX, align_geometries, load_alignment_model, predict_field
 from geolabel.align.fields import vertex_errors
 from geolabel.cli import main
 from geolabel.models.alignment import MultiscaleAligner
@@ -75,7 +75,7 @@ def test_d4_averaging_keeps_an_equivariant_reading_and_cancels_a_fixed_pull():
     image[30:50, 20:44] = 255.0
     drawn = np.array([shapely.box(23, 28, 47, 48)], dtype=object)  # the map is off by (+3, -2)
     for tta in (False, True):
-        aligned, field = align_geometries(CentroidReader(), image, drawn, tile=96, tta=tta, smooth=0.0)
+        aligned, field = align_geometries(CentroidReader(), image, drawn, factors=(1,), tile=96, tta=tta, smooth=0.0)
         assert np.allclose(field, [3.0, -2.0], atol=1e-4)
         assert np.allclose(shapely.get_coordinates(aligned), shapely.get_coordinates(shapely.box(20, 30, 44, 50)), atol=1e-3)
     # a pull in one fixed direction, whatever the inputs, turns with the 8 transforms and cancels
@@ -89,11 +89,12 @@ def test_align_command(virac, tmp_path, capsys):
     model.save(tmp_path / "aligner.keras")
     out = tmp_path / "aligned.gpkg"
     main(["align", str(image), str(labels), "--model", str(tmp_path / "aligner.keras"), "-o", str(out), "--tile", "256",
-          "--no-tta"])
+          "--no-tta", "--factors", "1"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     src, got = gpd.read_file(labels), gpd.read_file(out)
     assert summary["polygons"] == len(got) >= len(src)
-    assert summary["mean_move_px"] == pytest.approx(3.0, abs=1e-3)
+    assert summary["mean_move_px"] == pytest.approx(3.0, abs=1e-3)  # pooling keeps a constant field
+    assert summary["tta"] is False and summary["smooth_px"] == SMOOTH_PX and summary["factors"] == [1]
     assert got.crs == src.crs and "osm_id" in got
     # moved 3 pixels up (north) on a ~0.3 m grid
     dy = got.to_crs(3857).geometry.centroid.y.values - src.explode(index_parts=False).to_crs(3857).geometry.centroid.y.values
