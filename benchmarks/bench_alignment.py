@@ -567,7 +567,7 @@ def write_report(r: dict, out: Path) -> None:
                 lines.append(f"| {g['inference']} | " + " | ".join(f"{g['ratios'][n]:.3f}" for n in sets)
                              + f" | {g['mean']:.3f} |")
             lines += ["", f"Selected (lowest mean): **{m['selected']}**; the library default: {m['default']}. The "
-                      "widest pooling of the grid won: the chain's single-building readings are noisier than the "
+                      "widest pooling of the grid won (wider was not tried): the chain's single-building readings are noisier than the "
                       "misregistration varies, and wider pooling also averages away each building's own offset in "
                       "OSM or the mask; it blurs corrections that differ between neighbouring buildings "
                       "(`--smooth` sets it, `--factors 1` runs one pass)."]
