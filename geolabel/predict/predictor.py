@@ -157,7 +157,11 @@ def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:
     return np.stack([dx, dy], axis=-1)
 
 
-def tta_predict(predict_fn: PredictFn | Callable[[list[np.ndarray]], np.ndarray], inputs: np.ndarray | list[np.ndarray], vectors: bool = False) -> np.ndarray:
+def tta_predict(
+    predict_fn: PredictFn | Callable[[list[np.ndarray]], np.ndarray],
+    inputs: np.ndarray | list[np.ndarray],
+    vectors: bool = False,
+) -> np.ndarray:
     """Mean of `predict_fn` over the 8 dihedral transforms of square windows, mapped back.
 
     Args:
