@@ -141,28 +141,21 @@ def test_crops(scene: Scene, amplitude: float, trials: int, seed: int, size: int
     return cases
 
 
-def eval_alignment(model, cases, inference=PLAIN) -> tuple[np.ndarray, np.ndarray]:
-    before, after = [], []
+def eval_alignment(model, cases, inference=PLAIN, consistency: bool = False):
+    """Per vertex: the synthetic shift, the error left against the truth, and with `consistency`
+    (else None) the distance between where the aligner puts the shifted map and where it puts
+    the map as drawn: OSM's own offset from the imagery cancels out, so an aligner that reads
+    the imagery exactly scores 0 whatever that offset is."""
+    before, after, residual = [], [], []
     for image, geoms, field in cases:
         moved = displace(geoms, field)
         aligned, _ = align_geometries(model, image, moved, tile=256, **inference)
         before.append(vertex_errors(geoms, moved))
         after.append(vertex_errors(geoms, aligned))
-    return np.concatenate(before), np.concatenate(after)
-
-
-def eval_consistency(model, cases, inference=PLAIN) -> tuple[np.ndarray, np.ndarray]:
-    """Per vertex: the synthetic shift, and the distance between where the aligner puts the
-    shifted map and where it puts the map as drawn. OSM's own offset from the imagery cancels
-    out: an aligner that reads the imagery exactly scores 0 whatever that offset is."""
-    shifts, residual = [], []
-    for image, geoms, field in cases:
-        moved = displace(geoms, field)
-        from_moved, _ = align_geometries(model, image, moved, tile=256, **inference)
-        from_drawn, _ = align_geometries(model, image, geoms, tile=256, **inference)
-        shifts.append(vertex_errors(geoms, moved))
-        residual.append(vertex_errors(from_drawn, from_moved))
-    return np.concatenate(shifts), np.concatenate(residual)
+        if consistency:
+            from_drawn, _ = align_geometries(model, image, geoms, tile=256, **inference)
+            residual.append(vertex_errors(from_drawn, aligned))
+    return np.concatenate(before), np.concatenate(after), np.concatenate(residual) if consistency else None
 
 
 def label(inference: dict) -> str:
@@ -178,16 +171,16 @@ def eval_inference(model_path: str, cases: list, validation: dict[str, list], tr
     model = load_alignment_model(model_path)
     rows = {}
     for name, inference in (("plain", PLAIN), ("d4", {**PLAIN, "tta": True}), ("default", DEFAULT)):
-        before, after = eval_alignment(model, cases, inference=inference)
+        before, after, residual = eval_alignment(model, cases, inference, consistency=name == "default")
         rows[name] = {"inference": label(inference), "before": stats(before), "after": stats(after),
                       "ratio": float(after.mean() / before.mean()), "histogram": histogram(before, after)}
-    b, a = eval_consistency(model, cases, inference=DEFAULT)
-    rows["default"]["consistency"] = float(a.mean() / b.mean())
+        if residual is not None:
+            rows[name]["consistency"] = float(residual.mean() / before.mean())
     grid = []
     for inference in GRID if validation else []:
         ratios = {}
         for name, more in validation.items():
-            before, after = eval_alignment(model, more, inference=inference)
+            before, after, _ = eval_alignment(model, more, inference)
             ratios[name] = float(after.mean() / before.mean())
         grid.append({"inference": label(inference), "ratios": ratios, "mean": float(np.mean(list(ratios.values())))})
     return {"model": model_path, "trained_by": trained_by, "rows": rows, "grid": grid,
@@ -297,12 +290,14 @@ def run_aligner(scenes: list, cases: list, args: argparse.Namespace, budget: flo
     hist = train_aligner(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
                          max_amplitude=args.amplitude, learning_rate=2e-3, seed=args.seed, time_limit_s=budget)
     train_s = time.time() - t0
-    before, after = eval_alignment(aligner, cases)  # PLAIN, as every trained row
+    extra_cases = extra_cases or {}
+    # PLAIN, as every trained row; the consistency set is the test cases themselves
+    before, after, residual = eval_alignment(aligner, cases, consistency="consistency" in extra_cases)
     if args.save:
         aligner.save(args.save)
     extra = {}
-    for name, more in (extra_cases or {}).items():
-        b, a = (eval_consistency if name == "consistency" else eval_alignment)(aligner, more)  # PLAIN
+    for name, more in extra_cases.items():
+        b, a = (before, residual) if name == "consistency" else eval_alignment(aligner, more)[:2]
         extra[name] = {"cases": len(more), "vertices": int(b.size), "before": stats(b), "after": stats(a),
                        "ratio": float(a.mean() / b.mean()) if b.mean() else None, "histogram": histogram(b, a)}
     return {"train_s": train_s, "budget_s": budget, "epochs": len(hist["loss"]),
@@ -399,7 +394,7 @@ def main() -> None:
     t0 = time.time()
     hist = train_align_update(au, align_train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
                               keep_fraction=0.5, learning_rate=1e-3, time_limit_s=budget)
-    before_u, after_u = eval_alignment(au, cases)
+    before_u, after_u, _ = eval_alignment(au, cases)
     results["align_update"] = {"train_s": time.time() - t0, "epochs": len(hist["loss"]), "final_loss": hist["loss"][-1],
                                "before": stats(before_u), "after": stats(after_u),
                                "ratio": float(after_u.mean() / before_u.mean()),

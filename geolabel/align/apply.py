@@ -88,7 +88,7 @@ def align_geometries(
     current = np.asarray(geoms, dtype=object)
     field = np.zeros((*image.shape[:2], 2), np.float32)
     for factor in factors:
-        small = _block_mean(image, factor) if factor > 1 else image.astype(np.float32)
+        small = _block_mean(image, factor) if factor > 1 else image  # tiles are cast to float32 anyway
         coarse = shapely.transform(current, lambda pts, f=factor: pts / f)
         amap = rasterize_map(coarse, small.shape[0], small.shape[1])
         field_c = predict_field(model, small, amap, tile=tile, tta=tta)
