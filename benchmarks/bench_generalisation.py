@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,20 +61,21 @@ def city_dataset(city: str) -> Path:
 
 
 def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 2048, margin: int = 256,
-                 tta: bool = False) -> np.ndarray:
-    """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins.
+                 tta: bool = False, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins,
+    and the building probability of every pixel (uint8, x 255).
 
     `tta` averages the 8 dihedral transforms of every tile (inference only: the training
-    budget is unchanged).
+    budget is unchanged). The model runs as `geolabel predict` runs it (`KerasPredictor`).
     """
     from geolabel.metrics import confusion_matrix
-    from geolabel.models import stride_of
-    from geolabel.predict import tta_predict
+    from geolabel.predict import KerasPredictor, tta_predict
 
-    stride = stride_of(model)
+    run = KerasPredictor(model, precision=precision)
+    stride = run.stride
     h, w = labels.shape
     confusion = np.zeros((2, 2), np.int64)
-    run = lambda x: model(x, training=False)  # noqa: E731
+    building = np.zeros((h, w), np.uint8)
     core = window - 2 * margin
     for r in range(0, h, core):
         for c in range(0, w, core):
@@ -86,14 +88,64 @@ def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 204
             ph, pw = -tile.shape[0] % stride, -tile.shape[1] % stride
             tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
             batch = tile[None].astype("float32")
-            probs = (tta_predict(run, batch) if tta else np.asarray(run(batch)))[0]
-            pred = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]].argmax(-1)
-            confusion += confusion_matrix(lab, pred, 2)
-    return confusion
+            probs = (tta_predict(run, batch) if tta else run(batch))[0]
+            core_probs = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]]
+            confusion += confusion_matrix(lab, core_probs.argmax(-1), 2)
+            building[r : r + core, c : c + core] = np.round(core_probs[..., 1] * 255).astype(np.uint8)
+    return confusion, building
+
+
+def training_config(args: argparse.Namespace, datasets: list[str], seed: int):
+    """The preset (what `geolabel train` runs with no flags) with this run's flags on top."""
+    from geolabel.train import preset_config
+
+    steps_per_epoch = None
+    if args.steps is not None:
+        steps_per_epoch = max(args.steps // (args.epochs or preset_config(args.preset).epochs), 1)
+    scene_contrast = False if args.scene_means_only else args.scene_contrast
+    return preset_config(
+        args.preset, None,
+        model=args.model, model_config=json.loads(args.model_config) if args.model_config else None,
+        train=datasets, crop=args.crop, val_crop=args.val_crop, batch_size=args.batch, epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch, val_steps=args.val_steps, lr=args.lr, schedule=args.schedule,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, loss=args.loss, jitter=args.jitter,
+        zoom=args.zoom, hue=args.hue, grayscale=args.grayscale, seed=seed, time_limit_s=args.time_limit,
+        downsample=args.downsample, cache=True, scene_norm=args.scene_norm, scene_contrast=scene_contrast,
+        precision=args.precision,
+    )
+
+
+def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarray, pixel_size: float, *,
+                    separate: bool = True, core_m: float | None = None, min_area: float = 2.0,
+                    min_confidence: float = 0.0, block: int = 2048) -> dict:
+    """Building-level scores of a whole-city building probability map (uint8 x 255) against the
+    OSM buildings rasterised one by one: the objects `geolabel predict --polygons` outlines
+    (blocks of `block` px, touching buildings separated, regions 4-connected, then `min_area`
+    m2 and `min_confidence` filters), matched at pixel IoU >= 0.5 (`instance_scores`)."""
+    from scipy import ndimage
+
+    from geolabel.evaluate.metrics import instance_scores
+    from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
+
+    mask = (building >= 128) & valid
+    if separate:
+        for r in range(0, mask.shape[0], block):
+            for c in range(0, mask.shape[1], block):
+                sl = (slice(r, r + block), slice(c, c + block))
+                if mask[sl].any():
+                    mask[sl] = separate_buildings(mask[sl].view(np.uint8), 1, pixel_size, core_m or DEFAULT_CORE_M) == 1
+    ids, n = ndimage.label(mask)
+    if n:
+        pixels = np.bincount(ids.ravel(), minlength=n + 1)
+        confidence = np.bincount(ids.ravel(), weights=building.ravel(), minlength=n + 1) / np.maximum(pixels, 1) / 255
+        drop = (pixels * pixel_size**2 < min_area) | (confidence < min_confidence)
+        drop[0] = True
+        ids[drop[ids]] = 0
+    return instance_scores(ids, truth_ids, valid)
 
 
 def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
-    from geolabel.train import TrainConfig, train
+    from geolabel.train import train
     from geolabel.train.trainer import remove_run
 
     train_cities = [c for c in CITIES if c != held_out]
@@ -107,34 +159,7 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
     datasets = [str(city_dataset(c)) for c in train_cities]
     run_dir = RUNS / f"gen-{args.tag}-{held_out}-s{seed}"
     remove_run(run_dir)
-    steps_per_epoch = max(args.steps // args.epochs, 1)
-    config = TrainConfig(
-        model=args.model,
-        model_config=json.loads(args.model_config),
-        train=datasets,
-        crop=args.crop,
-        val_crop=args.val_crop,
-        batch_size=args.batch,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        val_steps=args.val_steps,
-        lr=args.lr,
-        schedule=args.schedule,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        jitter=args.jitter,
-        zoom=args.zoom,
-        hue=args.hue,
-        grayscale=args.grayscale,
-        seed=seed,
-        time_limit_s=args.time_limit,
-        downsample=args.downsample,
-        cache=True,
-        scene_norm=args.scene_norm,
-        scene_contrast=not args.scene_means_only,
-        mixed_precision=args.mixed_precision,
-    )
+    config = training_config(args, datasets, seed)
     started = time.perf_counter()
     metrics = train(config, run_dir)
     config = {k: v for k, v in vars(args).items() if k not in ("held_out", "seeds")}
@@ -145,13 +170,15 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
                  train_cities: list[str], wall: float, config: dict) -> dict:
     """Score a finished run on its held-out city and describe it as one result row."""
     from geolabel.metrics import iou_per_class, pixel_accuracy
-    from geolabel.train import load_run
+    from geolabel.train import load_run, load_run_config
 
     model = load_run(run_dir)
-    image, labels, source = load_scene(held_out, args.scene_norm, not args.scene_means_only)
+    trained = load_run_config(run_dir)
+    image, labels, source = load_scene(held_out, trained.scene_norm, trained.scene_contrast)
     t0 = time.perf_counter()
-    confusion = predict_city(model, image, labels, tta=args.tta)
+    confusion, building = predict_city(model, image, labels, tta=args.tta)
     predict_s = time.perf_counter() - t0
+    np.save(run_dir / f"building-prob{'-tta' if args.tta else ''}.npy", building)
     ious = iou_per_class(confusion)
     known = labels != 255
     all_building = float((labels[known] == 1).mean())
@@ -279,7 +306,7 @@ def two_stage(args: argparse.Namespace) -> None:
 
     from geolabel.data.chips import write_shards
     from geolabel.metrics import iou_per_class, pixel_accuracy
-    from geolabel.train import TrainConfig, load_run, train
+    from geolabel.train import load_run, train
     from geolabel.train.trainer import remove_run
 
     data = ROOT.parent / "shared" / "data" / "inria-austin"
@@ -301,13 +328,12 @@ def two_stage(args: argparse.Namespace) -> None:
         for variant, init, freeze, enc_scale in (("clean only", None, 0, 1.0), ("OSM-pretrained + fine-tuned", str(pretrained), args.steps // 5, 0.3)):
             run_dir = RUNS / f"inria-{'clean' if init is None else 'twostage'}-s{seed}"
             remove_run(run_dir)
-            config = TrainConfig(
-                model=args.model, model_config=json.loads(args.model_config), train=[str(folder)], crop=args.crop,
-                batch_size=args.batch, epochs=1, steps_per_epoch=args.steps, lr=args.lr, seed=seed, init=init,
-                freeze_encoder_steps=freeze, encoder_lr_scale=enc_scale, cache=True,
+            config = replace(
+                training_config(args, [str(folder)], seed), epochs=1, steps_per_epoch=args.steps, init=init,
+                freeze_encoder_steps=freeze, encoder_lr_scale=enc_scale, time_limit_s=None,
             )
             metrics = train(config, run_dir)
-            confusion = predict_city(load_run(run_dir), image, test_labels, window=512, margin=64)
+            confusion, _ = predict_city(load_run(run_dir), image, test_labels, window=512, margin=64)
             rows.append({
                 "variant": variant, "seed": seed, "building_iou": float(iou_per_class(confusion)[1]),
                 "pixel_accuracy": pixel_accuracy(confusion), "steps": metrics["steps"],
@@ -347,30 +373,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="default")
     parser.add_argument("--two-stage", action="store_true", help="run the Inria Austin two-stage comparison instead")
     parser.add_argument("--pretrained", default="runs/gen-unet16-x4-virac-ph-s0", help="pretrained run (two-stage)")
-    parser.add_argument("--model", default="unet")
-    parser.add_argument("--model-config", default='{"depth": 4, "width": 16}')
-    parser.add_argument("--downsample", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=128)
-    parser.add_argument("--val-crop", type=int, default=256)
-    parser.add_argument("--val-steps", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--schedule", default="onecycle")
-    parser.add_argument("--optimizer", default="adamw")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--loss", default="ce_jaccard")
-    parser.add_argument("--jitter", type=float, default=1.0)
-    parser.add_argument("--zoom", type=float, default=1.0, help="largest random zoom of training crops (1 = off)")
-    parser.add_argument("--hue", type=float, default=None, help="largest hue rotation (default 0.04 x jitter)")
-    parser.add_argument("--grayscale", type=float, default=0.0, help="probability of a grey training crop")
+    parser.add_argument("--preset", default="buildings", help="training recipe the flags below override")
+    parser.add_argument("--model")
+    parser.add_argument("--model-config")
+    parser.add_argument("--downsample", type=int)
+    parser.add_argument("--crop", type=int)
+    parser.add_argument("--val-crop", type=int)
+    parser.add_argument("--val-steps", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--steps", type=int, help="total optimizer steps (spread over --epochs)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--schedule")
+    parser.add_argument("--optimizer")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--loss")
+    parser.add_argument("--jitter", type=float)
+    parser.add_argument("--zoom", type=float, help="largest random zoom of training crops (1 = off)")
+    parser.add_argument("--hue", type=float, help="largest hue rotation (default 0.04 x jitter)")
+    parser.add_argument("--grayscale", type=float, help="probability of a grey training crop")
     parser.add_argument("--time-limit", type=float, default=600.0)
-    parser.add_argument("--scene-norm", action="store_true",
+    parser.add_argument("--scene-norm", action=argparse.BooleanOptionalAction,
                         help="map every city's band statistics to one reference (train and held-out)")
-    parser.add_argument("--scene-means-only", action="store_true", help="with --scene-norm: shift band means only")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="bfloat16 compute (float32 weights), about 2x the conv rate on AVX512-BF16 CPUs")
+    parser.add_argument("--scene-contrast", action=argparse.BooleanOptionalAction,
+                        help="with --scene-norm: also match the band standard deviations")
+    parser.add_argument("--scene-means-only", action="store_const", const=True,
+                        help="with --scene-norm: shift band means only (= --no-scene-contrast)")
+    parser.add_argument("--precision", help="compute precision (preset: auto = bfloat16 on bf16 CPUs)")
     parser.add_argument("--tta", action="store_true", help="score with D4 test-time augmentation")
     parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
     parser.add_argument("--held-out", default="all")

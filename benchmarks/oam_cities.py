@@ -21,10 +21,8 @@ CITIES = ("zanzibar-tz", "kampala-ug", "virac-ph")
 HALF_WORLD = 20037508.342789244
 
 
-def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
-    import geopandas as gpd
-    from PIL import Image
-    from rasterio.features import rasterize
+def _tile_grid(city: str, zoom: int):
+    """(tiles [(x, y)], x0, y0, width, height, transform) of a city's XYZ tile mosaic."""
     from rasterio.transform import from_origin
 
     folder = SHARED / city / "tiles" / str(zoom)
@@ -32,6 +30,18 @@ def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [t[0] for t in tiles], [t[1] for t in tiles]
     x0, y0 = min(xs), min(ys)
     width, height = (max(xs) - x0 + 1) * 256, (max(ys) - y0 + 1) * 256
+    size = 2 * HALF_WORLD / 2**zoom
+    transform = from_origin(-HALF_WORLD + x0 * size, HALF_WORLD - y0 * size, size / 256, size / 256)
+    return tiles, x0, y0, width, height, transform
+
+
+def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
+    import geopandas as gpd
+    from PIL import Image
+    from rasterio.features import rasterize
+
+    folder = SHARED / city / "tiles" / str(zoom)
+    tiles, x0, y0, width, height, transform = _tile_grid(city, zoom)
     image = np.zeros((height, width, 3), np.uint8)
     valid = np.zeros((height, width), bool)
     for x, y in tiles:
@@ -39,8 +49,6 @@ def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
         r, c = (y - y0) * 256, (x - x0) * 256
         image[r : r + 256, c : c + 256] = tile
         valid[r : r + 256, c : c + 256] = True
-    size = 2 * HALF_WORLD / 2**zoom
-    transform = from_origin(-HALF_WORLD + x0 * size, HALF_WORLD - y0 * size, size / 256, size / 256)
     buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson").to_crs("EPSG:3857")
     shapes = [(g, 1) for g in buildings.geometry if g is not None and not g.is_empty]
     labels = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="uint8")
@@ -75,6 +83,22 @@ def load_city(city: str, zoom: int = 21) -> tuple[np.ndarray, np.ndarray, str]:
         np.savez(cache, image=image, labels=labels)
     data = np.load(cache)
     return data["image"], data["labels"], f"XYZ tiles z{zoom} + OSM rasterised ({SHARED / city})"
+
+
+def city_buildings(city: str, zoom: int = 21) -> tuple[np.ndarray, float]:
+    """(OSM building ids rasterised one by one on `load_city`'s tile grid (int32, 0 = none),
+    ground metres per pixel at the city's latitude)."""
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    if _from_fetched(city) is not None and zoom == 21:
+        raise ValueError(f"{city}: building instances are rasterised on the tile grid, not on {FETCHED / city}")
+    _, _, _, width, height, transform = _tile_grid(city, zoom)
+    buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson")
+    latitude = float(buildings.geometry.union_all().centroid.y)
+    shapes = [(g, i + 1) for i, g in enumerate(buildings.to_crs("EPSG:3857").geometry) if g is not None and not g.is_empty]
+    ids = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="int32")
+    return ids, transform.a * math.cos(math.radians(latitude))
 
 
 def downsample(image: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from geolabel.precision import PRECISIONS
+
 
 def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
     """(scene_norm, scene_contrast) of MODEL's run folder; (False, True) for a bare model."""
@@ -39,12 +41,19 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.option("--tolerance", default=0.5, show_default=True, type=click.FloatRange(0), help="Douglas-Peucker tolerance, metres.")
 @click.option("--polycnn-model", default=None, type=click.Path(exists=True), help="PolyCNN run or .keras file, for --polygons polycnn.")
 @click.option("--min-area", default=2.0, show_default=True, type=click.FloatRange(0), help="Smallest polygon kept, square metres.")
+@click.option("--min-confidence", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Polygons whose mean class probability is lower are dropped.")
+@click.option("--separate/--no-separate", default=True, show_default=True,
+              help="Split touching buildings along their narrow junctions: one polygon per building.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
+              help="Compute precision: auto = bfloat16 on CPUs with bf16 units, float16 on GPUs, else float32.")
 @click.option("--beam", is_flag=True, help="Run as an Apache Beam pipeline, one element per block (in-process DirectRunner unless --beam-args).")
 @click.option("--beam-args", default="", help="Beam flags for --beam, e.g. '--runner=DataflowRunner --project=P --region=R'.")
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
-    bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, endpoint: str | None,
+    bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, min_confidence: float, separate: bool,
+    precision: str, endpoint: str | None,
     beam: bool = False, beam_args: str = "",
 ) -> None:
     """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
@@ -86,7 +95,7 @@ def predict(
 
         predict_fn = ServingClient(endpoint)
     else:
-        predict_fn = keras_predict_fn(load_model(model), jit_compile=xla)
+        predict_fn = keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     result = predict_raster(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
                             tta=tta, bands=band_list, scene_norm=scene_norm,
                             scene_contrast=scene_contrast)
@@ -100,7 +109,8 @@ def predict(
             options["tolerance"] = tolerance
         if polygonizer == "polycnn":  # PolyCNN regresses outlines from the imagery around each object
             options.update(image=input_path, model=polycnn_model)
-        frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, **options)
+        frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, separate=separate,
+                                  min_confidence=min_confidence, **options)
         paths = write_polygons(frame, out_dir, "polygons")
         summary.update({"polygons": str(paths["gpkg"]), "geojson": str(paths["geojson"]), "objects": len(frame)})
     click.echo(json.dumps(summary))

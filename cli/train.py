@@ -9,6 +9,7 @@ import click
 import yaml
 
 from geolabel.errors import InputError
+from geolabel.precision import PRECISIONS
 
 
 def _model_options(pairs: tuple[str, ...]) -> dict:
@@ -22,7 +23,9 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML with TrainConfig fields.")
+@click.option("--preset", default="buildings", show_default=True,
+              help="Named recipe (geolabel/train/presets/NAME.yaml) the other options override; none = bare defaults.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML with TrainConfig fields (override the preset's).")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--model", help="Model name (see `geolabel models`).")
 @click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE", help="Builder option, repeatable (e.g. width=16).")
@@ -48,7 +51,8 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--schedule", type=click.Choice(["onecycle", "triangular", "constant"]))
 @click.option("--loss", type=click.Choice(["ce", "jaccard", "ce_jaccard"]))
-@click.option("--mixed-precision/--no-mixed-precision", default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Compute precision; auto (default) = bfloat16 on CPUs with bf16 units, float16 on GPUs, else float32.")
 @click.option("--seed", type=int)
 @click.option("--patience", type=int, help="Early stop after N epochs without a better val IoU.")
 @click.option("--time-limit", "time_limit_s", type=float, help="Training budget in seconds.")
@@ -58,17 +62,19 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--finetune-epochs", type=int, help="Two-stage: epochs of the fine-tuning stage.")
 @click.option("--finetune-lr", type=float, help="Two-stage: learning rate of the fine-tuning stage.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(config_file, run_dir, model_option, train_sets, val_sets, pretrain_sets, finetune_sets, classes,
+def train(preset, config_file, run_dir, model_option, train_sets, val_sets, pretrain_sets, finetune_sets, classes,
           freeze_encoder_steps, encoder_lr_scale, finetune_epochs, finetune_lr, resume, **options) -> None:
     """Train a model on chip datasets; writes config, checkpoints, history, curves and model.keras.
+
+    With no option but the data, trains the `buildings` preset: the best recipe measured on cities
+    the model never saw (geolabel/train/presets/buildings.yaml). `--config` and flags override it.
 
     Two-stage workflow (pretrain on noisy OSM labels, fine-tune on clean ones):
     `geolabel train --model unet --pretrain OSM_DATASET --finetune CLEAN_DATASET --out RUN`.
     """
     import json
 
-    from geolabel.config import load_config
-    from geolabel.train.trainer import TrainConfig, train as run_train, train_two_stage
+    from geolabel.train.trainer import preset_config, train as run_train, train_two_stage
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if model_option:
@@ -85,7 +91,7 @@ def train(config_file, run_dir, model_option, train_sets, val_sets, pretrain_set
             overrides["freeze_encoder_steps"] = freeze_encoder_steps
         if encoder_lr_scale is not None:
             overrides["encoder_lr_scale"] = encoder_lr_scale
-    config = load_config(TrainConfig, config_file, **overrides)
+    config = preset_config(preset, config_file, **overrides)
     if not two_stage:
         metrics = run_train(config, run_dir, resume=resume)
     else:

@@ -128,3 +128,59 @@ def polygon_scores(pred, truth, threshold: float = 0.5) -> dict:
         "mean_vertices_reference": float(np.mean(tv)) if tv else float("nan"),
         "vertex_ratio_matched": float(sum(matched_pv) / sum(matched_tv)) if matched_tv and sum(matched_tv) else float("nan"),
     }
+
+
+def instance_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
+                    threshold: float = 0.5, found_threshold: float = 0.25, min_valid: float = 0.5) -> dict:
+    """Building-level precision, recall and F1 of two instance rasters (ids > 0, 0 = none), matched
+    one-to-one at pixel IoU >= `threshold` (best first), plus the share of reference buildings
+    found at IoU >= `found_threshold` (a score that a reference drawn a little off the imagery,
+    as OSM often is, does not hide).
+
+    The pixel form of `polygon_scores`, for whole-city rasters: IoU over the pixels where
+    `valid`; instances with less than `min_valid` of their pixels valid are not counted.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    valid = np.ones(pred.shape, bool) if valid is None else np.asarray(valid, bool)
+    n_pred, n_true = int(pred.max(initial=0)) + 1, int(truth.max(initial=0)) + 1
+
+    def counted(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        total = np.bincount(ids.ravel(), minlength=n)
+        inside = np.bincount(ids[valid].ravel(), minlength=n)
+        ok = (inside > 0) & (inside >= min_valid * total)
+        ok[0] = False
+        return inside, ok
+
+    area_p, ok_p = counted(pred, n_pred)
+    area_t, ok_t = counted(truth, n_true)
+    both = valid & (pred > 0) & (truth > 0)
+    keys, inter = np.unique(pred[both].astype(np.int64) * n_true + truth[both], return_counts=True)
+    p_ids, t_ids = keys // n_true, keys % n_true
+    usable = ok_p[p_ids] & ok_t[t_ids]
+    p_ids, t_ids, inter = p_ids[usable], t_ids[usable], inter[usable]
+    iou = inter / (area_p[p_ids] + area_t[t_ids] - inter)
+
+    def matched(at: float) -> int:
+        order = np.argsort(-iou, kind="stable")
+        used_p, used_t, count = set(), set(), 0
+        for k in order[iou[order] >= at].tolist():
+            if p_ids[k] in used_p or t_ids[k] in used_t:
+                continue
+            used_p.add(p_ids[k])
+            used_t.add(t_ids[k])
+            count += 1
+        return count
+
+    predicted, reference = int(ok_p.sum()), int(ok_t.sum())
+    tp = matched(threshold)
+    precision = tp / predicted if predicted else float("nan")
+    recall = tp / reference if reference else float("nan")
+    return {
+        "predicted": predicted,
+        "reference": reference,
+        "matched": tp,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(2 * tp / (predicted + reference)) if predicted + reference else float("nan"),
+        f"found_at_{found_threshold:g}": float(matched(found_threshold) / reference) if reference else float("nan"),
+    }

@@ -53,17 +53,22 @@ class KerasPredictor:
     Args:
         model: a Keras model following geolabel's model contract.
         jit_compile: compile the step with XLA (TensorFlow backend; `jax` always compiles).
+        precision: compute precision (`geolabel.precision`; "auto": bfloat16 on CPUs with bf16
+            units, float16 on GPUs); probabilities come back float32 whatever it is.
 
     Attributes:
         stride: window sides must be a multiple of this (from `geolabel.models.stride_of`).
     """
 
-    def __init__(self, model: Any, jit_compile: bool = False):
+    def __init__(self, model: Any, jit_compile: bool = False, precision: str = "auto"):
         import keras
+
+        from geolabel.precision import resolve_precision
 
         self.model = model
         self.backend = keras.backend.backend()
         self.jit_compile = jit_compile
+        self.precision = resolve_precision(precision) if self.backend == "tensorflow" else "float32"
         try:
             from geolabel.models import stride_of
 
@@ -78,9 +83,10 @@ class KerasPredictor:
         if self.backend == "tensorflow":
             import tensorflow as tf
 
+            from geolabel.precision import with_precision
             from geolabel.predict.fused import with_fused_group_norm
 
-            model = with_fused_group_norm(model)
+            model = with_fused_group_norm(with_precision(model, self.precision))
 
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
@@ -88,7 +94,7 @@ class KerasPredictor:
             def step(x):
                 return model(x, training=False)
 
-            return lambda batch: step(tf.convert_to_tensor(batch)).numpy()
+            return lambda batch: np.asarray(step(tf.convert_to_tensor(batch)), np.float32)
         if self.backend == "jax":
             import jax
 
@@ -100,9 +106,9 @@ class KerasPredictor:
         return self._step(np.asarray(batch, np.float32))
 
 
-def keras_predict_fn(model: Any, jit_compile: bool = False) -> KerasPredictor:
+def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "auto") -> KerasPredictor:
     """A `predict_fn` for `predict_raster` from a Keras model (compiled once per window shape)."""
-    return KerasPredictor(model, jit_compile=jit_compile)
+    return KerasPredictor(model, jit_compile=jit_compile, precision=precision)
 
 
 def load_model(path: str | os.PathLike) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 from geolabel.atomic import atomic_path, write_text_atomic
 from geolabel.config import dump_config, load_config
 from geolabel.errors import InputError
+from geolabel.precision import PRECISIONS
 from geolabel.progress import logger, progress
 
 
@@ -56,7 +57,8 @@ class TrainConfig:
         hue: largest random hue rotation (fraction of the colour circle; None: 0.04 x jitter).
         grayscale: probability of a grey training crop.
         balance: sample training datasets equally often.
-        mixed_precision: bfloat16 compute on CPU, float16 with loss scaling on GPU.
+        precision: compute precision (`geolabel.precision`): "auto" = bfloat16 on CPUs with
+            bf16 units, float16 with loss scaling on GPUs, float32 elsewhere.
         seed: seed of weights, data order and augmentation.
         patience: stop after this many epochs without a better val IoU (None: never).
         freeze_encoder_steps: encoder weights held still for the first N steps.
@@ -103,7 +105,7 @@ class TrainConfig:
     hue: float | None = None
     grayscale: float = 0.0
     balance: bool = True
-    mixed_precision: bool = False
+    precision: str = "auto"
     seed: int = 0
     patience: int | None = None
     freeze_encoder_steps: int = 0
@@ -115,6 +117,35 @@ class TrainConfig:
     cache: bool = False
     scene_norm: bool = False
     scene_contrast: bool = True
+
+
+PRESETS = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "buildings"
+"""The recipe `geolabel train` uses when no --preset is given."""
+
+
+def preset_path(name: str = DEFAULT_PRESET) -> Path:
+    """The YAML file of the named training preset (`geolabel/train/presets/NAME.yaml`)."""
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise InputError("--preset", f"unknown preset {name!r}; available: {known}")
+    return path
+
+
+def preset_config(name: str | None = DEFAULT_PRESET, config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """`TrainConfig` of preset `name` (None or "none": the bare `TrainConfig` defaults), then the
+    fields set in `config_file`, then non-None `overrides`."""
+    import yaml
+
+    values = {}
+    if name not in (None, "none"):
+        values.update(yaml.safe_load(preset_path(name).read_text(encoding="utf-8")))
+    if config_file is not None:
+        load_config(TrainConfig, config_file)  # names the file and the key of a bad option
+        values.update(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(TrainConfig, **values)
 
 
 def choose_strategy():
@@ -152,6 +183,8 @@ def _validate(config: TrainConfig) -> None:
         raise InputError("--lr", "must be > 0")
     if config.downsample < 1:
         raise InputError("--downsample", "must be >= 1")
+    if config.precision not in PRECISIONS:
+        raise InputError("--precision", f"unknown precision {config.precision!r}; use {', '.join(PRECISIONS)}")
     if config.downsample > 1 and config.model_config.get("downsample", 1) != 1:
         raise InputError("--downsample", "give the factor either to the trainer or in model_config, not both")
 
@@ -255,6 +288,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     import tensorflow as tf
 
     from geolabel.data.standardize import BandStats, chips_band_stats
+    from geolabel.precision import dtype_policy, resolve_precision
     from geolabel.losses import get_loss
     from geolabel.models import build_model, encoder_layers, stride_of
     from geolabel.train.dataset import dataset_shards, make_dataset
@@ -294,8 +328,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     previous_policy = keras.config.dtype_policy()
     strategy = choose_strategy()
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    precision = resolve_precision(config.precision, on_gpu)
+    keras.config.set_dtype_policy(dtype_policy(precision))
     keras.utils.set_random_seed(config.seed)
     total_steps = config.epochs * config.steps_per_epoch
     try:
@@ -328,7 +362,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if split:
                 enc_lr = ScaledSchedule(schedule, config.encoder_lr_scale)
                 enc_optimizer = _optimizer(config, enc_lr)
-            if config.mixed_precision and on_gpu:
+            if precision == "float16":
                 # one loss scale for the whole model; encoder gradients are unscaled by hand
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(rest_vars)
@@ -503,6 +537,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             "classes": config.classes,
             "iou_class": config.classes[config.iou_class] if config.iou_class < num_classes else config.iou_class,
             "stride": stride_of(final),
+            "precision": precision,
         }
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
         return metrics

@@ -426,6 +426,20 @@ def regularized_polygons(
                              background=background)
 
 
+def pixel_size_m(transform: Affine, crs, width: int, height: int) -> float:
+    """Ground metres per pixel at the raster's centre (CRS units without a CRS)."""
+    try:
+        return abs(transform.a) * _ground_scale(transform, crs, width, height)
+    except ValueError:  # geographic: degrees of longitude and latitude at the centre, in metres
+        _, lat = transform * (width / 2, height / 2)
+        return float(np.sqrt(abs(transform.a * transform.e) * 111_320.0 * 110_574.0 * math.cos(math.radians(lat))))
+
+
+def _building_class(class_map: ClassMap | None) -> int:
+    names = class_map.names if class_map else ()
+    return names.index("building") if "building" in names else 1
+
+
 def polygonize_raster(
     classes_path: str | os.PathLike,
     probabilities_path: str | os.PathLike | None = None,
@@ -433,17 +447,24 @@ def polygonize_raster(
     method: str = "regularized",
     class_map: ClassMap | None = None,
     block_size: int = DEFAULT_BLOCK,
+    separate: bool = True,
+    core_m: float | None = None,
+    min_confidence: float = 0.0,
     **options,
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster file (e.g. `classes.tif` of `geolabel predict`).
 
     "dp" and "regularized" read the raster block by block (bounded memory); other
-    registered polygonisers get the whole arrays.
+    registered polygonisers get the whole arrays. With `separate`, touching buildings are
+    split first (`geolabel.vectorize.separate`; `core_m` metres, default its
+    `DEFAULT_CORE_M`), so each building is one polygon; polygons whose `confidence` is below
+    `min_confidence` are dropped.
     """
     import json
 
     from geolabel.data.raster import open_raster
     from geolabel.vectorize import POLYGONIZERS
+    from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
 
     if method not in POLYGONIZERS:
         raise InputError("--polygons", f"unknown polygoniser {method!r}; available: {', '.join(sorted(POLYGONIZERS))}")
@@ -451,12 +472,16 @@ def polygonize_raster(
         if class_map is None and "classes" in src.tags():
             names = tuple(json.loads(src.tags()["classes"]))
             class_map = ClassMap(names, tuple((0, 0, 0) for _ in names))
+        building = _building_class(class_map)
+        pixel_m = pixel_size_m(src.transform, src.crs, src.width, src.height) if separate else 1.0
         with open_raster(probabilities_path) if probabilities_path else _null() as psrc:
             if psrc is not None and (psrc.width, psrc.height) != (src.width, src.height):
                 raise InputError(probabilities_path, "is not on the grid of the class raster")
 
             def read(window: Window):
                 cls = src.read(1, window=window)
+                if separate:
+                    cls = separate_buildings(cls, building, pixel_m, core_m or DEFAULT_CORE_M)
                 if psrc is None:
                     return cls, None
                 probs = psrc.read(window=window)
@@ -465,10 +490,14 @@ def polygonize_raster(
             if method in ("dp", "regularized"):
                 blocks = ((int(w.row_off), int(w.col_off), *read(w)) for w in progress(
                     list(_windows(src.width, src.height, block_size)), desc="polygons", unit="block"))
-                return polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
-                                         class_map=class_map, regularize=method == "regularized", **options)
-            cls, probs = read(Window(0, 0, src.width, src.height))
-            return POLYGONIZERS[method](cls, src.transform, src.crs, probs, class_map=class_map, **options)
+                frame = polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
+                                          class_map=class_map, regularize=method == "regularized", **options)
+            else:
+                cls, probs = read(Window(0, 0, src.width, src.height))
+                frame = POLYGONIZERS[method](cls, src.transform, src.crs, probs, class_map=class_map, **options)
+    if min_confidence > 0:
+        frame = frame[~(frame["confidence"] < min_confidence)].reset_index(drop=True)
+    return frame
 
 
 class _null:

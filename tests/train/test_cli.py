@@ -26,7 +26,7 @@ def test_models_lists_the_registry_with_costs():
 def test_train_command_writes_a_run(austin_dataset, tmp_path):
     run = tmp_path / "run"
     out = invoke([
-        "train", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
+        "train", "--preset", "none", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
         "--train", str(austin_dataset), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "2",
         "--batch-size", "2", "--crop", "32", "--lr", "0.003", "--schedule", "triangular",
     ])
@@ -37,12 +37,49 @@ def test_train_command_writes_a_run(austin_dataset, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
 
 
+def test_train_with_only_data_runs_the_buildings_preset(austin_dataset, tmp_path):
+    import yaml
+
+    from geolabel.train import preset_config
+    from geolabel.train.trainer import preset_path
+
+    run = tmp_path / "run"
+    invoke(["train", "--train", str(austin_dataset), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "1"])
+    config = load_run_config(run)
+    recipe = yaml.safe_load(preset_path("buildings").read_text())
+    assert config == preset_config("buildings", train=[str(austin_dataset)], epochs=1, steps_per_epoch=1)
+    assert all(getattr(config, key) == value for key, value in recipe.items() if key not in ("epochs", "steps_per_epoch"))
+    assert (config.model, config.downsample, config.scene_norm, config.precision) == ("fcn", 4, True, "auto")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision"] in ("bfloat16", "float32")
+
+
+def test_config_file_overrides_the_preset_and_flags_override_the_file(austin_dataset, tmp_path):
+    from geolabel.train import preset_config
+
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("crop: 64\nlr: 0.01\n")
+    config = preset_config("buildings", config_file, lr=0.02)
+    assert (config.model, config.crop, config.lr) == ("fcn", 64, 0.02)
+    assert preset_config("none").model == "unet"  # the bare TrainConfig defaults
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("crops: 64\n")
+    from geolabel.cli import main
+
+    import pytest
+
+    for args in (["--preset", "nope"], ["--config", str(bad)]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", *args, "--train", str(austin_dataset), "--out", str(tmp_path / "r")])
+        assert exit_info.value.code == 2
+
+
 def test_scene_norm_run_is_predicted_with_its_scene_standardised(austin_dataset, shared_data, tmp_path):
     import rasterio
 
     run = tmp_path / "run"
     invoke([
-        "train", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
+        "train", "--preset", "none", "--model", "unet", "--model-option", "depth=2", "--model-option", "width=4",
         "--train", str(austin_dataset), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "1",
         "--batch-size", "2", "--crop", "32", "--scene-norm", "--no-scene-contrast",
     ])

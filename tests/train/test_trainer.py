@@ -90,12 +90,13 @@ def test_two_stage_freezes_encoder_then_finetunes(austin_dataset, tmp_path):
 
 
 def test_mixed_precision_and_downsampled_training_save_a_float32_full_resolution_model(austin_dataset, tmp_path):
-    config = tiny(austin_dataset, epochs=1, mixed_precision=True, downsample=2, crop=32, cache=True)
+    config = tiny(austin_dataset, epochs=1, precision="bfloat16", downsample=2, crop=32, cache=True)
     train(config, tmp_path / "run")
     model = load_run(tmp_path / "run")
     out = np.asarray(model(np.full((1, 64, 64, 3), 90.0, "float32")))
     assert out.dtype == np.float32 and out.shape == (1, 64, 64, 2)
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["stride"] == 8
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stride"] == 8 and metrics["precision"] == "bfloat16"
 
 
 def test_bad_options_name_the_input(austin_dataset, tmp_path):
@@ -103,6 +104,8 @@ def test_bad_options_name_the_input(austin_dataset, tmp_path):
         train(tiny(austin_dataset, crop=30), tmp_path / "a")
     with pytest.raises(InputError, match="--optimizer"):
         train(tiny(austin_dataset, optimizer="rmsprop"), tmp_path / "b")
+    with pytest.raises(InputError, match="--precision"):
+        train(tiny(austin_dataset, precision="half"), tmp_path / "d")
     with pytest.raises(InputError, match="chip shards"):
         train(tiny(tmp_path), tmp_path / "c")
 
