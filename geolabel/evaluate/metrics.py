@@ -97,8 +97,10 @@ def vertex_count(geom) -> int:
     return int(len(_vertices(geom)))
 
 
-def polygon_scores(pred, truth, threshold: float = 0.5) -> dict:
-    """Precision, recall, F1 at IoU >= `threshold`, mean matched IoU, PoLiS and vertex counts.
+def polygon_scores(pred, truth, threshold: float = 0.5, found_threshold: float = 0.25) -> dict:
+    """Precision, recall, F1 at IoU >= `threshold`, mean matched IoU, PoLiS and vertex counts, and
+    the share of reference polygons found at IoU >= `found_threshold` (which a reference drawn a
+    little off the imagery, as OSM often is, does not hide).
 
     `pred` and `truth` are sequences of polygons in one metric CRS (distances in its units).
     """
@@ -120,6 +122,7 @@ def polygon_scores(pred, truth, threshold: float = 0.5) -> dict:
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
+        f"found_at_{found_threshold:g}": len(match_polygons(pred, truth, found_threshold)) / n_true if n_true else float("nan"),
         "mean_matched_iou": float(np.mean([m[2] for m in matches])) if matches else float("nan"),
         "polis": float(np.mean(distances)) if distances else float("nan"),
         "vertices_predicted": int(sum(pv)),
@@ -130,15 +133,14 @@ def polygon_scores(pred, truth, threshold: float = 0.5) -> dict:
     }
 
 
-def instance_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
-                    threshold: float = 0.5, found_threshold: float = 0.25, min_valid: float = 0.5) -> dict:
-    """Building-level precision, recall and F1 of two instance rasters (ids > 0, 0 = none), matched
-    one-to-one at pixel IoU >= `threshold` (best first), plus the share of reference buildings
-    found at IoU >= `found_threshold` (a score that a reference drawn a little off the imagery,
-    as OSM often is, does not hide).
+def match_instances(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None, threshold: float = 0.5,
+                    min_valid: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-to-one matches of two instance rasters (ids > 0, 0 = none) at pixel IoU >= `threshold`,
+    best IoU first: (counted predicted ids (bool by id), counted reference ids (bool by id),
+    matches (n, 3): predicted id, reference id, IoU).
 
-    The pixel form of `polygon_scores`, for whole-city rasters: IoU over the pixels where
-    `valid`; instances with less than `min_valid` of their pixels valid are not counted.
+    IoU is over the pixels where `valid`; instances with less than `min_valid` of their
+    pixels valid are not counted (nor matched).
     """
     pred, truth = np.asarray(pred), np.asarray(truth)
     valid = np.ones(pred.shape, bool) if valid is None else np.asarray(valid, bool)
@@ -159,28 +161,32 @@ def instance_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | Non
     usable = ok_p[p_ids] & ok_t[t_ids]
     p_ids, t_ids, inter = p_ids[usable], t_ids[usable], inter[usable]
     iou = inter / (area_p[p_ids] + area_t[t_ids] - inter)
+    order = np.argsort(-iou, kind="stable")
+    used_p, used_t, matches = set(), set(), []
+    for k in order[iou[order] >= threshold].tolist():
+        if p_ids[k] in used_p or t_ids[k] in used_t:
+            continue
+        used_p.add(p_ids[k])
+        used_t.add(t_ids[k])
+        matches.append((p_ids[k], t_ids[k], iou[k]))
+    return ok_p, ok_t, np.asarray(matches, np.float64).reshape(-1, 3)
 
-    def matched(at: float) -> int:
-        order = np.argsort(-iou, kind="stable")
-        used_p, used_t, count = set(), set(), 0
-        for k in order[iou[order] >= at].tolist():
-            if p_ids[k] in used_p or t_ids[k] in used_t:
-                continue
-            used_p.add(p_ids[k])
-            used_t.add(t_ids[k])
-            count += 1
-        return count
 
-    predicted, reference = int(ok_p.sum()), int(ok_t.sum())
-    tp = matched(threshold)
-    precision = tp / predicted if predicted else float("nan")
-    recall = tp / reference if reference else float("nan")
+def instance_scores(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None,
+                    threshold: float = 0.5, found_threshold: float = 0.25, min_valid: float = 0.5) -> dict:
+    """Building-level precision, recall and F1 of two instance rasters, matched one-to-one at pixel
+    IoU >= `threshold` (`match_instances`), plus the share of reference buildings found at
+    IoU >= `found_threshold` (a score that a reference drawn a little off the imagery, as OSM
+    often is, does not hide). The pixel form of `polygon_scores`, for whole-city rasters."""
+    ok_p, ok_t, matches = match_instances(pred, truth, valid, threshold, min_valid)
+    found = len(match_instances(pred, truth, valid, found_threshold, min_valid)[2])
+    predicted, reference, tp = int(ok_p.sum()), int(ok_t.sum()), len(matches)
     return {
         "predicted": predicted,
         "reference": reference,
         "matched": tp,
-        "precision": float(precision),
-        "recall": float(recall),
+        "precision": float(tp / predicted) if predicted else float("nan"),
+        "recall": float(tp / reference) if reference else float("nan"),
         "f1": float(2 * tp / (predicted + reference)) if predicted + reference else float("nan"),
-        f"found_at_{found_threshold:g}": float(matched(found_threshold) / reference) if reference else float("nan"),
+        f"found_at_{found_threshold:g}": float(found / reference) if reference else float("nan"),
     }

@@ -183,7 +183,7 @@ def _metric(frame):
 
 
 def _polygons_of(pair: Pair, ref: _Reference, pred_src, class_map: ClassMap, method: str, positive: int,
-                 truth_polygons: Path | None = None):
+                 truth_polygons: Path | None = None, separate: bool = True):
     """(predicted polygons, reference polygons) of the positive class, in one metric CRS."""
     import geopandas as gpd
 
@@ -193,7 +193,7 @@ def _polygons_of(pair: Pair, ref: _Reference, pred_src, class_map: ClassMap, met
     if pair.polygons is not None:
         pred = gpd.read_file(pair.polygons)
     else:
-        pred = polygonize_raster(pair.classes, method=method, class_map=class_map)
+        pred = polygonize_raster(pair.classes, method=method, class_map=class_map, separate=separate)
     pred = pred[pred["class"].astype(str).isin([name, str(positive)])]
     if truth_polygons is not None:
         frame = _read_vectors(truth_polygons, pred_src.crs, class_map)
@@ -250,6 +250,7 @@ def evaluate(
     *,
     class_map: ClassMap | None = None,
     polygons: str | None = "regularized",
+    separate: bool = True,
     image: str | os.PathLike | None = None,
     city: str | None = None,
     truth_polygons: str | os.PathLike | None = None,
@@ -266,6 +267,7 @@ def evaluate(
         class_map: classes of the prediction (default: from the `classes` tag of the raster).
         polygons: polygoniser for polygon metrics when a prediction has no polygons file
             ("dp", "regularized", ...); None skips polygon metrics.
+        separate: split touching predicted buildings first, as `geolabel predict --polygons` does.
         image: imagery under the overlay (one pair only).
         city: city name of every file (default: from the file name).
         truth_polygons: reference polygons for the polygon metrics (one pair only) when the
@@ -302,7 +304,7 @@ def evaluate(
                          **pixel_scores(conf, cmap.names, positive)}
                 if polygons is not None:
                     p_geoms, t_geoms = _polygons_of(pair, ref, psrc, cmap, polygons, positive,
-                                                    Path(truth_polygons) if truth_polygons else None)
+                                                    Path(truth_polygons) if truth_polygons else None, separate)
                     entry["polygons"] = polygon_scores(p_geoms, t_geoms, iou_threshold)
                     entry["polygons"]["source"] = str(pair.polygons) if pair.polygons else polygons
                     entry["polygons"]["reference_source"] = str(truth_polygons or pair.reference)
@@ -361,6 +363,7 @@ def _sum_polygons(items: Sequence[dict]) -> dict:
     return {
         "predicted": n_pred, "reference": n_ref, "matched": n_match, "precision": precision, "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if n_match else 0.0,
+        "found_at_0.25": sum(i["found_at_0.25"] * i["reference"] for i in items) / n_ref if n_ref else float("nan"),
         "mean_matched_iou": weighted("mean_matched_iou"), "polis": weighted("polis"),
         "vertices_predicted": sum(i["vertices_predicted"] for i in items),
         "vertices_reference": sum(i["vertices_reference"] for i in items),
@@ -379,13 +382,14 @@ def markdown_report(report: dict) -> str:
     lines += ["", "Per-class IoU (overall): " + ", ".join(f"{k} {v:.4f}" for k, v in report["overall"]["per_class_iou"].items())]
     if "polygons" in report["overall"]:
         lines += ["", f"## Polygons (matched at IoU >= {report['iou_threshold']})", "",
-                  "| scope | predicted | reference | matched | precision | recall | F1 | mean IoU | PoLiS (m) | vertices pred / ref |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| scope | predicted | reference | matched | precision | recall | F1 | found at IoU 0.25 | mean IoU | PoLiS (m) "
+                  "| vertices pred / ref |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         rows = [("overall", report["overall"]["polygons"])] + [(f"city {c}", v["polygons"]) for c, v in report["cities"].items()] + \
             [(f"file {f['name']}", f["polygons"]) for f in report["files"]]
         for label, p in rows:
             lines.append(f"| {label} | {p['predicted']} | {p['reference']} | {p['matched']} | {p['precision']:.3f} | "
-                         f"{p['recall']:.3f} | {p['f1']:.3f} | {p['mean_matched_iou']:.3f} | {p['polis']:.2f} | "
+                         f"{p['recall']:.3f} | {p['f1']:.3f} | {p['found_at_0.25']:.3f} | {p['mean_matched_iou']:.3f} | {p['polis']:.2f} | "
                          f"{p['vertices_predicted']} / {p['vertices_reference']} |")
     lines += ["", "Overlays: white = hit, red = false alarm, blue = miss, grey = ignored.", ""]
     lines += [f"![{f['name']}]({f['overlay']})" for f in report["files"] if f.get("overlay")]

@@ -16,9 +16,12 @@ from scipy import ndimage
 
 DEFAULT_CORE_M = 1.0
 """Cores are further than this from the background: junctions narrower than 2 m get split."""
+DEFAULT_NECK_RATIO = 0.6
+"""A junction at least this fraction of the thinner piece's width is a wing, not a neck."""
 
 
-def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFAULT_CORE_M) -> np.ndarray:
+def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFAULT_CORE_M,
+                       neck_ratio: float = DEFAULT_NECK_RATIO) -> np.ndarray:
     """Instance ids (int32, 0 = background) of a boolean building mask, touching buildings apart.
 
     Args:
@@ -27,6 +30,8 @@ def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFA
         core_m: distance to the background that makes a pixel a building core; a blob whose
             cores fall apart into several pieces becomes that many buildings, a blob with no
             core (narrower than 2 x `core_m`) stays one building.
+        neck_ratio: pieces stay apart only where their junction is narrower than this fraction
+            of the thinner piece's width (`_merge_wide_junctions`).
     """
     mask = np.asarray(mask, bool)
     if not mask.any():
@@ -48,7 +53,43 @@ def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFA
     cost = np.round((1.0 - np.minimum(distance, core_px) / core_px) * 65535).astype(np.uint16)
     labels = ndimage.watershed_ift(cost, markers.astype(np.int32))
     labels[~mask] = 0
-    return labels.astype(np.int32)
+    return _merge_wide_junctions(labels.astype(np.int32), distance, neck_ratio)
+
+
+def _merge_wide_junctions(labels: np.ndarray, distance: np.ndarray, neck_ratio: float) -> np.ndarray:
+    """Join neighbouring pieces whose junction is not a neck: its widest point (the saddle of the
+    distance) reaches `neck_ratio` x the thinner piece's own half-width (its distance peak), as
+    where a wing or porch meets its house along its whole width."""
+    n = int(labels.max())
+    pairs, saddles = [], []
+    for a, b, da, db in ((labels[:, :-1], labels[:, 1:], distance[:, :-1], distance[:, 1:]),
+                         (labels[:-1, :], labels[1:, :], distance[:-1, :], distance[1:, :])):
+        touch = (a != b) & (a > 0) & (b > 0)
+        lo, hi = np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])
+        pairs.append(lo.astype(np.int64) * (n + 1) + hi)
+        saddles.append(np.minimum(da[touch], db[touch]))
+    keys, saddle = np.concatenate(pairs), np.concatenate(saddles)
+    if not len(keys):
+        return labels
+    unique, inverse = np.unique(keys, return_inverse=True)
+    widest = np.zeros(len(unique))
+    np.maximum.at(widest, inverse, saddle)
+    peak = np.zeros(n + 1)
+    peak[1:] = ndimage.maximum(distance, labels, np.arange(1, n + 1))
+    parent = np.arange(n + 1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for key, width in zip(unique.tolist(), widest.tolist()):
+        a, b = divmod(key, n + 1)
+        if width >= neck_ratio * min(peak[a], peak[b]):
+            parent[root(a)] = root(b)
+    roots = np.array([root(i) for i in range(n + 1)])
+    return roots[labels].astype(np.int32)
 
 
 def carve_instances(instances: np.ndarray) -> np.ndarray:
@@ -76,14 +117,14 @@ def carve_instances(instances: np.ndarray) -> np.ndarray:
 
 
 def separate_buildings(classes: np.ndarray, building: int, pixel_size: float, core_m: float = DEFAULT_CORE_M,
-                       background: int = 0) -> np.ndarray:
+                       background: int = 0, neck_ratio: float = DEFAULT_NECK_RATIO) -> np.ndarray:
     """`classes` with the `building` class cut into one 4-connected region per building
     (gap pixels become `background`); other classes are left as they are."""
     classes = np.asarray(classes)
     mask = classes == building
     if not mask.any():
         return classes
-    kept = carve_instances(building_instances(mask, pixel_size, core_m))
+    kept = carve_instances(building_instances(mask, pixel_size, core_m, neck_ratio))
     out = classes.copy()
     out[mask & ~kept] = background
     return out

@@ -61,19 +61,42 @@ def test_polygon_metrics_identical_shifted_and_missing():
     assert far["matched"] == 1
     none = polygon_scores([shapely.box(6, 0, 16, 10)], boxes[:1])  # IoU 4/16 < 0.5
     assert none["matched"] == 0 and none["f1"] == 0.0
+    assert none["found_at_0.25"] == 1.0  # but found at IoU >= 0.25 (a reference drawn off the image)
+
+
+def test_instance_scores_match_buildings_one_to_one_on_valid_pixels(austin):
+    from scipy import ndimage
+
+    from geolabel.evaluate.metrics import instance_scores
+
+    _, mask, _, _ = austin
+    truth, n = ndimage.label(mask)
+    same = instance_scores(truth, truth)
+    assert (same["precision"], same["recall"], same["f1"], same["reference"]) == (1.0, 1.0, 1.0, n)
+    merged = np.where(truth > 0, 1, 0)  # every building one object: at most one match
+    assert instance_scores(merged, truth)["matched"] <= 1
+    shifted = np.roll(truth, 6, axis=1)  # ~2 m east: small buildings drop below IoU 0.5
+    scores = instance_scores(shifted, truth)
+    assert scores["recall"] < 1.0 and scores["found_at_0.25"] >= scores["recall"]
+    valid = np.ones(mask.shape, bool)
+    valid[:, 500:] = False  # buildings mostly outside the imagery are not counted
+    half = instance_scores(truth, truth, valid)
+    assert half["f1"] == 1.0 and half["reference"] < n
 
 
 def test_perfect_prediction_scores_one_against_raster_and_vector_references(austin, tmp_path):
     path, mask, transform, crs = austin
     pred = _classes(tmp_path / "pred" / "classes.tif", mask, transform, crs)
-    report = evaluate(pred.parent, path, tmp_path / "report", polygons="dp")
+    report = evaluate(pred.parent, path, tmp_path / "report", polygons="dp", separate=False)
     assert report["overall"]["iou"] == 1.0 and report["overall"]["accuracy"] == 1.0
     assert report["overall"]["polygons"]["f1"] > 0.98  # DP at 0.5 m collapses the odd one-pixel speck
+    # as predict --polygons outlines it (touching buildings separated), a few wings come off
+    assert report["overall"]["polygons"]["f1"] - evaluate(pred.parent, path, tmp_path / "r1", polygons="dp")["overall"]["polygons"]["f1"] < 0.03
     # the reference as vectors (GeoPackage) rasterised on the prediction grid
     from geolabel.vectorize.polygons import dp_polygons, write_polygons
 
     write_polygons(dp_polygons(mask, transform, crs, tolerance=0.0), tmp_path / "gt", "austin")
-    report = evaluate(pred.parent, tmp_path / "gt" / "austin.gpkg", tmp_path / "report2", polygons="dp")
+    report = evaluate(pred.parent, tmp_path / "gt" / "austin.gpkg", tmp_path / "report2", polygons="dp", separate=False)
     assert report["overall"]["iou"] > 0.999
     assert report["overall"]["polygons"]["recall"] > 0.99
     saved = json.loads((tmp_path / "report2" / "evaluation.json").read_text())
