@@ -115,16 +115,13 @@ def training_config(args: argparse.Namespace, datasets: list[str], seed: int):
     )
 
 
-def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarray, pixel_size: float, *,
-                    separate: bool = True, core_m: float | None = None, min_area: float = 2.0,
-                    min_confidence: float = 0.0, block: int = 2048) -> dict:
-    """Building-level scores of a whole-city building probability map (uint8 x 255) against the
-    OSM buildings rasterised one by one: the objects `geolabel predict --polygons` outlines
-    (blocks of `block` px, touching buildings separated, regions 4-connected, then `min_area`
-    m2 and `min_confidence` filters), matched at pixel IoU >= 0.5 (`instance_scores`)."""
+def building_objects(building: np.ndarray, valid: np.ndarray, pixel_size: float, separate: bool = True,
+                     core_m: float | None = None, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The objects `geolabel predict --polygons` outlines in a whole-city building probability map
+    (uint8 x 255): blocks of `block` px, touching buildings separated, 4-connected regions.
+    Returns (ids, area m2 by id, mean probability by id)."""
     from scipy import ndimage
 
-    from geolabel.evaluate.metrics import instance_scores
     from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
 
     mask = (building >= 128) & valid
@@ -135,13 +132,101 @@ def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarr
                 if mask[sl].any():
                     mask[sl] = separate_buildings(mask[sl].view(np.uint8), 1, pixel_size, core_m or DEFAULT_CORE_M) == 1
     ids, n = ndimage.label(mask)
-    if n:
-        pixels = np.bincount(ids.ravel(), minlength=n + 1)
-        confidence = np.bincount(ids.ravel(), weights=building.ravel(), minlength=n + 1) / np.maximum(pixels, 1) / 255
-        drop = (pixels * pixel_size**2 < min_area) | (confidence < min_confidence)
-        drop[0] = True
-        ids[drop[ids]] = 0
+    pixels = np.bincount(ids.ravel(), minlength=n + 1)
+    confidence = np.bincount(ids.ravel(), weights=building.ravel(), minlength=n + 1) / np.maximum(pixels, 1) / 255
+    return ids, pixels * pixel_size**2, confidence
+
+
+def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarray, pixel_size: float, *,
+                    separate: bool = True, core_m: float | None = None, min_area: float = 2.0,
+                    min_confidence: float = 0.0) -> dict:
+    """Building-level scores of a whole-city probability map against the OSM buildings rasterised
+    one by one: `building_objects`, less those under `min_area` m2 or `min_confidence`, matched at
+    pixel IoU >= 0.5 (`instance_scores`)."""
+    from geolabel.evaluate.metrics import instance_scores
+
+    ids, area, confidence = building_objects(building, valid, pixel_size, separate, core_m)
+    drop = (area < min_area) | (confidence < min_confidence)
+    drop[0] = True
+    ids[drop[ids]] = 0
     return instance_scores(ids, truth_ids, valid)
+
+
+POST_CORES = (None, 0.75, 1.0, 1.5)  # None = no separation
+POST_AREAS = (2.0, 5.0, 10.0, 20.0)
+POST_CONFIDENCES = (0.0, 0.6, 0.7, 0.8)
+DEFAULT_POST = (1.0, 2.0, 0.0)  # the library defaults: separation core 1 m, --min-area 2, --min-confidence 0
+
+
+def select_postprocessing(args: argparse.Namespace) -> None:
+    """Choose separation and object filters for building F1 without looking at the test city: for each
+    held-out city, the setting with the best mean F1 over the other held-out cities' saved maps (runs
+    of `--select TAG`), then scored on that city. Writes generalisation-postprocessing.md (+ .json)."""
+    from geolabel.evaluate.metrics import match_instances
+
+    rows = [r for r in json.loads((RESULTS / "generalisation.json").read_text()) if r["tag"] == args.select]
+    table = {}  # (city, seed) -> {(core, area, conf): (tp, predicted, reference)}
+    for r in rows:
+        saved = ROOT / r["run_dir"] / f"building-prob{'-tta' if r['config'].get('tta') else ''}.npy"
+        if not saved.is_file():
+            continue
+        building = np.load(saved)
+        _, labels, _ = load_city(r["held_out"])
+        valid = labels != 255
+        truth_ids, pixel_size = city_buildings(r["held_out"])
+        scores = {}
+        for core in POST_CORES:
+            ids, area, confidence = building_objects(building, valid, pixel_size, core is not None, core)
+            counted, reference, matches = match_instances(ids, truth_ids, valid)
+            matched = np.zeros(len(area), bool)
+            matched[matches[:, 0].astype(int)] = True  # one-to-one at IoU >= 0.5: filters keep other matches
+            for min_area in POST_AREAS:
+                for min_conf in POST_CONFIDENCES:
+                    kept = counted & (area >= min_area) & (confidence >= min_conf)
+                    scores[(core, min_area, min_conf)] = (int((kept & matched).sum()), int(kept.sum()), int(reference.sum()))
+        table[(r["held_out"], r["seed"])] = scores
+        print(r["held_out"], r["seed"], "scored", flush=True)
+
+    def f1(tp: int, predicted: int, reference: int) -> float:
+        return 2 * tp / (predicted + reference) if predicted + reference else 0.0
+
+    def mean_f1(keys: list, setting) -> float:
+        cities = sorted({c for c, _ in keys})
+        return float(np.mean([np.mean([f1(*table[k][setting]) for k in keys if k[0] == c]) for c in cities]))
+
+    settings = list(next(iter(table.values())))
+    cities = sorted({c for c, _ in table})
+    chosen, lines = {}, []
+    for city in cities:
+        others = [k for k in table if k[0] != city]
+        best = max(settings, key=lambda s: mean_f1(others, s))
+        chosen[city] = {"setting": best, "validation_f1": mean_f1(others, best),
+                        "test_f1": mean_f1([k for k in table if k[0] == city], best),
+                        "default_f1": mean_f1([k for k in table if k[0] == city], DEFAULT_POST)}
+    overall = max(settings, key=lambda s: mean_f1(list(table), s))
+    report = {"tag": args.select, "chosen_per_city": {c: {**v, "setting": list(v["setting"])} for c, v in chosen.items()},
+              "nested_mean_f1": float(np.mean([v["test_f1"] for v in chosen.values()])),
+              "default_mean_f1": mean_f1(list(table), DEFAULT_POST), "best_on_all": list(overall),
+              "grid": {"core_m": POST_CORES, "min_area": POST_AREAS, "min_confidence": POST_CONFIDENCES}}
+    lines = [
+        "# Building objects: separation and filters chosen on other cities",
+        "",
+        f"Saved whole-city probability maps of the `{args.select}` runs (`bench_generalisation.py --select "
+        f"{args.select}`). Each held-out city is scored with the setting (separation core in m, None = off;",
+        "smallest object m2; lowest mean probability) that gives the best mean building F1 (IoU >= 0.5) on the",
+        "other held-out cities' maps, so no city chooses its own setting.",
+        "",
+        "| held-out | setting chosen on the others (core, min m2, min prob) | F1 there | F1 here | F1 here, default |",
+        "|---|---|---|---|---|",
+    ]
+    for city, v in chosen.items():
+        lines.append(f"| {city} | {v['setting']} | {v['validation_f1']:.3f} | {v['test_f1']:.3f} | {v['default_f1']:.3f} |")
+    lines += ["", f"Mean F1 with the setting chosen on the other cities: **{report['nested_mean_f1']:.3f}**; "
+              f"with the library defaults {DEFAULT_POST}: {report['default_mean_f1']:.3f}; best setting on all "
+              f"cities together (for the defaults): {tuple(overall)}.", ""]
+    (RESULTS / "generalisation-postprocessing.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "generalisation-postprocessing.json").write_text(json.dumps(report, indent=1))
+    print("\n".join(lines))
 
 
 def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
@@ -445,11 +530,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-area", type=float, default=2.0, help="building objects smaller than this (m2) are dropped")
     parser.add_argument("--min-confidence", type=float, default=0.0, help="building objects less confident are dropped")
     parser.add_argument("--core", type=float, default=None, help="separation core distance, metres (default: the library's)")
+    parser.add_argument("--select", metavar="TAG", help="choose building separation and filters on TAG's saved maps")
     parser.add_argument("--held-out", default="all")
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args(argv)
     if args.two_stage:
         two_stage(args)
+        return
+    if args.select:
+        select_postprocessing(args)
         return
     held = CITIES if args.held_out == "all" else tuple(args.held_out.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -78,7 +78,7 @@ def build_raster(mpx: int) -> Path:
     return path
 
 
-def child(model_name: str, raster: str, out: str, window: int, batch: int) -> None:
+def child(model_name: str, raster: str, out: str, window: int, batch: int, precision: str) -> None:
     """Run one prediction end to end; print a JSON line with time and peak RSS."""
     import keras
 
@@ -90,7 +90,7 @@ def child(model_name: str, raster: str, out: str, window: int, batch: int) -> No
     keras.utils.set_random_seed(0)
     name, config = MODELS[model_name]
     model = build_model(name, 2, **config)
-    fn = keras_predict_fn(model)
+    fn = keras_predict_fn(model, precision=precision)
     with rasterio.open(raster) as src:  # the window side predict_raster will run
         side, _ = window_geometry(src.width, src.height, window, OVERLAP, stride_of(model))
     x = np.random.default_rng(0).uniform(0, 255, (batch, side, side, 3)).astype("float32")
@@ -105,7 +105,7 @@ def child(model_name: str, raster: str, out: str, window: int, batch: int) -> No
 
     # per pixel of the windows actually run: the fcn's internal padding costs more on small windows
     assert result.window == side, (result.window, side)
-    print(json.dumps({"flops_per_pixel": flops_per_pixel(model, side),
+    print(json.dumps({"flops_per_pixel": flops_per_pixel(model, side), "precision": fn.precision,
                       "seconds": result.seconds, "mpx": result.width * result.height / 1e6,
                       "data_mpx": data_pixels(result.classes) / 1e6, "window_run": result.window,
                       "mpx_s": result.megapixels_per_second, "model_only_window_mpx_s": model_only,
@@ -130,11 +130,11 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
-def measure_reference() -> dict:
-    """Conv peak of this machine (in a child, to keep the parent small)."""
+def measure_reference(precision: str) -> dict:
+    """Conv peak of this machine in `precision` (in a child, to keep the parent small)."""
     code = (
-        "import json; from geolabel.perf import measure_conv_peak; "
-        "print(json.dumps({'peak': measure_conv_peak()}))"
+        "import json; from geolabel.perf import measure_conv_peak; from geolabel.precision import resolve_precision; "
+        f"print(json.dumps({{'peak': measure_conv_peak(dtype=resolve_precision({precision!r}))}}))"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -150,11 +150,14 @@ def main() -> None:
                         help="largest mosaic per model, e.g. unet:64 (the full-resolution U-Net takes ~4 min at 256 Mpx)")
     parser.add_argument("--window", type=int, default=WINDOW, help="window side in pixels")
     parser.add_argument("--batch", type=int, default=BATCH, help="windows per model call")
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="compute precisions to run (auto = what geolabel predict picks here)")
     parser.add_argument("--append", action="store_true", help="add the rows to the existing results")
-    parser.add_argument("--child", nargs=5, metavar=("MODEL", "RASTER", "OUT", "WINDOW", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=6, metavar=("MODEL", "RASTER", "OUT", "WINDOW", "BATCH", "PRECISION"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child[:3], int(args.child[3]), int(args.child[4]))
+        child(*args.child[:3], int(args.child[3]), int(args.child[4]), args.child[5])
         return
     command = " ".join(["cd /work/main && .venv/bin/python benchmarks/bench_predict.py", *sys.argv[1:]])
     sizes = args.sizes.split(",")
@@ -164,15 +167,15 @@ def main() -> None:
         raise SystemExit(f"{REAL_RASTER} is missing: run benchmarks/make_oam_datasets.py first, or leave 'real' out")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GEOLABEL_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     runs = json.loads((RESULTS / "predict.json").read_text())["runs"] if args.append else []
-    for model_name in args.models.split(","):
-        ref = measure_reference()
+    for model_name, precision in [(m, p) for m in args.models.split(",") for p in args.precisions.split(",")]:
+        ref = measure_reference(precision)
         for size in sizes:
             if size != "real" and int(size) > limits.get(model_name, 10**9):
                 continue
             out = OUT / f"{model_name}-{size}"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, __file__, "--child", model_name, str(rasters[size]), str(out), str(args.window),
-                   str(args.batch)]
+                   str(args.batch), precision]
             load_before = os.getloadavg()[0]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
@@ -214,7 +217,7 @@ def write_results(runs: list[dict]) -> None:
         "Commands:", "", *[f"    {c}" for c in commands], "",
         "Rasters: the real Inria Austin crop (0.3 m) mirrored into 16/64/256 Mpx mosaics, and the real z21 "
         "(0.075 m) OpenAerialMap raster of Zanzibar (8192 x 37888 px). "
-        f"Overlap {OVERLAP} px, float32 on this machine's 2-core CPU "
+        f"Overlap {OVERLAP} px, in the precision of each row (conv peak measured in it) on this machine's 2-core CPU "
         "(TensorFlow, no XLA: XLA was slower on this CPU); outputs classes.tif + probabilities.tif COGs + "
         "preview.png. Each run in its own process; peak RSS = ru_maxrss. Conv peak = best of "
         "`geolabel.perf.measure_conv_peak()` (3x3, 128->128 channels) measured in the same run just before "
@@ -223,12 +226,12 @@ def write_results(runs: list[dict]) -> None:
         "the pixels that hold data: useful work only), predict stage (FLOPs executed, every window at full size with its overlap, over the time inside "
         "the model calls while the reader and writer threads run beside them), and model only (back-to-back "
         "batches of random windows).", "",
-        "| model | raster | Mpx | data Mpx | window x batch (run) | seconds | Mpx/s | x baseline 0.57 | peak RSS MB "
+        "| model | precision | raster | Mpx | data Mpx | window x batch (run) | seconds | Mpx/s | x baseline 0.57 | peak RSS MB "
         "| kFLOP/px | conv peak GFLOP/s | utilisation end-to-end | predict stage | model only | load avg | code |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        lines.append(f"| {r['model']} {r['model_config'] or ''} | {r['raster']} | {r['mpx']:.1f} | "
+        lines.append(f"| {r['model']} {r['model_config'] or ''} | {r.get('precision', 'float32')} | {r['raster']} | {r['mpx']:.1f} | "
                      f"{r.get('data_mpx', r['mpx']):.1f} | {r['window']} x {r['batch']} "
                      f"({r.get('window_run', r['window'])}) | {r['seconds']:.1f} | "
                      f"{r['mpx_s']:.3f} | {r['vs_baseline']:.2f} | {r['peak_rss_mb']:.0f} | "

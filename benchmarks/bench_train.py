@@ -1,10 +1,10 @@
-"""Training throughput of the segmentation models vs this machine's measured conv peak.
+"""Training throughput of the segmentation models in float32 and bfloat16 vs this machine's conv peaks.
 
-For each model: median time of a full training step (forward, CE - log soft-IoU loss,
-backward, AdamW update) on a batch of real Inria Austin crops, as pixels/s, and the
-achieved GFLOP/s counting a training step as 3x the forward FLOPs (backward ~ 2x
-forward), against the GFLOP/s of a large 3x3 convolution measured in the same run.
-Writes benchmarks/results/train.md and .json.
+For each model and precision: median time of a full training step (forward, CE - log
+soft-IoU loss, backward, AdamW update) on a batch of real Inria Austin crops, as pixels/s,
+and the achieved GFLOP/s counting a training step as 3x the forward FLOPs (backward ~ 2x
+forward), against the GFLOP/s of a large 3x3 convolution in the same precision measured in
+the same run. Writes benchmarks/results/train.md and .json.
 
     .venv/bin/python benchmarks/bench_train.py [--batch 8] [--crop 256] [--steps 6]
 """
@@ -48,15 +48,17 @@ def real_batch(batch: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int) -> dict:
+def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, precision: str) -> dict:
     import keras
     import tensorflow as tf
 
     from geolabel.losses import CrossEntropyJaccard
     from geolabel.models import build_model
     from geolabel.perf import flops_per_pixel
+    from geolabel.precision import precision_scope
 
-    model = build_model(name, 2, **config)
+    with precision_scope(precision):
+        model = build_model(name, 2, **config)
     optimizer = keras.optimizers.AdamW(1e-3)
     loss_fn = CrossEntropyJaccard()
     xs, ys = tf.constant(x), tf.constant(y)
@@ -88,6 +90,9 @@ def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: 
     }
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -96,22 +101,30 @@ def main() -> None:
     args = parser.parse_args()
     from geolabel.perf import measure_conv_peak
 
+    load_before = os.getloadavg()[0]
     x, y = real_batch(args.batch, args.crop)
-    peak_before = measure_conv_peak()
+    peaks = {p: [measure_conv_peak(dtype=p)] for p in PRECISIONS}
     rows = {}
     for label, name, config in CONFIGS:
-        rows[label] = {"model": name, "config": config, **time_training(name, config, x, y, args.steps)}
-        print(label, json.dumps({k: round(v, 3) for k, v in rows[label].items() if isinstance(v, float)}), flush=True)
-    peak_after = measure_conv_peak()
-    peak = max(peak_before["best_gflops"], peak_after["best_gflops"])
+        rows[label] = {"model": name, "config": config}
+        for precision in PRECISIONS:
+            rows[label][precision] = time_training(name, config, x, y, args.steps, precision)
+            print(label, precision, json.dumps({k: round(v, 3) for k, v in rows[label][precision].items()
+                                                if isinstance(v, float)}), flush=True)
+    for p in PRECISIONS:
+        peaks[p].append(measure_conv_peak(dtype=p))
+    peak = {p: max(m["best_gflops"] for m in peaks[p]) for p in PRECISIONS}
     for row in rows.values():
-        row["fraction_of_conv_peak"] = row["train_gflops"] / peak
-        row["px_per_s_vs_unet"] = row["px_per_s"] / rows["unet"]["px_per_s"]
+        for p in PRECISIONS:
+            row[p]["fraction_of_conv_peak"] = row[p]["train_gflops"] / peak[p]
+            row[p]["fraction_of_float32_peak"] = row[p]["train_gflops"] / peak["float32"]
+        row["bfloat16_speedup"] = row["bfloat16"]["px_per_s"] / row["float32"]["px_per_s"]
     command = f".venv/bin/python benchmarks/bench_train.py --batch {args.batch} --crop {args.crop} --steps {args.steps}"
     report = {
         "command": command,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; load {os.getloadavg()[0]:.1f})",
-        "conv_peak": {"before": peak_before, "after": peak_after, "used_gflops": peak},
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "conv_peak": {"runs": peaks, "used_gflops": peak},
         "batch": args.batch,
         "crop": args.crop,
         "models": rows,
@@ -119,23 +132,28 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(report, indent=1))
     lines = [
-        "# Training throughput vs measured conv peak",
+        "# Training throughput, float32 and bfloat16, vs measured conv peaks",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {report['machine']}  ",
-        f"Conv peak (3x3 conv 128->128 on 8x96x96, TF, best of 5): before {peak_before['best_gflops']:.1f}, "
-        f"after {peak_after['best_gflops']:.1f} GFLOP/s; utilisation uses the higher.",
+        f"Machine: {report['machine']}; 1-min load {load_before:.1f} before, {report['load_1min']['after']:.1f} after  ",
+        "Conv peak (3x3 conv 128->128 on 8x96x96, TF, best of 5, measured before and after the models): "
+        + ", ".join(f"{p} {peak[p]:.0f} GFLOP/s" for p in PRECISIONS)
+        + f" (bfloat16 / float32 = {peak['bfloat16'] / peak['float32']:.1f}x).",
         "",
         f"One training step = forward + CE-log(soft IoU) + backward + AdamW on {args.batch} real crops of "
-        f"{args.crop}x{args.crop}; GFLOP/s counts 3x the forward conv FLOPs.",
+        f"{args.crop}x{args.crop}; GFLOP/s counts 3x the forward conv FLOPs; bfloat16 = Keras `mixed_bfloat16` "
+        "(float32 weights, loss and softmax), what `TrainConfig.precision: auto` picks on this CPU.",
         "",
-        "| model | config | params | fwd kFLOP/px | step s (median) | px/s | x unet px/s | train GFLOP/s | of conv peak |",
+        "| model | config | params | fwd kFLOP/px | px/s float32 | px/s bfloat16 | bf16 speed-up | GFLOP/s fp32 (of fp32 peak) "
+        "| GFLOP/s bf16 (of bf16 peak) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
+        f32, b16 = r["float32"], r["bfloat16"]
         lines.append(
-            f"| {label} | `{json.dumps(r['config'])}` | {r['params']:,} | {r['forward_kflop_per_px']:.1f} | {r['step_s_median']:.3f} "
-            f"| {r['px_per_s']:,.0f} | {r['px_per_s_vs_unet']:.2f} | {r['train_gflops']:.1f} | {r['fraction_of_conv_peak']:.0%} |"
+            f"| {label} | `{json.dumps(r['config'])}` | {f32['params']:,} | {f32['forward_kflop_per_px']:.1f} "
+            f"| {f32['px_per_s']:,.0f} | {b16['px_per_s']:,.0f} | {r['bfloat16_speedup']:.2f}x "
+            f"| {f32['train_gflops']:.0f} ({f32['fraction_of_conv_peak']:.0%}) | {b16['train_gflops']:.0f} ({b16['fraction_of_conv_peak']:.0%}) |"
         )
     (RESULTS / "train.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
