@@ -111,7 +111,7 @@ def training_config(args: argparse.Namespace, datasets: list[str], seed: int):
         optimizer=args.optimizer, weight_decay=args.weight_decay, loss=args.loss, jitter=args.jitter,
         zoom=args.zoom, hue=args.hue, grayscale=args.grayscale, seed=seed, time_limit_s=args.time_limit,
         downsample=args.downsample, cache=True, scene_norm=args.scene_norm, scene_contrast=scene_contrast,
-        precision=args.precision,
+        precision=args.precision, label_bootstrap=args.label_bootstrap,
     )
 
 
@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--optimizer")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--loss")
+    parser.add_argument("--label-bootstrap", type=float, help="weight of the labels in the CE target (< 1: bootstrapping)")
     parser.add_argument("--jitter", type=float)
     parser.add_argument("--zoom", type=float, help="largest random zoom of training crops (1 = off)")
     parser.add_argument("--hue", type=float, help="largest hue rotation (default 0.04 x jitter)")

@@ -51,6 +51,8 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--lr", type=float, help="(Peak) learning rate.")
 @click.option("--schedule", type=click.Choice(["onecycle", "triangular", "constant"]))
 @click.option("--loss", type=click.Choice(["ce", "jaccard", "ce_jaccard"]))
+@click.option("--label-bootstrap", type=float,
+              help="Weight of the labels in the cross-entropy target; < 1 trusts the model's own decision for the rest.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Compute precision; auto (default) = bfloat16 on CPUs with bf16 units, float16 on GPUs, else float32.")
 @click.option("--seed", type=int)

@@ -29,11 +29,20 @@ def _prepare(y_true, y_pred, ignore: int):
     return labels, y_pred, valid
 
 
-def cross_entropy(y_true, y_pred, class_weights: Sequence[float] | None = None, ignore: int = IGNORE):
-    """Mean (class-weighted) cross-entropy over the non-ignored pixels."""
+def cross_entropy(y_true, y_pred, class_weights: Sequence[float] | None = None, ignore: int = IGNORE,
+                  bootstrap: float = 1.0):
+    """Mean (class-weighted) cross-entropy over the non-ignored pixels.
+
+    `bootstrap` < 1 is Reed et al.'s (2015) hard bootstrapping for noisy labels: the target is
+    `bootstrap` x the label + (1 - `bootstrap`) x the model's own current decision, so a building
+    the map forgot (OSM's most common error) is not punished in full once the model sees it.
+    """
     labels, probs, valid = _prepare(y_true, y_pred, ignore)
     num_classes = ops.shape(probs)[-1]
     onehot = ops.one_hot(labels, num_classes, dtype="float32")
+    if bootstrap < 1.0:
+        decision = ops.one_hot(ops.argmax(ops.stop_gradient(probs), axis=-1), num_classes, dtype="float32")
+        onehot = bootstrap * onehot + (1.0 - bootstrap) * decision
     nll = -ops.sum(onehot * ops.log(ops.clip(probs, EPSILON, 1.0)), axis=-1)
     weights = valid
     if class_weights is not None:
@@ -61,18 +70,22 @@ class CrossEntropy(keras.losses.Loss):
     Args:
         class_weights: one weight per class (None = all 1).
         ignore: label value that contributes nothing.
+        bootstrap: weight of the labels in the target (`cross_entropy`).
     """
 
-    def __init__(self, class_weights: Sequence[float] | None = None, ignore: int = IGNORE, name: str = "ce", **kwargs: Any):
+    def __init__(self, class_weights: Sequence[float] | None = None, ignore: int = IGNORE, bootstrap: float = 1.0,
+                 name: str = "ce", **kwargs: Any):
         super().__init__(name=name, **kwargs)
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.ignore = ignore
+        self.bootstrap = float(bootstrap)
 
     def call(self, y_true, y_pred):
-        return cross_entropy(y_true, y_pred, self.class_weights, self.ignore)
+        return cross_entropy(y_true, y_pred, self.class_weights, self.ignore, self.bootstrap)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "class_weights": self.class_weights, "ignore": self.ignore}
+        return {**super().get_config(), "class_weights": self.class_weights, "ignore": self.ignore,
+                "bootstrap": self.bootstrap}
 
 
 @keras.saving.register_keras_serializable(package="geolabel")
@@ -105,6 +118,7 @@ class CrossEntropyJaccard(keras.losses.Loss):
         class_weights: per-class cross-entropy weights.
         classes: classes of the soft IoU (default: all but background).
         ignore: label value that contributes nothing.
+        bootstrap: weight of the labels in the cross-entropy target (`cross_entropy`).
     """
 
     def __init__(
@@ -113,17 +127,19 @@ class CrossEntropyJaccard(keras.losses.Loss):
         class_weights: Sequence[float] | None = None,
         classes: Sequence[int] | None = None,
         ignore: int = IGNORE,
+        bootstrap: float = 1.0,
         name: str = "ce_jaccard",
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
         self.jaccard_weight = float(jaccard_weight)
+        self.bootstrap = float(bootstrap)
         self.class_weights = list(class_weights) if class_weights is not None else None
         self.classes = list(classes) if classes is not None else None
         self.ignore = ignore
 
     def call(self, y_true, y_pred):
-        ce = cross_entropy(y_true, y_pred, self.class_weights, self.ignore)
+        ce = cross_entropy(y_true, y_pred, self.class_weights, self.ignore, self.bootstrap)
         iou = soft_iou(y_true, y_pred, self.classes, self.ignore)
         return ce - self.jaccard_weight * ops.log(ops.maximum(iou, EPSILON))
 
@@ -134,18 +150,24 @@ class CrossEntropyJaccard(keras.losses.Loss):
             "class_weights": self.class_weights,
             "classes": self.classes,
             "ignore": self.ignore,
+            "bootstrap": self.bootstrap,
         }
 
 
 LOSSES = {"ce": CrossEntropy, "jaccard": SoftJaccard, "ce_jaccard": CrossEntropyJaccard}
 
 
-def get_loss(name: str, class_weights: Sequence[float] | None = None, ignore: int = IGNORE) -> keras.losses.Loss:
-    """A loss by name: "ce", "jaccard" or "ce_jaccard"."""
+def get_loss(name: str, class_weights: Sequence[float] | None = None, ignore: int = IGNORE,
+             bootstrap: float = 1.0) -> keras.losses.Loss:
+    """A loss by name: "ce", "jaccard" or "ce_jaccard"; `bootstrap` < 1 bootstraps the cross-entropy."""
     from geolabel.errors import InputError
 
     if name not in LOSSES:
         raise InputError("--loss", f"unknown loss {name!r}; use {', '.join(LOSSES)}")
+    if not 0.0 < bootstrap <= 1.0:
+        raise InputError("--label-bootstrap", f"{bootstrap} is not in (0, 1]")
     if name == "jaccard":
         return SoftJaccard(ignore=ignore)
-    return LOSSES[name](class_weights=class_weights, ignore=ignore)
+    if name == "ce":
+        return CrossEntropy(class_weights=class_weights, ignore=ignore, bootstrap=bootstrap)
+    return CrossEntropyJaccard(class_weights=class_weights, ignore=ignore, bootstrap=bootstrap)

@@ -50,6 +50,8 @@ class TrainConfig:
         weight_decay: AdamW decoupled decay / SGD weight decay.
         momentum: SGD momentum.
         loss: "ce", "jaccard" or "ce_jaccard".
+        label_bootstrap: weight of the labels in the cross-entropy target (< 1: hard
+            bootstrapping, robust to buildings missing from OSM; `geolabel.losses.cross_entropy`).
         class_weights: cross-entropy weight per class.
         jitter: photometric jitter strength (0 = off).
         d4: random dihedral transforms.
@@ -98,6 +100,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     loss: str = "ce_jaccard"
+    label_bootstrap: float = 1.0
     class_weights: list[float] | None = None
     jitter: float = 1.0
     d4: bool = True
@@ -368,7 +371,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             optimizer.build(rest_vars)
             if enc_optimizer is not None:
                 enc_optimizer.build(enc_vars)
-            loss_fn = get_loss(config.loss, config.class_weights)
+            loss_fn = get_loss(config.loss, config.class_weights, bootstrap=config.label_bootstrap)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step=step_var)

@@ -35,6 +35,26 @@ def test_class_weights_change_the_balance():
     assert weighted == pytest.approx(expected, rel=1e-5)
 
 
+def test_bootstrapped_cross_entropy_forgives_a_confident_building_the_map_forgot(austin_arrays):
+    _, mask = austin_arrays
+    y = mask[:64, :64].copy()
+    forgot = y.copy()
+    forgot[y == 1] = 0  # the map lost these buildings; the model still sees them
+    probs = np.eye(2, dtype="float32")[y] * 0.9 + 0.05
+    plain = float(CrossEntropy()(forgot[None], probs[None]))
+    boot = float(CrossEntropy(bootstrap=0.8)(forgot[None], probs[None]))
+    # on the forgotten pixels the target is 0.8 x label + 0.2 x decision: 0.8 x -log(0.05) + 0.2 x -log(0.95)
+    building = (y == 1).mean()
+    expected = (1 - building) * -np.log(0.95) + building * (0.8 * -np.log(0.05) + 0.2 * -np.log(0.95))
+    assert boot == pytest.approx(expected, rel=1e-4) and boot < plain
+    assert float(CrossEntropy(bootstrap=0.8)(y[None], probs[None])) == pytest.approx(float(CrossEntropy()(y[None], probs[None])), rel=1e-5)
+    assert get_loss("ce_jaccard", bootstrap=0.8).get_config()["bootstrap"] == 0.8
+    from geolabel.errors import InputError
+
+    with pytest.raises(InputError, match="--label-bootstrap"):
+        get_loss("ce", bootstrap=0.0)
+
+
 def test_soft_jaccard_perfect_and_batchwise(austin_arrays):
     _, mask = austin_arrays
     y = np.stack([mask[:64, :64], mask[64:128, :64]])
