@@ -59,10 +59,11 @@ def _label_alignment(model_path: str, downsample: int):
               help="Alignment model (.keras, see `geolabel align`): move the label polygons onto the imagery before rasterising.")
 @click.option("--align-downsample", default=1, show_default=True, type=click.IntRange(1),
               help="Average the imagery down by this factor for --align (the alignment model's training resolution).")
+@click.option("--yes", is_flag=True, help="Fetch a tile job of more than 100,000 tiles (refused otherwise, with its size).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Dataset folder (re-running resumes).")
 def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdomains, labels, overpass_url, classes, class_column,
           chip_size, val_fraction, split_block, connections, retries, timeout, cache_dir, attribution, name,
-          align_model, align_downsample, out) -> None:
+          align_model, align_downsample, yes, out) -> None:
     """Fetch imagery and labels for an area into a dataset folder.
 
     Writes OUT/imagery.tif (COG), labels.tif, labels.gpkg, manifest.json and chips/
@@ -77,7 +78,7 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
         subdomains=tuple(s for s in (subdomains.split(",") if "," in subdomains else list(subdomains)) if s),
         overpass_url=overpass_url, class_column=class_column, chip_size=chip_size, val_fraction=val_fraction,
         split_block=split_block, connections=connections, retries=retries, timeout=timeout, cache_dir=cache_dir,
-        attribution=attribution, name=name,
+        attribution=attribution, name=name, **({"max_tiles": None} if yes else {}),
     )
     command = "geolabel " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fetch"):]) if "fetch" in sys.argv else None
     align = _label_alignment(align_model, align_downsample) if align_model else None

@@ -6,8 +6,10 @@ leaves either a finished file or none, and the result is byte-identical to an
 uninterrupted run):
 
 1. imagery  -> `imagery.tif` (tiles are cached under `cache/tiles/`, so a killed
-   download resumes tile by tile);
-2. labels   -> `labels.gpkg` (vectors in the imagery CRS); with an alignment model
+   download resumes tile by tile); a tile job is sized first (count and bytes) and
+   one of more than `MAX_TILES` tiles is refused unless `max_tiles` allows it (`--yes`);
+2. labels   -> `labels.gpkg` (vectors in the imagery CRS), refused when no feature of
+   the classes lies on the imagery (`geolabel.data.overlap`); with an alignment model
    (`fetch --align`), fetched as `labels-source.gpkg` and aligned to the imagery into
    `labels.gpkg`;
 3. rasterise -> `labels.tif` (uint8 classes on the imagery grid, 255 = no imagery);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -37,6 +40,7 @@ from geolabel.data import chips as chipfmt
 from geolabel.data.aoi import AOI, resolve_aoi
 from geolabel.data.http import HttpClient
 from geolabel.data.imagery import clip_raster, to_uint8, uint8_scaling
+from geolabel.data.overlap import check_labels_on_imagery
 from geolabel.data.osm import (
     OSM_ATTRIBUTION,
     LabelRules,
@@ -48,13 +52,14 @@ from geolabel.data.osm import (
 )
 from geolabel.data.raster import open_raster
 from geolabel.data.rasterize import rasterize_labels
-from geolabel.data.tiles import TileCache, TileTemplate, fetch_tiles, mosaic_tiles, tile_range
+from geolabel.data.tiles import TileCache, TileTemplate, download_bytes, fetch_tiles, mosaic_tiles, tile_range
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 
 STATE = ".fetch-state.json"
 FORMAT_VERSION = 1
 FIXED_GPKG_DATE = "2000-01-01T00:00:00.000Z"  # GeoPackage change dates pinned: same inputs, same bytes
+MAX_TILES = 100_000  # a bigger tile job (~2.4 GB; at z21 ~36 km² at the equator) needs max_tiles=None (`fetch --yes`)
 
 
 @dataclass
@@ -79,6 +84,9 @@ class FetchOptions:
         block: pixels per side of a processing block (bounds memory for huge AOIs).
         attribution: imagery attribution line for the manifest.
         name: dataset name written into the chips (default: the folder name).
+        road_widths: carriageway metres by highway type (see geolabel.data.osm.LabelRules).
+        max_tiles: most tiles of a tile/WMS job fetched without asking (None: no limit, `fetch --yes`);
+            a bbox typed with the wrong zoom easily means millions of tiles.
     """
 
     zoom: int | None = None
@@ -101,6 +109,7 @@ class FetchOptions:
     attribution: str | None = None
     name: str | None = None
     road_widths: dict[str, float] | None = None
+    max_tiles: int | None = MAX_TILES
 
     def check(self) -> None:
         if self.chip_size <= 0 or self.chip_size % 16:
@@ -111,6 +120,8 @@ class FetchOptions:
             raise InputError("--split-block", "must be >= 1")
         if self.connections < 1:
             raise InputError("--connections", "must be >= 1")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise InputError("max_tiles", "must be >= 1 (or None for no limit)")
         if self.block < 256 or self.block % 256:
             raise InputError("block", "must be a multiple of 256")
 
@@ -179,10 +190,14 @@ def fetch_imagery(imagery: str, aoi: AOI, out: Path, options: FetchOptions, clie
             raise InputError("--zoom", "is required for a tile or WMS source")
         template = TileTemplate(imagery, tuple(options.subdomains), options.tile_px)
         trange = tile_range(aoi.bbox, options.zoom)
+        size = f"{len(trange):,} tiles at zoom {trange.z} (about {_bytes(download_bytes(trange, options.tile_px))} to download)"
+        if options.max_tiles is not None and len(trange) > options.max_tiles:
+            raise InputError(aoi.source, f"{size} is more than the {options.max_tiles:,} fetched without asking; "
+                                         "use a smaller area or zoom, or pass --yes (max_tiles=None) to fetch it all")
+        logger.log(logging.WARNING if len(trange) > MAX_TILES else logging.INFO, "fetching %s from %s", size, imagery)
         root = Path(options.cache_dir) if options.cache_dir else out.parent / "cache" / "tiles"
         cache = TileCache(root / template.key)
-        logger.info("fetching %d tiles at z%d from %s", len(trange), trange.z, imagery)
-        fetch_tiles(template, trange.tiles(), cache, client)
+        fetch_tiles(template, trange.tiles(), cache, client, total=len(trange))
         mosaic = mosaic_tiles(
             cache, trange, out, options.tile_px, block_tiles=max(1, options.block // options.tile_px),
             tags={"source": imagery, "zoom": str(trange.z)}, source=imagery,
@@ -200,15 +215,22 @@ def fetch_imagery(imagery: str, aoi: AOI, out: Path, options: FetchOptions, clie
     return {"kind": "raster", "url": imagery, **info}
 
 
-def fetch_labels(labels: str, aoi: AOI, classes: ClassMap, imagery_path: Path, out: Path, options: FetchOptions, client: HttpClient) -> dict:
-    """Write `out` (GeoPackage, imagery CRS) with the label vectors of the imagery's area."""
+def fetch_labels(
+    labels: str, aoi: AOI, classes: ClassMap, imagery_path: Path, out: Path, options: FetchOptions, client: HttpClient,
+    imagery: str | None = None,
+) -> dict:
+    """Write `out` (GeoPackage, imagery CRS) with the label vectors of the imagery's area.
+
+    Raises InputError (naming the labels and `imagery`, the source as given, default
+    `imagery_path`) when no feature of the classes lies on the imagery.
+    """
     import geopandas as gpd
     import shapely
     from rasterio.warp import transform_bounds
 
     rules = LabelRules(road_widths=options.road_widths) if options.road_widths else LabelRules()
     with open_raster(imagery_path) as src:
-        crs = src.crs
+        crs, bounds = src.crs, tuple(src.bounds)
         area = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
     bbox = (max(area[0], aoi.bbox[0]), max(area[1], aoi.bbox[1]), min(area[2], aoi.bbox[2]), min(area[3], aoi.bbox[3]))
     if labels == "osm":
@@ -219,7 +241,10 @@ def fetch_labels(labels: str, aoi: AOI, classes: ClassMap, imagery_path: Path, o
         info = {"kind": "osm-extract", "url": os.fspath(labels), "osm_timestamp": info["osm_timestamp"], "sha256": info["sha256"]}
     else:
         frame, info = read_vector_labels(labels, classes, options.class_column, options.default_class, bbox, rules=rules)
+        if frame.empty:  # none here: read them all, so that the error can say where they are
+            frame, _ = read_vector_labels(labels, classes, options.class_column, options.default_class, rules=rules)
         info = {"kind": "vector-file", "url": os.fspath(labels), "osm_timestamp": None, "class_column": options.class_column}
+    check_labels_on_imagery(frame, bounds, crs, classes.names[1:], labels, imagery or imagery_path)
     frame = frame[frame.intersects(shapely.box(*bbox))]
     frame = frame.sort_values(["class_id", "osm_id", "tag"], kind="stable", na_position="last").reset_index(drop=True)
     frame = gpd.GeoDataFrame(frame, geometry="geometry", crs="EPSG:4326").to_crs(crs)
@@ -366,7 +391,7 @@ def fetch_dataset(
                  options.road_widths, fetched.name)
     lab = state.done("labels", k_lab, fetched)
     if lab is None:
-        lab = state.finish("labels", k_lab, fetch_labels(labels, area, classes, paths["imagery"], fetched, options, client))
+        lab = state.finish("labels", k_lab, fetch_labels(labels, area, classes, paths["imagery"], fetched, options, client, imagery))
     alignment = None
     if align:
         k_lab = _key(k_lab, align.key)
@@ -425,6 +450,11 @@ def _remove_stale_temporaries(folder: Path) -> None:
     if chips.is_dir():
         for path in chips.glob(".*.tfrecord.gz*"):
             path.unlink(missing_ok=True)
+
+
+def _bytes(count: int) -> str:
+    """A byte count for people: MB below a GB, GB above."""
+    return f"{count / 1e9:,.1f} GB" if count >= 1e9 else f"{count / 1e6:,.1f} MB"
 
 
 def _json_default(value):

@@ -1,9 +1,14 @@
 """Retrying HTTP for tile servers, Overpass and geocoders.
 
 Bounded concurrency (one pooled session per thread, at most `connections` threads),
-exponential backoff on timeouts, connection errors, 429 and 5xx (a `Retry-After`
-header wins over the computed delay), and 404/410 reported as "missing" (None)
-rather than as a failure.
+exponential backoff on timeouts, connection errors (also a body cut off mid-transfer),
+429 and 5xx (a `Retry-After` header wins over the computed delay), and on a 2xx body
+that the caller's `check` rejects (a truncated image, an HTML error page); 404/410 are
+reported as "missing" (None) rather than as a failure.
+
+The retries live in `HttpClient.request`, not in urllib3's `Retry`: requests reads the
+body after urllib3 has returned the response, so a `Retry` mounted on the adapter
+never sees a transfer cut mid-body.
 """
 
 from __future__ import annotations
@@ -92,8 +97,13 @@ class HttpClient:
         with self._lock:
             self.stats[key] += 1
 
-    def request(self, method: str, url: str, **kwargs) -> requests.Response | None:
+    def request(self, method: str, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs) -> requests.Response | None:
         """One request with retries; the response (2xx/3xx), or None when the resource is missing.
+
+        Args:
+            check: says why a 2xx/3xx body is unusable (None when it is fine); such a body
+                is retried like a transient error, since servers under load answer 200 with
+                a cut or an error page.
 
         Raises:
             FetchError: a non-retryable error status, or still failing after all retries.
@@ -108,14 +118,18 @@ class HttpClient:
                     self._count("missing")
                     return None
                 if response.status_code < 400:
-                    # Read the body inside the retry loop: a stalled body is a timeout too.
-                    _ = response.content
-                    return response
-                last = f"HTTP {response.status_code}"
-                if response.status_code not in RETRY_STATUS:
-                    raise FetchError(f"{url}: {last} {response.reason or ''}".strip())
-                wait = retry_after_seconds(response.headers.get("Retry-After"))
-            except (requests.Timeout, requests.ConnectionError) as err:
+                    # Read the body inside the retry loop: a stalled or cut body is retried too.
+                    problem = check(response.content) if check else None
+                    if problem is None:
+                        return response
+                    last = f"bad body ({problem})"
+                else:
+                    last = f"HTTP {response.status_code}"
+                    if response.status_code not in RETRY_STATUS:
+                        raise FetchError(f"{url}: {last} {response.reason or ''}".strip())
+                    wait = retry_after_seconds(response.headers.get("Retry-After"))
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                # ChunkedEncodingError: the connection broke while the body was read (IncompleteRead, reset)
                 last = type(err).__name__
             except requests.RequestException as err:
                 raise FetchError(f"{url}: {err}") from err
@@ -128,9 +142,9 @@ class HttpClient:
             time.sleep(delay)
         raise FetchError(f"{url}: failed after {self.retries + 1} attempts (last: {last})")
 
-    def get_bytes(self, url: str, **kwargs) -> bytes | None:
-        """GET `url`: its body, or None for 404/410."""
-        response = self.request("GET", url, **kwargs)
+    def get_bytes(self, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs) -> bytes | None:
+        """GET `url`: its body (accepted by `check`, see `request`), or None for 404/410."""
+        response = self.request("GET", url, check=check, **kwargs)
         return None if response is None else response.content
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

@@ -7,7 +7,10 @@ A tile source is a URL template. Placeholders: `{z}`, `{x}`, `{y}` (XYZ, Google 
 
 Tiles are fetched concurrently into a cache folder (one file per tile, written
 atomically; a 404 leaves a `.missing` marker), so a re-run downloads only what is
-not on disk yet. The mosaic is an RGB GeoTIFF/COG in EPSG:3857 whose transform is
+not on disk yet. A tile enters the cache only once it decodes to a full-size image
+(a 200 answer with a cut JPEG or an HTML page is retried instead), and a bad tile
+found in the cache is dropped and fetched again, so one bad answer cannot poison
+every later run. The mosaic is an RGB GeoTIFF/COG in EPSG:3857 whose transform is
 exactly the Web-Mercator geometry of the tile range; missing tiles are nodata (0).
 """
 
@@ -31,12 +34,13 @@ from geolabel.atomic import write_bytes_atomic
 from geolabel.data.http import HttpClient
 from geolabel.data.raster import RasterWriter
 from geolabel.errors import FetchError, InputError
-from geolabel.progress import progress
+from geolabel.progress import logger, progress
 
 HALF_WORLD = 20037508.342789244  # pi * 6378137: half the Web-Mercator world width in metres
 MAX_LAT = 85.0511287798066
 WEB_MERCATOR = "EPSG:3857"
 _SNAP = 1e-7  # fractional tile coordinates this close to an integer are that integer
+TILE_BYTES = 24_000  # mean size of a 256 px aerial JPEG tile (the OpenAerialMap tiles at z19-z21: 19-29 kB)
 
 Tile = tuple[int, int, int]  # (z, x, y), XYZ scheme
 
@@ -134,6 +138,12 @@ def tile_range(bbox: tuple[float, float, float, float], z: int) -> TileRange:
     return TileRange(z, x0, y0, x1, y1)
 
 
+def download_bytes(trange: TileRange, tile_px: int = 256) -> int:
+    """Rough download size of a tile range (`TILE_BYTES` per 256 px tile, scaled by tile area),
+    to size a job before it starts."""
+    return round(len(trange) * TILE_BYTES * (tile_px / 256) ** 2)
+
+
 def quadkey(x: int, y: int, z: int) -> str:
     """Bing Maps quadkey of a tile."""
     digits = []
@@ -215,50 +225,79 @@ class TileCache:
         z, x, y = tile
         return self.folder / str(z) / str(x) / str(y)
 
+    def path(self, tile: Tile) -> Path:
+        """The file holding a tile's bytes (named in errors about them)."""
+        return self._base(tile).with_suffix(".tile")
+
     def status(self, tile: Tile) -> str | None:
         """"tile", "missing", or None when not fetched yet."""
-        base = self._base(tile)
-        if base.with_suffix(".tile").exists():
+        if self.path(tile).exists():
             return "tile"
-        if base.with_suffix(".missing").exists():
+        if self._base(tile).with_suffix(".missing").exists():
             return "missing"
         return None
 
     def get(self, tile: Tile) -> bytes | None:
         """Cached bytes of a tile, or None (missing or not fetched)."""
-        path = self._base(tile).with_suffix(".tile")
+        path = self.path(tile)
         return path.read_bytes() if path.exists() else None
 
     def put(self, tile: Tile, data: bytes | None) -> None:
         """Store a tile's bytes, or None to record that the server has no such tile."""
-        base = self._base(tile)
         if data is None:
-            write_bytes_atomic(base.with_suffix(".missing"), b"")
+            write_bytes_atomic(self._base(tile).with_suffix(".missing"), b"")
         else:
-            write_bytes_atomic(base.with_suffix(".tile"), data)
+            write_bytes_atomic(self.path(tile), data)
+
+    def drop(self, tile: Tile) -> None:
+        """Forget a tile's bytes, so that it is fetched again."""
+        self.path(tile).unlink(missing_ok=True)
+
+
+def _decode(data: bytes, tile_px: int) -> np.ndarray:
+    """(3, tile_px, tile_px) uint8 RGB of tile bytes; ValueError saying why they are not such a tile."""
+    if not data:
+        raise ValueError("empty tile")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"not an image tile (starts {data[:32]!r})") from None
+    with image:
+        try:
+            image.load()
+        except (OSError, SyntaxError) as err:  # PIL raises SyntaxError for some broken PNGs
+            raise ValueError(f"truncated or corrupt image tile ({err})") from None
+        alpha = None
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = np.asarray(image.convert("RGBA"))
+            rgb, alpha = rgba[..., :3], rgba[..., 3]
+        else:
+            rgb = np.asarray(image.convert("RGB"))
+    if rgb.shape[:2] != (tile_px, tile_px):
+        raise ValueError(f"tile is {rgb.shape[1]}x{rgb.shape[0]} px, expected {tile_px}x{tile_px} (set the tile size)")
+    if alpha is not None:
+        rgb = np.where((alpha == 0)[..., None], 0, rgb)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def tile_problem(data: bytes, tile_px: int) -> str | None:
+    """Why `data` is not a usable `tile_px` tile (cut short, not an image, wrong size), or None."""
+    try:
+        _decode(data, tile_px)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def decode_tile(data: bytes, tile_px: int, source: str) -> np.ndarray:
-    """Decode tile bytes (JPEG/PNG/WebP/...) as (3, tile_px, tile_px) uint8 RGB.
+    """Decode tile bytes (JPEG/PNG/WebP/...) as (3, tile_px, tile_px) uint8 RGB; FetchError naming `source` if they are not one.
 
     Transparent pixels become 0 (nodata); a grey tile is expanded to RGB.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            alpha = None
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = np.asarray(image.convert("RGBA"))
-                rgb, alpha = rgba[..., :3], rgba[..., 3]
-            else:
-                rgb = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise FetchError(f"{source}: not an image tile ({err})") from err
-    if rgb.shape[:2] != (tile_px, tile_px):
-        raise FetchError(f"{source}: tile is {rgb.shape[1]}x{rgb.shape[0]} px, expected {tile_px}x{tile_px} (set the tile size)")
-    if alpha is not None:
-        rgb = np.where((alpha == 0)[..., None], 0, rgb)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        return _decode(data, tile_px)
+    except ValueError as err:
+        raise FetchError(f"{source}: {err}") from None
 
 
 def fetch_tiles(
@@ -266,29 +305,39 @@ def fetch_tiles(
     tiles: Iterable[Tile],
     cache: TileCache,
     client: HttpClient,
+    total: int | None = None,
 ) -> dict[str, int]:
     """Download every tile not yet in `cache` (concurrently, with retries).
+
+    `tiles` is consumed lazily (a generator over millions of tiles holds no list of them);
+    `total` only sizes the progress bar. A downloaded tile is cached only if it decodes to
+    `template.tile_px` pixels; a cached tile that does not is dropped and fetched again.
 
     Returns:
         counts: {"cached": already on disk, "fetched": downloaded now, "missing": 404 in all}.
     """
     counts = {"cached": 0, "fetched": 0, "missing": 0}
-    todo = []
-    for tile in tiles:
-        state = cache.status(tile)
-        if state is None:
-            todo.append(tile)
-        else:
-            counts["cached"] += 1
-            counts["missing"] += state == "missing"
 
-    def one(tile: Tile) -> bool:
-        data = client.get_bytes(template.url_for(*tile))
+    def check(data: bytes) -> str | None:
+        return tile_problem(data, template.tile_px)
+
+    def one(tile: Tile) -> tuple[bool, bool]:
+        """(was already cached, the server has it)."""
+        data = cache.get(tile)
+        if data is not None:
+            problem = check(data)
+            if problem is None:
+                return True, True
+            logger.warning("%s: %s; dropped, fetching it again", cache.path(tile), problem)
+            cache.drop(tile)
+        elif cache.status(tile) == "missing":
+            return True, False
+        data = client.get_bytes(template.url_for(*tile), check=check)
         cache.put(tile, data)
-        return data is not None
+        return False, data is not None
 
-    for found in progress(client.map(one, todo), desc="tiles", total=len(todo), unit="tile"):
-        counts["fetched"] += 1
+    for cached, found in progress(client.map(one, tiles), desc="tiles", total=total, unit="tile"):
+        counts["cached" if cached else "fetched"] += 1
         counts["missing"] += not found
     return counts
 
@@ -318,8 +367,9 @@ def mosaic_tiles(
         nodata=0, blocksize=blocksize, compress=compress, tags=tags, band_descriptions=["red", "green", "blue"],
         overview_resampling="average",
     ) as writer:
-        blocks = [(r, c) for r in range(0, trange.rows, block_tiles) for c in range(0, trange.columns, block_tiles)]
-        for r, c in progress(blocks, desc="mosaic", unit="block"):
+        blocks = ((r, c) for r in range(0, trange.rows, block_tiles) for c in range(0, trange.columns, block_tiles))
+        total = math.ceil(trange.rows / block_tiles) * math.ceil(trange.columns / block_tiles)
+        for r, c in progress(blocks, desc="mosaic", total=total, unit="block"):
             nr, nc = min(block_tiles, trange.rows - r), min(block_tiles, trange.columns - c)
             block = np.zeros((3, nr * tile_px, nc * tile_px), np.uint8)
             for i in range(nr):
@@ -331,7 +381,7 @@ def mosaic_tiles(
                         continue
                     counts["tiles"] += 1
                     block[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = decode_tile(
-                        data, tile_px, f"{source} {tile}"
+                        data, tile_px, f"{cache.path(tile)} (cached tile {tile} of {source})"
                     )
             writer.write(block, Window(c * tile_px, r * tile_px, nc * tile_px, nr * tile_px))
     return counts

@@ -232,11 +232,12 @@ def test_remote_cog_read_with_http_range_requests(shared_data, tmp_path):
     from tests.servers import tile_server_process
 
     image = shared_data / "inria-austin" / "image.tif"
+    vectors, _ = _inria_vectors(shared_data, tmp_path)  # labels on this image (labels elsewhere are refused)
     aoi = transform_bounds("EPSG:26914", "EPSG:4326", 617200.0, 3344200.0, 617300.0, 3344300.0)
     with tile_server_process(image.parent) as url:
         manifest = fetch_dataset(
-            tmp_path / "ds", f"{url}/image.tif", str(shared_data / "oam-osm" / "virac-ph" / "osm-buildings.geojson"),
-            bbox=aoi, options=FetchOptions(chip_size=128, val_fraction=0.0),
+            tmp_path / "ds", f"{url}/image.tif", str(vectors), bbox=aoi, classes=BUILDINGS,
+            options=FetchOptions(chip_size=128, val_fraction=0.0, class_column="kind"),
         )
     assert manifest["imagery"]["url"].startswith("http://127.0.0.1")
     assert 334 <= manifest["width"] <= 345 and 334 <= manifest["height"] <= 345  # 100 m at 0.3 m, AOI box reprojected
