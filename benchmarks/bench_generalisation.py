@@ -152,7 +152,7 @@ def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarr
     return instance_scores(ids, truth_ids, valid)
 
 
-POST_CORES = (None, 0.75, 1.0, 1.5)  # None = no separation
+POST_CORES = (None, 1.0)  # None = no separation; 1.0 = the library default
 POST_AREAS = (2.0, 5.0, 10.0, 20.0)
 POST_CONFIDENCES = (0.0, 0.6, 0.7, 0.8)
 DEFAULT_POST = (1.0, 2.0, 0.0)  # the library defaults: separation core 1 m, --min-area 2, --min-confidence 0
@@ -237,11 +237,17 @@ def run_one(args: argparse.Namespace, held_out: str, seed: int) -> dict:
     if args.rescore:
         run_dir = RUNS / f"gen-{args.rescore}-{held_out}-s{seed}"
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        trained = next(r for r in json.loads((RESULTS / "generalisation.json").read_text())
-                       if (r["tag"], r["held_out"], r["seed"]) == (args.rescore, held_out, seed))
+        trained = next((r for r in json.loads((RESULTS / "generalisation.json").read_text())
+                        if (r["tag"], r["held_out"], r["seed"]) == (args.rescore, held_out, seed)), None)
+        if trained is None:  # a run whose first scoring did not finish: its flags are this command's
+            trained = {"config": {k: v for k, v in vars(args).items() if k not in ("held_out", "seeds", "rescore")},
+                       "wall_s": metrics["train_time_s"]}
         config = (trained["config"] if args.tag == args.rescore
                   else {**trained["config"], "tag": args.tag, "tta": args.tta, "rescore": args.rescore})
-        return evaluate_run(args, held_out, seed, run_dir, metrics, train_cities, trained["wall_s"], config)
+        result = evaluate_run(args, held_out, seed, run_dir, metrics, train_cities, trained["wall_s"], config)
+        if "cpu_load_1min" in trained:  # the load while it trained, not while it is scored again
+            result["cpu_load_1min"] = trained["cpu_load_1min"]
+        return result
     datasets = [str(city_dataset(c)) for c in train_cities]
     run_dir = RUNS / f"gen-{args.tag}-{held_out}-s{seed}"
     remove_run(run_dir)
@@ -343,6 +349,10 @@ def write_table(results: list[dict]) -> None:
         "GroupNormalization, 1.18x faster training step: ~2900 steps instead of ~2600 in the 10 min); "
         "`fcn-x4-...-c128` = the seed's FCN (Maggiori et al.: 4 convolutions, no normalisation) in place "
         "of the U-Net, 4x downsampled, 128 px crops: ~2.5x the U-Net's training pixels per second. "
+        "`preset-bf16` = what `geolabel train --train A --train B` runs with no other flag: the `buildings` "
+        "preset (geolabel/train/presets/buildings.yaml = the `fcn-x4-j2c128-z2-g5-snm` recipe) with "
+        "`precision: auto`, i.e. bfloat16 compute on this CPU (AVX512-BF16/AMX): more steps in the same "
+        "600 s; rows of that tag ran beside other jobs at nice 19 (see `load`), which cost it steps. "
         "Untagged runs without `idle-` ran while other jobs shared the 2 cores (see `load`).",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",

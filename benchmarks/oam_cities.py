@@ -95,7 +95,8 @@ def city_buildings(city: str, zoom: int = 21) -> tuple[np.ndarray, float]:
         raise ValueError(f"{city}: building instances are rasterised on the tile grid, not on {FETCHED / city}")
     _, _, _, width, height, transform = _tile_grid(city, zoom)
     buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson")
-    latitude = float(buildings.geometry.union_all().centroid.y)
+    west, south, east, north = buildings.total_bounds
+    latitude = (south + north) / 2
     shapes = [(g, i + 1) for i, g in enumerate(buildings.to_crs("EPSG:3857").geometry) if g is not None and not g.is_empty]
     ids = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="int32")
     return ids, transform.a * math.cos(math.radians(latitude))
