@@ -25,6 +25,18 @@ import click
 @click.option("--max_body_bytes", type=click.IntRange(min=1024), default=64 << 20, show_default=True,
               help="Largest accepted request (REST body, gRPC message).")
 @click.option("--max_concurrent_requests", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--rest_header_timeout_s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="A request line and headers must arrive within this (else the connection is closed).")
+@click.option("--rest_body_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="A REST body must arrive within this after its header (else 408).")
+@click.option("--rest_idle_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Close a keep-alive connection idle this long.")
+@click.option("--max_connections", type=click.IntRange(min=1), default=512, show_default=True,
+              help="REST connections open at once (more are answered 503).")
+@click.option("--memory_budget_bytes", type=click.IntRange(min=1 << 20), default=2 << 30, show_default=True,
+              help="Bound on the memory of requests in flight (bodies, parsed JSON, tensors, responses).")
+@click.option("--memory_wait_ms", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="How long a request waits for memory budget before it is refused (429).")
 def serve(
     model_base_path: str | None,
     model_name: str,
@@ -39,6 +51,12 @@ def serve(
     batch_timeout_micros: int,
     max_body_bytes: int,
     max_concurrent_requests: int,
+    rest_header_timeout_s: float,
+    rest_body_timeout_s: float,
+    rest_idle_timeout_s: float,
+    max_connections: int,
+    memory_budget_bytes: int,
+    memory_wait_ms: int,
 ) -> None:
     """Serve SavedModels like tensorflow_model_server (same routes, formats and errors)."""
     from geolabel.serving.server import ModelServer
@@ -57,6 +75,12 @@ def serve(
         batch_timeout_s=batch_timeout_micros / 1e6,
         max_body_bytes=max_body_bytes,
         max_concurrent_requests=max_concurrent_requests,
+        header_timeout_s=rest_header_timeout_s,
+        body_timeout_s=rest_body_timeout_s,
+        idle_timeout_s=rest_idle_timeout_s,
+        max_connections=max_connections,
+        memory_budget_bytes=memory_budget_bytes,
+        memory_wait_s=memory_wait_ms / 1000,
     ).start()
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     for name in sorted(server.core.models):

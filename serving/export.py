@@ -16,9 +16,15 @@ Signatures (all keep the batch dimension `None`; every output shares it):
   float32 (B, H, W, 2) in pixels and `segmentation` float32 (B, H, W, 4).
 
 Segmentation signatures pad H and W up to a multiple of the network's stride by
-mirroring the border and crop the outputs back to the input size.
-Warm-up requests for every signature go to `assets.extra/tf_serving_warmup_requests`,
-and `assets.extra/geolabel.json` records the stride, bands, classes and sources.
+mirroring the border and crop the outputs back to the input size. A network may need
+more than its stride (the FCN reflect-pads by 34 px inside, so it needs 36 px): the
+export finds the smallest multiple of the stride the network accepts (`min_input_size`),
+and a smaller request fails with a clear INVALID_ARGUMENT (HTTP 400 in TF Serving)
+instead of the network's own graph error.
+Warm-up requests for every signature go to `assets.extra/tf_serving_warmup_requests`
+(images of at least the minimum size, so that TF Serving, which refuses a version whose
+warm-up fails, loads it), and `assets.extra/geolabel.json` records the stride, minimum
+input size, bands, classes and sources.
 """
 
 from __future__ import annotations
@@ -127,12 +133,70 @@ def _symbolic_resize() -> Iterator[None]:
         keras.ops.image.resize = original
 
 
-def _segment_fn(model: Any, stride: int) -> Any:
+MAX_PROBE_SIDE = 4096
+
+
+def min_input_size(run: Any, stride: int, source: Any = "model") -> int:
+    """The smallest side (a multiple of `stride`) of a square input that `run(side)` accepts.
+
+    Networks with inner reflect padding or valid convolutions refuse small inputs with a
+    graph error (FCN: `paddings must be less than the dimension size: 34, 34 not less than
+    8`). Sides double from `stride` until one runs, then a binary search between the last
+    failure and that success finds the smallest (acceptance grows with the side).
+    """
+    failures: list[BaseException] = []
+
+    def ok(side: int) -> bool:
+        try:
+            run(side)
+            return True
+        except Exception as err:  # noqa: BLE001  (TF op errors, Keras shape errors: all mean "too small")
+            failures.append(err)
+            return False
+
+    bad, good = 0, stride
+    while not ok(good):
+        bad = good
+        good *= 2
+        if good > MAX_PROBE_SIDE:
+            reason = str(failures[-1]).strip().split("\n")[-1] if failures else ""
+            raise InputError(source, f"the network fails on every input up to {MAX_PROBE_SIDE} px ({reason})")
+    while good - bad > stride:
+        mid = (bad + good) // 2 // stride * stride
+        if mid <= bad:
+            break
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _check_min_size(padded: Any, h: Any, w: Any, min_size: int, stride: int, what: str) -> Any:
+    """`padded` once its H and W reach `min_size`; else INVALID_ARGUMENT naming the smallest accepted input."""
+    import tensorflow as tf
+
+    if min_size <= stride:  # every request pads to at least one stride
+        return padded
+    smallest = min_size - stride + 1
+    shape = tf.shape(padded)
+    ok = tf.logical_and(shape[1] >= min_size, shape[2] >= min_size)
+    message = tf.strings.format(
+        what + " of {}x{} px are smaller than the smallest input this model accepts, "
+        f"{smallest}x{smallest} px ({min_size} px after padding to a multiple of its stride {stride})",
+        [h, w],
+    )
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message], summarize=1)]):
+        return tf.identity(padded)
+
+
+def _segment_fn(model: Any, stride: int, min_size: int = 0) -> Any:
     import tensorflow as tf
 
     def run(images: Any) -> dict[str, Any]:
         x = tf.cast(images, tf.float32)
         padded, h, w = _mirror_pad_to(x, stride)
+        padded = _check_min_size(padded, h, w, min_size, stride, "images")
         probs = model(padded, training=False)
         probs = tf.cast(probs[:, :h, :w, :], tf.float32)
         return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1, output_type=tf.int64)}
@@ -219,7 +283,10 @@ def _export(
     num_classes = int(model.output_shape[-1])
     if bands not in (1, 3, 4):
         logger.warning("model has %d bands: the serving_bytes signature decodes only 1, 3 or 4", bands)
-    segment = _segment_fn(model, stride)
+    min_size = min_input_size(
+        lambda side: model(np.full((1, side, side, bands), 127, np.float32), training=False), stride, "segmentation model"
+    )
+    segment = _segment_fn(model, stride, min_size)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -233,7 +300,7 @@ def _export(
         "serving_bytes",
         tf.function(lambda image_bytes: segment(_decode_batch(image_bytes, bytes_bands)), input_signature=[bytes_spec]),
     )
-    warm_size = 2 * stride
+    warm_size = max(2 * stride, min_size)  # TF Serving refuses a version whose warm-up requests fail
     warm_image = np.full((1, warm_size, warm_size, bands), 127, np.uint8)
     requests: list[tuple[str, dict[str, Any]]] = [
         ("serving_default", {"images": warm_image.astype(np.float32)}),
@@ -261,10 +328,18 @@ def _export(
     if align_update is not None:
         archive.track(align_update)
         align_stride = _model_stride(align_update)
+        align_min = min_input_size(
+            lambda side: align_update(
+                (np.full((1, side, side, 3), 127, np.float32), np.zeros((1, side, side, 3), np.float32)), training=False
+            ),
+            align_stride,
+            "align/update model",
+        )
 
         def map_update(image: Any, map: Any) -> dict[str, Any]:  # noqa: A002  (the signature's input name)
             both = tf.concat([tf.cast(image, tf.float32), tf.cast(map, tf.float32)], axis=-1)
             padded, h, w = _mirror_pad_to(both, align_stride)
+            padded = _check_min_size(padded, h, w, align_min, align_stride, "image and map")
             out = align_update((padded[..., :3], padded[..., 3:]), training=False)
             return {
                 "displacement": tf.cast(out["displacement"][:, :h, :w, :], tf.float32),
@@ -276,7 +351,7 @@ def _export(
             tf.TensorSpec([None, None, None, 3], tf.float32, name="map"),
         ]
         archive.add_endpoint("map_update", tf.function(map_update, input_signature=specs))
-        size = 2 * align_stride
+        size = max(2 * align_stride, align_min)
         requests.append(
             (
                 "map_update",
@@ -292,6 +367,7 @@ def _export(
         _write_warmup(saved, requests, model_name)
         meta = {
             "stride": stride,
+            "min_input_size": max(1, min_size - stride + 1),  # smallest H and W a request may have
             "bands": bands,
             "num_classes": num_classes,
             "class_names": list(class_names) if class_names else None,

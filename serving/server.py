@@ -6,14 +6,18 @@ error messages and codes, gRPC `PredictionService` and `ModelService` (stubs fro
 `tensorflow-serving-api` wheel), text `ModelServerConfig` files, version policies
 (latest N, all, specific) and labels, file-system polling where a new version is
 loaded before the old one is unloaded, and warm-up requests. On top of that it
-batches concurrent small requests, bounds request sizes and concurrency, and never
-turns a model name into a path (names are looked up in the configuration only).
+batches concurrent small requests, bounds request sizes, connections, concurrency and
+request memory (`MemoryBudget`), times out slow or stalled clients (header, body and
+keep-alive idle deadlines), and never turns a model name into a path (names are looked
+up in the configuration only).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -80,6 +84,118 @@ class ServingError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
+
+
+# ---------------------------------------------------------------- memory budget
+
+# What a request costs in memory, per phase (see MemoryBudget). Parsing a JSON body builds
+# Python objects (~9 bytes per body byte for pixel values in nested lists) next to the
+# body, its text and the decoded arrays: one 66 MB `{"instances": [...]}` of float pixels
+# raised the server's peak RSS by 886 MB (13.4 x; 2.3 GB before the response formatting
+# was chunked and the parsed JSON freed before the model runs).
+JSON_BYTES_PER_BODY_BYTE = 14
+# decoded input tensors: the numpy arrays and the TF tensors made from them
+TENSOR_COPIES = 2
+# a JSON response: its text pieces, the joined text and its bytes (x3) next to the output arrays
+RESPONSE_TEXT_COPIES = 3
+
+
+class MemoryBudget:
+    """A bound on the memory held by requests in flight (REST bodies, parsed JSON, tensors, responses).
+
+    Every request holds a `Lease` that it resizes at each phase: while a REST body is
+    read, the bytes received; while it is parsed, `JSON_BYTES_PER_BODY_BYTE` x its size;
+    then its decoded tensors (`TENSOR_COPIES` x their bytes); then its outputs and their
+    JSON text. gRPC requests lease their message and tensors the same way. The sum of all
+    leases never exceeds `limit_bytes`: a lease that would not fit waits up to `wait_s` for
+    others to finish, then the request is refused with RESOURCE_EXHAUSTED (HTTP 429, TF
+    Serving's JSON error) and frees what it held; a request that could never fit is
+    refused at once. Model activations inside `run_signature` are not counted.
+    """
+
+    def __init__(self, limit_bytes: int, wait_s: float = 2.0):
+        self.limit_bytes = int(limit_bytes)
+        self.wait_s = float(wait_s)
+        self._cond = threading.Condition()
+        self.in_use = 0
+        self.peak = 0
+        self.refused = 0
+
+    def lease(self) -> Lease:
+        return Lease(self)
+
+    def _resize(self, lease: Lease, size: int, what: str) -> None:
+        size = max(0, int(size))
+        with self._cond:
+            delta = size - lease.size
+            if delta <= 0:
+                self.in_use += delta
+                lease.size = size
+                self._cond.notify_all()
+                return
+            if size > self.limit_bytes:
+                self.refused += 1
+                raise ServingError(
+                    "RESOURCE_EXHAUSTED",
+                    f"{what} needs about {size} bytes of memory, more than the server's memory budget of "
+                    f"{self.limit_bytes} bytes",
+                )
+            deadline = time.monotonic() + self.wait_s
+            while self.in_use + delta > self.limit_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.refused += 1
+                    raise ServingError(
+                        "RESOURCE_EXHAUSTED",
+                        f"Server memory budget exhausted: {what} needs {delta} more bytes but {self.in_use} of "
+                        f"{self.limit_bytes} bytes are held by requests in flight; retry later",
+                    )
+                self._cond.wait(remaining)
+            self.in_use += delta
+            lease.size = size
+            self.peak = max(self.peak, self.in_use)
+
+
+class Lease:
+    """One request's share of a `MemoryBudget` (resize it per phase; release it at the end)."""
+
+    def __init__(self, budget: MemoryBudget):
+        self.budget = budget
+        self.size = 0
+
+    def resize(self, size: int, what: str = "This request") -> None:
+        self.budget._resize(self, size, what)
+
+    def release(self) -> None:
+        self.budget._resize(self, 0, "")
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def tensor_bytes(arrays: dict[str, np.ndarray]) -> int:
+    """Bytes of a tensor map (strings: their lengths plus a pointer each)."""
+    total = 0
+    for arr in arrays.values():
+        if arr.dtype == object:
+            total += arr.size * 64 + sum(len(x) for x in arr.reshape(-1) if isinstance(x, bytes | str))
+        else:
+            total += arr.nbytes
+    return total
+
+
+def response_json_bytes(outputs: dict[str, np.ndarray]) -> int:
+    """An estimate of the memory of formatting `outputs` as JSON (arrays + text copies)."""
+    text = 0
+    for arr in outputs.values():
+        per_item = 12 if arr.dtype.kind == "f" else 6 if arr.dtype.kind in "iub" else 0
+        text += arr.size * per_item
+        if arr.dtype == object:
+            text += sum(len(x) * 4 // 3 + 16 for x in arr.reshape(-1) if isinstance(x, bytes | str))
+    return tensor_bytes(outputs) + RESPONSE_TEXT_COPIES * text
 
 
 # --------------------------------------------------------------------- servables
@@ -193,6 +309,31 @@ def _check_inputs(sig: Signature, inputs: dict[str, np.ndarray]) -> None:
             )
 
 
+_ROOT_ERROR_PREFIX = re.compile(r"^\s*\(\d+\) [A-Z_]+:\s*")
+
+
+def op_error_message(message: str) -> str:
+    """The failing op's own message from a TF error, as a session reports it.
+
+    Errors raised while a graph function runs read `Graph execution error:`, the node's
+    Python traceback (or `<stack traces unavailable>`), then the op's message and
+    `[[{{node ...}}]]`: their first line alone would be the useless `Graph execution error:`.
+    """
+    lines = [line for line in message.strip().split("\n") if line.strip()]
+    if not lines:
+        return message
+    text = lines[0]
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("[[") and i > 0:
+            text = lines[i - 1]
+            break
+    else:
+        if text.startswith("Graph execution error"):
+            text = lines[-1]
+    text = _ROOT_ERROR_PREFIX.sub("", text).strip()
+    return re.sub(r"\s*\[Op:[^\]]*\](\s+name:.*)?$", "", text)
+
+
 def run_signature(sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a signature function on numpy inputs; TF errors become INVALID_ARGUMENT like a session's."""
     import tensorflow as tf
@@ -205,7 +346,7 @@ def run_signature(sig: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np
             tf.errors.ResourceExhaustedError: "RESOURCE_EXHAUSTED",
             tf.errors.UnimplementedError: "UNIMPLEMENTED",
         }.get(type(err), "INTERNAL")
-        raise ServingError(code, err.message.split("\n")[0]) from err
+        raise ServingError(code, op_error_message(err.message)) from err
     except (ValueError, TypeError) as err:
         raise ServingError("INVALID_ARGUMENT", str(err).split("\n")[0]) from err
     return {k: v.numpy() for k, v in out.items()}
@@ -472,12 +613,15 @@ class ServerCore:
         max_batch_size: int = 32,
         batch_timeout_s: float = 0.002,
         max_concurrent_requests: int = 256,
+        memory_budget_bytes: int = 2 << 30,
+        memory_wait_s: float = 2.0,
     ):
         self._lock = threading.RLock()
         self.models: dict[str, ModelManager] = {}
         self.batcher = Batcher(max_batch_size, batch_timeout_s) if enable_batching else None
         self._slots = threading.BoundedSemaphore(max_concurrent_requests)
         self.max_concurrent_requests = max_concurrent_requests
+        self.budget = MemoryBudget(memory_budget_bytes, memory_wait_s)
         self.reload_config(config)
 
     # -- configuration
@@ -668,17 +812,166 @@ def metadata_json(servable: Servable) -> dict[str, Any]:
     }
 
 
+MAX_HEADER_BYTES = 64 << 10  # request line + headers of one request
+BODY_PIECE = 1 << 20  # a REST body is read (and leased) in pieces of this size
+# CORS headers of every /v1 answer and of preflights (TF Serving's AddCORSHeaders)
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
+ORIGIN_RE = re.compile(r"https?://")
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads bounded by a deadline (not per recv) and, while a header is read, by a byte count.
+
+    A per-recv socket timeout alone lets a client that sends a byte every few seconds hold
+    a connection (and its thread) forever; here every read fails with TimeoutError once
+    `deadline` (a `time.monotonic()` value) has passed, so a whole header, a whole body
+    and the idle wait between keep-alive requests each have an end.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self.deadline = time.monotonic()
+        self.limit: int | None = None  # raw bytes still allowed (header phase)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed")
+        view = memoryview(buffer)
+        if self.limit is not None:
+            if self.limit <= 0:
+                raise _HeaderTooLarge()
+            view = view[: self.limit]
+        self._sock.settimeout(remaining)
+        n = self._sock.recv_into(view)
+        if self.limit is not None:
+            self.limit -= n
+        return n
+
+
+class _BodyTimeout(Exception):
+    def __init__(self, received: int, expected: int | None):
+        super().__init__(received, expected)
+        self.received = received
+        self.expected = expected
+
+
+class _ClientGone(Exception):
+    pass
+
+
 class RestHandler(BaseHTTPRequestHandler):
-    """TF Serving's REST API (`http_rest_api_handler.cc`)."""
+    """TF Serving's REST API (`http_rest_api_handler.cc`) with deadlines and bounded request memory.
+
+    Per connection: the first request's header must arrive within `header_timeout_s` of
+    the connection, a keep-alive connection may stay idle `idle_timeout_s` between
+    requests (then its next header has `header_timeout_s`), and a body must arrive within
+    `body_timeout_s` of its header (else 408 and the connection is closed). Headers are
+    limited to `MAX_HEADER_BYTES` (431), bodies to `max_body_bytes` (429, TF Serving's
+    JSON error). A request refused before its body is read is answered at once and the
+    connection is closed after a short lingering drain (`linger_s`), so the client reads
+    the answer instead of a reset.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "geolabel-serving"
     core: ServerCore
     max_body_bytes: int
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 30.0
+    linger_s: float = 2.0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
         logger.debug("rest %s: " + format, self.address_string(), *args)
 
+    # -- connection and request framing
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain socket file: replaced by one whose reads have deadlines
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, 1 << 16)
+        self._accepted = time.monotonic()
+        self._served = 0
+        self._body_pending = False
+        self._expect_continue = False
+
+    @property
+    def body_limit(self) -> int:
+        """The largest body accepted: `max_body_bytes`, and what the memory budget can ever parse."""
+        return min(self.max_body_bytes, self.core.budget.limit_bytes // JSON_BYTES_PER_BODY_BYTE)
+
+    def handle_one_request(self) -> None:
+        reader = self._reader
+        first = self._served == 0
+        reader.deadline = (self._accepted + self.header_timeout_s) if first else (time.monotonic() + self.idle_timeout_s)
+        reader.limit = MAX_HEADER_BYTES + (1 << 16)  # the header, plus one buffer read ahead of it
+        self._body_pending = False
+        self._expect_continue = False
+        self.command = self.request_version = ""
+        self.requestline = ""
+        try:
+            if not self.rfile.peek(1):  # the client closed the (idle) connection
+                self.close_connection = True
+                return
+            if not first:
+                reader.deadline = time.monotonic() + self.header_timeout_s
+            self.raw_requestline = self.rfile.readline(65537)
+            if len(self.raw_requestline) > 65536:
+                self.send_error(414, "Request line too long")
+                return
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if not self.parse_request():
+                return
+        except _HeaderTooLarge:
+            self.send_error(431, f"Request header too large (limit {MAX_HEADER_BYTES} bytes)")
+            return
+        except (TimeoutError, OSError) as err:  # header not complete in time, or the client went away
+            logger.debug("rest %s: connection closed while reading a header (%s)", self.address_string(), err)
+            self.close_connection = True
+            return
+        reader.limit = None
+        self._served += 1
+        try:
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(501, f"Unsupported method ({self.command!r})")
+                return
+            method()
+            self.wfile.flush()
+        except OSError as err:  # the client went away while the answer was written
+            logger.debug("rest %s: %s", self.address_string(), err)
+            self.close_connection = True
+
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` is answered only once the body is known to be accepted (see `_read_body`)."""
+        self._expect_continue = True
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, header too large, ...) as TF Serving's JSON error."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("Error",))[0]
+        try:
+            self._reply(code, jt.error_json(text))
+        except OSError:
+            return
+        self._linger(force=True)  # the client may still be sending its header
+
+    # -- methods
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
         self._handle("GET")
 
@@ -694,27 +987,59 @@ class RestHandler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:  # noqa: N802
         self._handle("PATCH")
 
-    def _read_body(self) -> bytes:
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle("HEAD")  # "Malformed request: HEAD ..." (400) as TF Serving answers it, without the body
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._handle("OPTIONS")
+
+    # -- body
+    def _read_exact(self, n: int, lease: Lease, received: int) -> bytes:
+        """`n` body bytes, leased piece by piece as they arrive (a slow client holds only what it sent)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = leased = 0
+        try:
+            while got < n:
+                if got == leased:
+                    piece = min(BODY_PIECE, n - leased)
+                    lease.resize(lease.size + piece, "This request's body")
+                    leased += piece
+                k = self.rfile.readinto1(view[got:leased])  # what has arrived (one socket read at most)
+                if not k:
+                    raise _ClientGone()
+                got += k
+        except TimeoutError as err:
+            raise _BodyTimeout(received + got, None) from err
+        return bytes(buf) if n < BODY_PIECE else buf  # large bodies stay one buffer (no second copy)
+
+    def _read_body(self, lease: Lease) -> bytes:
+        self._reader.deadline = time.monotonic() + self.body_timeout_s
+        limit = self.body_limit
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._body_pending = True
+            self._continue()
             chunks, total = [], 0
-            while True:
-                line = self.rfile.readline(65537)
-                try:
-                    size = int(line.split(b";")[0].strip() or b"0", 16)
-                except ValueError as err:
-                    self.close_connection = True
-                    raise ServingError("INVALID_ARGUMENT", "Malformed chunked request body") from err
-                if size == 0:
+            try:
+                while True:
+                    line = self.rfile.readline(65537)
+                    try:
+                        size = int(line.split(b";")[0].strip() or b"0", 16)
+                    except ValueError as err:
+                        self.close_connection = True
+                        raise ServingError("INVALID_ARGUMENT", "Malformed chunked request body") from err
+                    if size == 0:
+                        self.rfile.readline(65537)
+                        break
+                    total += size
+                    if total > limit:
+                        self.close_connection = True
+                        raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: more than {limit} bytes")
+                    chunks.append(self._read_exact(size, lease, total - size))
                     self.rfile.readline(65537)
-                    break
-                total += size
-                if total > self.max_body_bytes:
-                    self.close_connection = True
-                    raise ServingError(
-                        "RESOURCE_EXHAUSTED", f"Request body too large: more than {self.max_body_bytes} bytes"
-                    )
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(65537)
+            except TimeoutError as err:
+                raise _BodyTimeout(total, None) from err
+            self._body_pending = False
             return b"".join(chunks)
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -724,55 +1049,124 @@ class RestHandler(BaseHTTPRequestHandler):
         if length < 0:
             self.close_connection = True
             raise ServingError("INVALID_ARGUMENT", "Malformed Content-Length header")
-        if length > self.max_body_bytes:
-            # drain what is cheap to drain so the client reads the answer, then drop the connection
-            remaining = length if length <= 4 * self.max_body_bytes else 0
-            while remaining > 0:
-                got = self.rfile.read(min(remaining, 1 << 20))
+        if not length:
+            return b""
+        self._body_pending = True
+        if length > limit:
+            self.close_connection = True
+            raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: {length} bytes (limit {limit} bytes)")
+        self._continue()
+        try:
+            body = self._read_exact(length, lease, 0)
+        except _BodyTimeout as err:
+            raise _BodyTimeout(err.received, length) from err
+        self._body_pending = False
+        return body
+
+    def _continue(self) -> None:
+        if self._expect_continue:
+            self._expect_continue = False
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _linger(self, force: bool = False) -> None:
+        """Close after an early answer: stop sending, then drain what the client still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy
+        the answer before the client reads it; draining (up to `linger_s` seconds and
+        4 x max_body_bytes) lets the client finish sending and read the answer.
+        """
+        self.close_connection = True
+        if not (self._body_pending or force):
+            return
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        self._reader.limit = None
+        self._reader.deadline = time.monotonic() + self.linger_s
+        drained = 0
+        try:
+            while drained < 4 * self.max_body_bytes:
+                got = self.rfile.read1(1 << 16)
                 if not got:
                     break
-                remaining -= len(got)
-            self.close_connection = True
-            raise ServingError(
-                "RESOURCE_EXHAUSTED",
-                f"Request body too large: {length} bytes (limit {self.max_body_bytes} bytes)",
-            )
-        return self.rfile.read(length) if length else b""
+                drained += len(got)
+        except (TimeoutError, OSError):
+            pass
 
+    # -- dispatch
     def _handle(self, method: str) -> None:
         path = urllib.parse.urlsplit(self.path).path
+        lease = self.core.budget.lease()
         try:
-            body = self._read_body()
-        except ServingError as err:
-            self._reply(err.http_status, jt.error_json(err.message))
-            return
-        if not V1_RE.fullmatch(path):
-            self._reply(404, jt.error_json(f"Not found: {method} {path}"))
-            return
-        try:
-            payload = self._dispatch(method, path, body)
-        except ServingError as err:
-            self._reply(err.http_status, jt.error_json(err.message))
-            return
-        except jt.JsonTensorError as err:
-            self._reply(HTTP_STATUS.get(err.code, 500), jt.error_json(str(err)))
-            return
-        except Exception as err:  # an unexpected failure is an INTERNAL error, not a dropped connection
-            logger.exception("REST request %s %s failed", method, path)
-            self._reply(500, jt.error_json(f"{type(err).__name__}: {err}"))
-            return
-        self._reply(200, payload)
+            try:
+                body = self._read_body(lease)
+            except ServingError as err:
+                self.close_connection = True
+                self._reply(err.http_status, jt.error_json(err.message))
+                self._linger()
+                return
+            except _BodyTimeout as err:
+                expected = f" of {err.expected}" if err.expected is not None else ""
+                self.close_connection = True
+                self._reply(
+                    408,
+                    jt.error_json(
+                        f"Timed out reading the request body: {err.received}{expected} bytes received in "
+                        f"{self.body_timeout_s:g} s"
+                    ),
+                )
+                return
+            except _ClientGone:
+                self.close_connection = True
+                return
+            if not V1_RE.fullmatch(path):
+                self._reply(404, jt.error_json(f"Not found: {method} {path}"), cors=False)
+                return
+            if method == "OPTIONS":
+                self._preflight()
+                return
+            try:
+                payload = self._dispatch(method, path, body, lease)
+            except ServingError as err:
+                self._reply(err.http_status, jt.error_json(err.message))
+                return
+            except jt.JsonTensorError as err:
+                self._reply(HTTP_STATUS.get(err.code, 500), jt.error_json(str(err)))
+                return
+            except Exception as err:  # an unexpected failure is an INTERNAL error, not a dropped connection
+                logger.exception("REST request %s %s failed", method, path)
+                self._reply(500, jt.error_json(f"{type(err).__name__}: {err}"))
+                return
+            del body
+            self._reply(200, payload)
+        finally:
+            lease.release()
 
-    def _reply(self, status: int, payload: bytes) -> None:
+    def _preflight(self) -> None:
+        """A CORS preflight (TF Serving's `http_server.cc`): OK with the CORS headers when it names an http(s) Origin."""
+        if ORIGIN_RE.search(self.headers.get("Origin", "")):
+            self._reply(200, b"")
+            return
+        err = ServingError("FAILED_PRECONDITION", "Origin header is missing in CORS preflight")
+        self._reply(err.http_status, jt.error_json(err.message))
+
+    def _reply(self, status: int, payload: bytes, cors: bool = True) -> None:
+        # a client that never reads cannot hold the thread: the answer must go out at >= 1 MB/s after body_timeout_s
+        self.connection.settimeout(max(self.body_timeout_s, 1.0) + len(payload) / 1e6)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if cors:
+            for key, value in CORS_HEADERS:
+                self.send_header(key, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+    def _dispatch(self, method: str, path: str, body: bytes, lease: Lease) -> bytes:
         malformed = ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
         match = None
         if method == "POST":
@@ -797,8 +1191,8 @@ class RestHandler(BaseHTTPRequestHandler):
             self.core.acquire()
             try:
                 if verb == "predict":
-                    return self._predict(name, version, label, body)
-                return self._classify_regress(name, version, label, body, verb)
+                    return self._predict(name, version, label, body, lease)
+                return self._classify_regress(name, version, label, body, verb, lease)
             finally:
                 self.core.release()
         if not name:
@@ -808,7 +1202,8 @@ class RestHandler(BaseHTTPRequestHandler):
             return _dumps(metadata_json(servable))
         return _dumps(status_json(self.core.status(name, version, label)))
 
-    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes, lease: Lease) -> bytes:
+        lease.resize(JSON_BYTES_PER_BODY_BYTE * len(body), "Parsing this request's JSON")
         doc = jt.parse_json(body)
         signature_name = jt.signature_name_of(doc)
         servable = self.core.servable(name, version, label)
@@ -816,10 +1211,18 @@ class RestHandler(BaseHTTPRequestHandler):
         if not sig.inputs:
             raise ServingError("INVALID_ARGUMENT", f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         inputs, fmt = jt.predict_request_arrays(doc, sig.input_dtypes)
+        del doc  # the parsed JSON (the largest part of a request) goes before the model runs
+        lease.resize(len(body) + TENSOR_COPIES * tensor_bytes(inputs), "This request's tensors")
         _, outputs = self.core.predict(servable, signature_name, inputs)
+        in_bytes = tensor_bytes(inputs)
+        del inputs
+        lease.resize(len(body) + in_bytes + response_json_bytes(outputs), "This request's response")
         return jt.outputs_to_json(outputs, fmt)
 
-    def _classify_regress(self, name: str, version: int | None, label: str | None, body: bytes, verb: str) -> bytes:
+    def _classify_regress(
+        self, name: str, version: int | None, label: str | None, body: bytes, verb: str, lease: Lease
+    ) -> bytes:
+        lease.resize(JSON_BYTES_PER_BODY_BYTE * len(body), "Parsing this request's JSON")
         doc = jt.parse_json(body)
         signature_name = jt.signature_name_of(doc)
         if "context" in doc and not isinstance(doc["context"], dict):
@@ -850,9 +1253,52 @@ def _dumps(obj: Any) -> bytes:
 
 
 class _RestServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them (more are answered 503 and closed)."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int = 512):
+        super().__init__(address, handler)
+        self.max_connections = int(max_connections)
+        self._conn_lock = threading.Lock()
+        self.connections = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conn_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if full:
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self._conn_lock:
+                self.connections -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conn_lock:
+                self.connections -= 1
+
+    def _refuse(self, request: Any) -> None:
+        payload = jt.error_json(f"Too many open connections (limit {self.max_connections}); retry later")
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        try:
+            request.setblocking(False)
+            request.send(head + payload)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
 
 # --------------------------------------------------------------------------- gRPC
@@ -890,7 +1336,10 @@ def make_grpc_servicers(core: ServerCore) -> tuple[Any, Any]:
                 core.acquire()
             except ServingError as err:
                 return _grpc_abort(context, err)
+            lease = core.budget.lease()
             try:
+                message_bytes = request.ByteSize()
+                lease.resize((1 + TENSOR_COPIES) * message_bytes, "This request's tensors")
                 servable = core.servable(*_spec_args(request.model_spec))
                 try:
                     inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
@@ -899,6 +1348,8 @@ def make_grpc_servicers(core: ServerCore) -> tuple[Any, Any]:
                 sig, outputs = core.predict(
                     servable, request.model_spec.signature_name, inputs, request.output_filter
                 )
+                del inputs
+                lease.resize(message_bytes + 3 * tensor_bytes(outputs), "This request's response")
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = servable.name
                 response.model_spec.version.value = servable.version
@@ -909,6 +1360,7 @@ def make_grpc_servicers(core: ServerCore) -> tuple[Any, Any]:
             except ServingError as err:
                 return _grpc_abort(context, err)
             finally:
+                lease.release()
                 core.release()
 
         def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -989,6 +1441,15 @@ class ModelServer:
         host: address to bind (`0.0.0.0` in containers, `127.0.0.1` for local use).
         poll_seconds: file-system poll interval for new or removed versions (<= 0: never).
         max_body_bytes: largest accepted request (REST body or gRPC message).
+        max_concurrent_requests: predict/classify/regress calls at once (more: 429).
+        header_timeout_s: a request line and headers must arrive within this (else the
+            connection is closed); for a new connection it counts from the accept.
+        body_timeout_s: a REST body must arrive within this after its header (else 408, closed).
+        idle_timeout_s: a keep-alive connection with no new request is closed after this.
+        max_connections: REST connections open at once (more are answered 503 and closed).
+        memory_budget_bytes: bound on the memory of requests in flight (`MemoryBudget`);
+            a REST body is also limited to memory_budget_bytes / JSON_BYTES_PER_BODY_BYTE.
+        memory_wait_s: how long a request waits for budget before its 429.
     """
 
     def __init__(
@@ -1009,6 +1470,12 @@ class ModelServer:
         max_body_bytes: int = 64 << 20,
         max_concurrent_requests: int = 256,
         rest_threads: int = 64,
+        header_timeout_s: float = 10.0,
+        body_timeout_s: float = 30.0,
+        idle_timeout_s: float = 30.0,
+        max_connections: int = 512,
+        memory_budget_bytes: int = 2 << 30,
+        memory_wait_s: float = 2.0,
     ):
         self.model_config_file = Path(model_config_file) if model_config_file else None
         if config is None:
@@ -1027,6 +1494,10 @@ class ModelServer:
         self.config_poll_seconds = config_poll_seconds
         self.max_body_bytes = int(max_body_bytes)
         self.rest_threads = rest_threads
+        self.header_timeout_s = float(header_timeout_s)
+        self.body_timeout_s = float(body_timeout_s)
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.max_connections = int(max_connections)
         try:
             self.core = ServerCore(
                 config,
@@ -1034,6 +1505,8 @@ class ModelServer:
                 max_batch_size=max_batch_size,
                 batch_timeout_s=batch_timeout_s,
                 max_concurrent_requests=max_concurrent_requests,
+                memory_budget_bytes=memory_budget_bytes,
+                memory_wait_s=memory_wait_s,
             )
         except ServingError as err:
             raise InputError(model_config_file or "model config", err.message) from err
@@ -1050,19 +1523,35 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Bind the ports and start serving (non-blocking)."""
         if self._rest_port_wanted is not None:
-            handler = type("BoundRestHandler", (RestHandler,), {"core": self.core, "max_body_bytes": self.max_body_bytes})
-            self._http = _RestServer((self.host, int(self._rest_port_wanted)), handler)
+            handler = type(
+                "BoundRestHandler",
+                (RestHandler,),
+                {
+                    "core": self.core,
+                    "max_body_bytes": self.max_body_bytes,
+                    "header_timeout_s": self.header_timeout_s,
+                    "body_timeout_s": self.body_timeout_s,
+                    "idle_timeout_s": self.idle_timeout_s,
+                },
+            )
+            self._http = _RestServer((self.host, int(self._rest_port_wanted)), handler, self.max_connections)
             self.rest_port = self._http.server_address[1]
             self._spawn(self._http.serve_forever, "rest")
         if self._grpc_port_wanted is not None:
             import grpc
             from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+            # a message must fit the memory budget with its tensors ((1 + TENSOR_COPIES) x its size)
+            max_message = min(self.max_body_bytes, self.core.budget.limit_bytes // (1 + TENSOR_COPIES))
             options = [
-                ("grpc.max_receive_message_length", self.max_body_bytes),
+                ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", -1),
             ]
-            self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self.rest_threads), options=options)
+            self._grpc = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=self.rest_threads),
+                options=options,
+                maximum_concurrent_rpcs=self.core.max_concurrent_requests,
+            )
             predict, models = make_grpc_servicers(self.core)
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, self._grpc)
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, self._grpc)
@@ -1115,6 +1604,11 @@ class ModelServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"models {names} not available after {timeout} s")
             time.sleep(0.05)
+
+    @property
+    def rest_connections(self) -> int:
+        """REST connections open now (each holds one thread)."""
+        return self._http.connections if self._http is not None else 0
 
     def serve_forever(self) -> None:
         """Block until interrupted."""

@@ -59,7 +59,10 @@ def test_predict_cli_endpoint_matches_local(rest_url, tiny_runs, shared_data, tm
         cli, ["predict", "--endpoint", f"{rest_url}/v1/models/seg", str(crop), "-o", str(tmp_path / "served"), *common]
     )
     assert served.exit_code == 0, (served.output, served.exception)
-    local = runner.invoke(cli, ["predict", str(tiny_runs["seg"]), str(crop), "-o", str(tmp_path / "local"), *common])
+    # the exported SavedModel computes in float32: compare with a float32 local run (auto picks bfloat16 on bf16 CPUs)
+    local = runner.invoke(
+        cli, ["predict", str(tiny_runs["seg"]), str(crop), "-o", str(tmp_path / "local"), *common, "--precision", "float32"]
+    )
     assert local.exit_code == 0, (local.output, local.exception)
     with rasterio.open(tmp_path / "served" / "classes.tif") as a, rasterio.open(tmp_path / "local" / "classes.tif") as b:
         assert a.crs == b.crs and a.transform == b.transform and a.shape == (160, 200)

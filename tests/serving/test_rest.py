@@ -252,3 +252,75 @@ def test_unknown_top_level_path_is_json(rest_url):
     r = requests.get(f"{rest_url}/healthz", timeout=10)
     assert r.status_code == 404
     assert error_of(r)
+
+
+def test_cors_preflight_and_headers(rest_url):
+    """OPTIONS with an http(s) Origin is a CORS preflight: 200 with TF Serving's CORS headers; answers carry them too."""
+    cors = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "POST, GET",
+        "Access-Control-Allow-Headers": "Content-Type",
+    }
+    r = requests.options(
+        f"{rest_url}/v1/models/seg:predict",
+        headers={"Origin": "https://maps.example.org", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.content == b""
+    assert {k: r.headers[k] for k in cors} == cors
+    no_origin = requests.options(f"{rest_url}/v1/models/seg:predict", timeout=10)
+    assert no_origin.status_code == 400
+    assert error_of(no_origin) == "Origin header is missing in CORS preflight"
+    for response in (requests.get(f"{rest_url}/v1/models/seg", timeout=10), no_origin):
+        assert {k: response.headers[k] for k in cors} == cors
+
+
+def test_head_is_a_malformed_request_without_body(server, rest_url):
+    """HEAD is not a TF Serving route: 400 "Malformed request: HEAD ..." (JSON headers, no body), not 501 HTML."""
+    r = requests.head(f"{rest_url}/v1/models/seg", timeout=10)
+    assert r.status_code == 400 and r.headers["Content-Type"] == "application/json" and r.content == b""
+    expected = json.dumps({"error": "Malformed request: HEAD /v1/models/seg"}, indent=4).encode()
+    assert int(r.headers["Content-Length"]) == len(expected)
+    # the connection stays usable (no body was sent after the HEAD answer)
+    raw = raw_request(
+        server.rest_port,
+        b"HEAD /v1/models/seg HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models/seg HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 400") and raw.count(b"HTTP/1.1 ") == 2 and b'"AVAILABLE"' in raw
+
+
+def test_quoted_payload_is_cut_to_256_bytes(rest_url):
+    """Errors that quote the request body quote at most 256 bytes of it; short payloads are quoted whole."""
+    big = {"instances": np.full((1, 64, 64, 3), 1.5).tolist(), "inputs": [1]}
+    r = post(f"{rest_url}/v1/models/seg:predict", big)
+    assert r.status_code == 400
+    message = error_of(r)
+    prefix, suffix = "JSON Value: ", " Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
+    assert message.startswith(prefix) and message.endswith(suffix)
+    quoted = message[len(prefix) : -len(suffix)]
+    assert len(quoted.encode()) == 256 and quoted.endswith("...")
+    assert quoted.startswith('{\n    "instances": [\n        [\n            [\n                [\n                    1.5,')
+    r = post(f"{rest_url}/v1/models/seg:predict", [1.5] * 10000)
+    assert error_of(r).startswith("JSON Value: [\n    1.5,") and len(error_of(r)) < 300
+
+
+def test_graph_errors_report_the_op_message():
+    """TF graph-function errors become the op's message (not "Graph execution error:")."""
+    from geolabel.serving.server import op_error_message
+
+    loaded = (
+        "Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call last):\n"
+        "<stack traces unavailable>\nassertion failed: [images of 8x8 px are too small]\n"
+        "\t [[{{function_node __inference_<lambda>_335}}{{node Assert/Assert}}]] [Op:__inference_signature_wrapper_351]"
+    )
+    traced = (
+        "Graph execution error:\n\nDetected at node MirrorPad defined at (most recent call last):\n"
+        '  File "x.py", line 17, in <module>\n\n  File "x.py", line 15, in g\n\n'
+        "paddings must be less than the dimension size: 34, 34 not less than 8\n\t [[{{node MirrorPad}}]] [Op:__inference_g_35]"
+    )
+    assert op_error_message(loaded) == "assertion failed: [images of 8x8 px are too small]"
+    assert op_error_message(traced) == "paddings must be less than the dimension size: 34, 34 not less than 8"
+    assert op_error_message("Expects arg[0] to be float but uint8 is provided") == (
+        "Expects arg[0] to be float but uint8 is provided"
+    )
