@@ -354,6 +354,7 @@ def predict_raster(
     compress: str = "deflate",
     compress_level: int | None = 3,
     gdal_cache_mb: int = 64,
+    precision: str = "auto",
 ) -> PredictResult:
     """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
 
@@ -387,6 +388,7 @@ def predict_raster(
             (deflate) for files ~15% larger.
         gdal_cache_mb: GDAL block cache while predicting (GDAL's default, 5 % of RAM, would
             let memory grow with the raster up to that size).
+        precision: compute precision of a Keras model given as `predict_fn` (`keras_predict_fn`).
 
     Returns:
         PredictResult with the output paths and timings.
@@ -400,12 +402,12 @@ def predict_raster(
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
                         scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress,
-                        compress_level=compress_level)
+                        compress_level=compress_level, precision=precision)
 
 
 def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster, batch_size, tta, classes, bands,
              scene_norm, scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
-             compress_level) -> PredictResult:
+             compress_level, precision) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
     if batch_size < 1:
@@ -413,7 +415,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
     if tile % 16:
         raise InputError("tile", "must be a multiple of 16")
     if hasattr(predict_fn, "inputs") and hasattr(predict_fn, "predict_on_batch"):
-        predict_fn = keras_predict_fn(predict_fn)
+        predict_fn = keras_predict_fn(predict_fn, precision=precision)
     stride = int(getattr(predict_fn, "stride", 1) or 1)
     out = Path(out_dir)
     start = time.perf_counter()

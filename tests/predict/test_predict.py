@@ -135,7 +135,7 @@ def test_in_memory_tiles_equal_a_whole_scene_run(austin, tile, margin, stride):
 
 def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
     result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, batch_size=3,
-                            probability_dtype="float32", preview=False)
+                            probability_dtype="float32", precision="float32", preview=False)
     assert result.windows == 9
     tiled = _read(result.probabilities).transpose(1, 2, 0)
     whole = _whole(unet, austin)
@@ -148,13 +148,13 @@ def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
 def test_pixelwise_model_tiles_exactly_without_seams(austin, tmp_path):
     model = _pixelwise_model()
     result = predict_raster(model, austin, tmp_path, window=96, overlap=24, batch_size=4,
-                            probability_dtype="float32", preview=False)
+                            probability_dtype="float32", precision="float32", preview=False)
     tiled = _read(result.probabilities).transpose(1, 2, 0)
     np.testing.assert_allclose(tiled, _whole(model, austin), atol=1e-5)
 
 
 def test_no_seam_artefacts_at_window_borders(austin, unet, tmp_path):
-    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, probability_dtype="float32", preview=False)
+    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, probability_dtype="float32", precision="float32", preview=False)
     prob = _read(result.probabilities)[1]
     step = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # mean jump between neighbouring columns
     plan = plan_windows(320, 320, 128, 32)
@@ -238,14 +238,14 @@ def test_all_nodata_windows_are_not_run(austin, tmp_path):
         dst.write(data)
     model = _pixelwise_model()
     calls = []
-    predict_fn = keras_predict_fn(model)
+    predict_fn = keras_predict_fn(model, precision="float32")  # compared with the float32 model
 
     def counting(x):
         calls.append(len(x))
         return predict_fn(x)
 
     result = predict_raster(counting, path, tmp_path / "out", window=128, overlap=32, batch_size=1,
-                            probability_dtype="float32", preview=False)
+                            probability_dtype="float32", precision="float32", preview=False)
     assert result.timings["windows_skipped"] > 0
     assert len(calls) + result.timings["windows_skipped"] == len(plan_windows(320, 320, 128, 32))
     probs = _read(result.probabilities)
@@ -266,7 +266,7 @@ def test_corrupt_or_missing_input_gives_a_clear_error(tmp_path, unet):
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_interrupted_run_leaves_no_partial_output(austin, unet, tmp_path, error):
-    predict_fn = keras_predict_fn(unet)
+    predict_fn = keras_predict_fn(unet, precision="float32")
     calls = []
 
     def failing(batch: np.ndarray) -> np.ndarray:
@@ -285,9 +285,9 @@ def test_interrupted_run_leaves_no_partial_output(austin, unet, tmp_path, error)
 
 def test_tta_equals_plain_run_for_a_pixelwise_model(austin, tmp_path):
     model = _pixelwise_model()
-    plain = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32",
+    plain = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32", precision="float32",
                            preview=False)
-    tta = predict_raster(model, austin, tmp_path / "b", window=128, overlap=32, probability_dtype="float32",
+    tta = predict_raster(model, austin, tmp_path / "b", window=128, overlap=32, probability_dtype="float32", precision="float32",
                          tta=True, preview=False)
     np.testing.assert_allclose(_read(tta.probabilities), _read(plain.probabilities), atol=1e-5)
 
@@ -296,7 +296,7 @@ def test_scene_norm_predicts_the_standardised_scene(austin, tmp_path):
     from geolabel.data.standardize import raster_band_stats, standardize
 
     model = _pixelwise_model()
-    result = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32",
+    result = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32", precision="float32",
                             scene_norm=True, preview=False)
     with rasterio.open(austin) as src:
         image = src.read().transpose(1, 2, 0)

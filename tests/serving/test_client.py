@@ -91,7 +91,7 @@ def test_mapupdate_cli_endpoint_matches_local_probabilities(rest_url, tiny_runs,
     gpd.GeoDataFrame({"osm_id": list(range(1, 8))}, geometry=buildings, crs=block.crs).to_file(osm, driver="GeoJSON")
     runner = CliRunner()
     local = runner.invoke(cli, ["predict", str(tiny_runs["seg"]), str(image), "-o", str(tmp_path / "local"),
-                                "--window", "256", "--overlap", "32"])
+                                "--window", "256", "--overlap", "32", "--precision", "float32"])  # as served
     assert local.exit_code == 0, (local.output, local.exception)
     by_file = runner.invoke(cli, ["mapupdate", str(image), "--osm", str(osm), "--probabilities",
                                   str(tmp_path / "local" / "probabilities.tif"), "-o", str(tmp_path / "from-file")])
