@@ -406,3 +406,154 @@ def classes_from_names(names: Iterable[str]) -> ClassMap:
     extra = [(145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
     colors = tuple(palette.get(n) or extra[i % len(extra)] for i, n in enumerate(names))
     return ClassMap(names, colors)
+
+
+# ---------------------------------------------------------------- OSM XML with ids and versions (map updates)
+
+OSM_XML_EXTENSIONS = (".osm", ".osm.bz2", ".osm.gz")
+
+
+@dataclass(frozen=True)
+class OsmNode:
+    """A node as an OSM XML file gives it.
+
+    Args:
+        version: None when the file carries no metadata for it (e.g. Overpass `out geom`,
+            which gives a way's node positions but not the nodes themselves).
+        tags: its tags (a modify must write them back, or the upload would delete them).
+    """
+
+    id: int
+    version: int | None
+    lon: float
+    lat: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OsmBuilding:
+    """A building of an OSM XML file: a closed way or a multipolygon relation tagged building.
+
+    Args:
+        key: "way/ID" or "relation/ID" (the path of its page on openstreetmap.org).
+        version: None when the file carries no metadata.
+        geometry: (multi)polygon, EPSG:4326.
+        nodes: the distinct nodes of its way(s); empty when the file lacks a member way.
+        shared: some node also belongs to another way of the file (moving the node would
+            move that way too).
+    """
+
+    key: str
+    version: int | None
+    geometry: BaseGeometry
+    tags: dict[str, str]
+    nodes: tuple[OsmNode, ...]
+    shared: bool
+
+
+def is_osm_xml(path: str | os.PathLike) -> bool:
+    """Whether `path` names an OSM XML file (.osm, .osm.bz2, .osm.gz) by its extension."""
+    return os.fspath(path).lower().endswith(OSM_XML_EXTENSIONS)
+
+
+def _version(element) -> int | None:
+    value = element.get("version")
+    return int(value) if value not in (None, "", "0") else None
+
+
+def _deleted(element) -> bool:
+    return element.get("action") == "delete" or element.get("visible") == "false"
+
+
+def _tags(element) -> dict[str, str]:
+    return {t.get("k"): t.get("v") for t in element.findall("tag")}
+
+
+def read_osm_buildings(path: str | os.PathLike) -> list[OsmBuilding]:
+    """The buildings of an OSM XML file (JOSM, the API, Overpass `out meta`/`out geom`), with the
+    ids and versions an uploadable change needs.
+
+    Closed ways and multipolygon relations whose tags make a building (`LabelRules.classify`)
+    are read; node positions come from the `<node>` elements or, for Overpass `out geom`, from
+    the coordinates on the `<nd>` elements. Objects marked deleted (JOSM `action="delete"`,
+    `visible="false"`) are skipped.
+    """
+    import gzip
+    import xml.etree.ElementTree as ET
+
+    from geolabel.classes import BUILDINGS
+
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(path, "no such OSM file")
+    name = source.name.lower()
+    opener = bz2.open if name.endswith(".bz2") else gzip.open if name.endswith(".gz") else open
+    nodes: dict[int, OsmNode] = {}
+    ways: dict[int, tuple[list[int], dict[str, str], int | None]] = {}
+    relations = []
+    try:
+        with opener(source, "rb") as handle:
+            for _, element in ET.iterparse(handle):
+                if element.tag not in ("node", "way", "relation"):
+                    continue
+                if not _deleted(element):
+                    if element.tag == "node":
+                        nid = int(element.get("id"))
+                        nodes[nid] = OsmNode(nid, _version(element), float(element.get("lon")), float(element.get("lat")), _tags(element))
+                    elif element.tag == "way":
+                        refs = []
+                        for nd in element.findall("nd"):
+                            refs.append(int(nd.get("ref")))
+                            if nd.get("lat") is not None and refs[-1] not in nodes:
+                                nodes[refs[-1]] = OsmNode(refs[-1], None, float(nd.get("lon")), float(nd.get("lat")))
+                        ways[int(element.get("id"))] = (refs, _tags(element), _version(element))
+                    else:
+                        members = [
+                            (m.get("type"), int(m.get("ref")), m.get("role") or "outer",
+                             [(float(nd.get("lon")), float(nd.get("lat"))) for nd in m.findall("nd")])
+                            for m in element.findall("member")
+                        ]
+                        relations.append((int(element.get("id")), members, _tags(element), _version(element)))
+                element.clear()
+    except (ET.ParseError, OSError, EOFError, ValueError, TypeError) as err:
+        raise InputError(path, f"not a readable OSM XML file ({str(err).splitlines()[0]})") from err
+    users: dict[int, set[int]] = {}
+    for wid, (refs, _, _) in ways.items():
+        for ref in refs:
+            users.setdefault(ref, set()).add(wid)
+    rules = LabelRules()
+
+    def building_nodes(way_ids: list[int]) -> tuple[tuple[OsmNode, ...], bool]:
+        ids = list(dict.fromkeys(ref for wid in way_ids for ref in ways[wid][0]))
+        shared = any(users[ref] - set(way_ids) for ref in ids)
+        return tuple(nodes[ref] for ref in ids), shared
+
+    out = []
+    for wid, (refs, tags, version) in ways.items():
+        closed = len(refs) >= 4 and refs[0] == refs[-1]
+        if not closed or rules.classify(tags, BUILDINGS, True) is None or any(ref not in nodes for ref in refs):
+            continue
+        geometry = _polygonal(Polygon([(nodes[ref].lon, nodes[ref].lat) for ref in refs]))
+        if not geometry.is_empty:
+            out.append(OsmBuilding(f"way/{wid}", version, geometry, tags, *building_nodes([wid])))
+    for rid, members, tags, version in relations:
+        if tags.get("type") != "multipolygon" or rules.classify(tags, BUILDINGS, True) is None:
+            continue
+        lines: dict[str, list] = {"outer": [], "inner": []}
+        complete = True
+        for kind, ref, role, inline in members:
+            if kind != "way":
+                continue
+            if ref in ways and all(r in nodes for r in ways[ref][0]):
+                coords = [(nodes[r].lon, nodes[r].lat) for r in ways[ref][0]]
+            else:
+                coords, complete = inline, False
+            lines["inner" if role == "inner" else "outer"].append(coords)
+        outer, inner = _rings_to_area(lines["outer"]), _rings_to_area(lines["inner"])
+        geometry = _polygonal(outer.difference(inner) if not inner.is_empty else outer)
+        if geometry.is_empty:
+            continue
+        way_ids = [ref for kind, ref, _, _ in members if kind == "way"]
+        found = building_nodes(way_ids) if complete else ((), False)
+        out.append(OsmBuilding(f"relation/{rid}", version, geometry, tags, *found))
+    return out

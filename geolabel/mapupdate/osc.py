@@ -1,4 +1,13 @@
-"""osmChange (.osc, API 0.6) output: create new buildings, move shifted ones."""
+"""OSM XML outputs of a map update.
+
+- `changes.osc` (osmChange 0.6, uploadable): new buildings as <create> (negative ids, tags
+  `building=yes` and `source`); a shifted building as a <modify> of its existing nodes'
+  positions (same ids, their versions and tags), the way itself unchanged.
+- `changes.osm` (JOSM OSM XML, for review): corrections that cannot be uploaded as they are
+  (the nodes or their versions are unknown, or a node is shared with another way), as
+  negative-id ways tagged with the building they correct; `upload="false"` makes JOSM warn
+  before anyone uploads them as new objects.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,8 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
-import shapely
-
 from geolabel.atomic import write_bytes_atomic
+from geolabel.data.osm import OsmNode
 
 
 def _rings(geom) -> list:
@@ -16,73 +24,74 @@ def _rings(geom) -> list:
     return [p.exterior for p in polys if not p.is_empty]
 
 
-def build_osc(
-    new: Iterable[object],
-    shifted: Iterable[tuple[object, object, int | None]],
-    source: str = "geolabel",
-    generator: str = "geolabel",
-) -> ET.Element:
+class _NegativeIds:
+    """Writes polygons as new nodes and ways with ids -1, -2, ... into a parent element."""
+
+    def __init__(self, parent: ET.Element, attrs: dict[str, str]):
+        self.parent, self.attrs, self.next = parent, attrs, -1
+
+    def _id(self) -> int:
+        self.next -= 1
+        return self.next + 1
+
+    def polygon(self, geom, tags: dict[str, str]) -> None:
+        """One closed way per exterior ring of `geom` (EPSG:4326), each with `tags`."""
+        for ring in _rings(geom):
+            refs = []
+            for lon, lat in list(ring.coords)[:-1]:
+                refs.append(self._id())
+                ET.SubElement(self.parent, "node", id=str(refs[-1]), **self.attrs, lat=f"{lat:.8f}", lon=f"{lon:.8f}")
+            way = ET.SubElement(self.parent, "way", id=str(self._id()), **self.attrs)
+            for ref in refs + refs[:1]:
+                ET.SubElement(way, "nd", ref=str(ref))
+            for k, v in tags.items():
+                ET.SubElement(way, "tag", k=k, v=v)
+
+
+def build_osc(new: Iterable[object], moved: Iterable[OsmNode], source: str = "geolabel",
+              generator: str = "geolabel") -> ET.Element:
     """The osmChange tree.
 
     Args:
-        new: geometries (EPSG:4326) of buildings to create: negative node and way ids,
-            tags `building=yes` and `source`.
-        shifted: (osm_way_id, geometry in EPSG:4326, version or None) of existing
-            buildings to move. The way is modified to reference new nodes at the corrected
-            positions (its old nodes are left for the editor's validator to clean up);
-            `version` is written when known, as the API requires for uploads.
-        source: value of the `source` tag.
+        new: geometries (EPSG:4326) of buildings to create, tagged `building=yes` and `source`.
+        moved: existing nodes at their corrected positions (ids, versions and tags as they are
+            in OSM): each becomes a <modify> of that node.
     """
     root = ET.Element("osmChange", version="0.6", generator=generator)
     create = ET.SubElement(root, "create")
-    modify = ET.Element("modify")
-    next_id = [-1]
-
-    def node_ring(ring) -> list[int]:
-        coords = list(ring.coords)[:-1] if ring.is_closed else list(ring.coords)
-        refs = []
-        for lon, lat in coords:
-            nid = next_id[0]
-            next_id[0] -= 1
-            ET.SubElement(create, "node", id=str(nid), version="0", lat=f"{lat:.8f}", lon=f"{lon:.8f}")
-            refs.append(nid)
-        return refs + refs[:1]
-
-    def way(parent: ET.Element, wid: int, refs: list[int], tags: dict[str, str], version: int | None) -> None:
-        attrs = {"id": str(wid), "version": str(version if version is not None else 0)}
-        w = ET.SubElement(parent, "way", attrs)
-        for r in refs:
-            ET.SubElement(w, "nd", ref=str(r))
-        for k, v in tags.items():
-            ET.SubElement(w, "tag", k=k, v=v)
-
-    ways = []
+    ids = _NegativeIds(create, {"version": "0"})
     for geom in new:
-        for ring in _rings(geom):
-            refs = node_ring(ring)
-            ways.append((refs, {"building": "yes", "source": source}))
-    for refs, tags in ways:
-        way(create, next_id[0], refs, tags, None)
-        next_id[0] -= 1
-    for way_id, geom, version in shifted:
-        if way_id is None or shapely.is_empty(geom):
-            continue
-        ring = _rings(geom)[0]
-        refs = node_ring(ring)
-        way(modify, int(way_id), refs, {"building": "yes", "source": source}, version)
+        ids.polygon(geom, {"building": "yes", "source": source})
+    modify = ET.Element("modify")
+    for node in moved:
+        if node.version is None or node.id <= 0:
+            raise ValueError(f"node {node.id} cannot be modified without its OSM id and version")
+        el = ET.SubElement(modify, "node", id=str(node.id), version=str(node.version),
+                           lat=f"{node.lat:.8f}", lon=f"{node.lon:.8f}")
+        for k, v in node.tags.items():
+            ET.SubElement(el, "tag", k=k, v=v)
     if len(modify):
         root.append(modify)
     return root
 
 
+def build_review_osm(corrections: Iterable[tuple[object, dict[str, str]]], generator: str = "geolabel") -> ET.Element:
+    """A JOSM OSM XML tree of (geometry EPSG:4326, tags) as new (negative-id) ways, not for upload."""
+    root = ET.Element("osm", version="0.6", generator=generator, upload="false")
+    ids = _NegativeIds(root, {"action": "modify", "visible": "true"})
+    for geom, tags in corrections:
+        ids.polygon(geom, tags)
+    return root
+
+
 def write_osc(path: str | os.PathLike, root: ET.Element) -> None:
-    """Write an osmChange tree atomically (UTF-8, with XML declaration)."""
+    """Write an osmChange (or OSM XML) tree atomically (UTF-8, with XML declaration)."""
     ET.indent(root)
     write_bytes_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def osc_problems(path: str | os.PathLike) -> list[str]:
-    """Structural problems of an .osc file (empty when it is valid osmChange 0.6)."""
+    """Structural problems of an .osc file (empty when it is valid, uploadable osmChange 0.6)."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
@@ -100,6 +109,8 @@ def osc_problems(path: str | os.PathLike) -> list[str]:
                 continue
             if block.tag == "create" and int(el.get("id")) >= 0:
                 problems.append(f"created {el.tag} {el.get('id')} has a non-negative id")
+            if block.tag != "create" and (int(el.get("id")) <= 0 or int(el.get("version")) <= 0):
+                problems.append(f"{block.tag} of {el.tag} {el.get('id')} without an OSM id and version")
             if el.tag == "node":
                 if el.get("id") in nodes:
                     problems.append(f"node {el.get('id')} defined twice")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from geolabel.align.data import Scene, rasterize_map, within_image
 from geolabel.cli import main
+from geolabel.data.osm import OsmNode
 from geolabel.mapupdate import build_osc, compare, map_update, osc_problems, write_osc
 
 
@@ -68,7 +69,7 @@ def test_buildings_without_imagery_get_no_status(virac_scene):
 
 def test_osc_structure(tmp_path):
     new = [shapely.box(124.0, 13.0, 124.0001, 13.0001)]
-    moved = [(406482323, shapely.box(124.1, 13.1, 124.1001, 13.1001), 3), (None, shapely.box(0, 0, 1, 1), None)]
+    moved = [OsmNode(4096, 3, 124.1, 13.1, {"entrance": "yes"}), OsmNode(4097, 1, 124.1001, 13.1)]
     root = build_osc(new, moved, source="survey test")
     write_osc(tmp_path / "c.osc", root)
     assert osc_problems(tmp_path / "c.osc") == []
@@ -79,10 +80,14 @@ def test_osc_structure(tmp_path):
     assert {t.get("k"): t.get("v") for t in way.findall("tag")} == {"building": "yes", "source": "survey test"}
     refs = [nd.get("ref") for nd in way.findall("nd")]
     assert len(refs) == 5 and refs[0] == refs[-1]
-    mod = tree.find("modify/way")
-    assert mod.get("id") == "406482323" and mod.get("version") == "3"
-    assert len(tree.findall("modify/way")) == 1  # a building without an OSM id cannot be modified
     assert all(int(n.get("id")) < 0 for n in tree.findall("create/node"))
+    # a moved building is a modify of its existing nodes: same ids, their versions and tags
+    modified = tree.findall("modify/node")
+    assert [(n.get("id"), n.get("version")) for n in modified] == [("4096", "3"), ("4097", "1")]
+    assert modified[0].find("tag").attrib == {"k": "entrance", "v": "yes"}
+    assert tree.find("modify/way") is None
+    with pytest.raises(ValueError):
+        build_osc([], [OsmNode(4096, None, 124.1, 13.1)])
 
 
 def test_osc_problems_catches_bad_files(tmp_path):
@@ -92,6 +97,8 @@ def test_osc_problems_catches_bad_files(tmp_path):
     assert any("undefined" in p or "closed" in p for p in osc_problems(tmp_path / "b.osc"))
     (tmp_path / "c.osc").write_text("not xml <")
     assert osc_problems(tmp_path / "c.osc")[0].startswith("not XML")
+    (tmp_path / "d.osc").write_text("<osmChange version='0.6'><modify><node id='5' version='0' lat='1' lon='1'/></modify></osmChange>")
+    assert any("without an OSM id and version" in p for p in osc_problems(tmp_path / "d.osc"))
 
 
 def test_outputs(virac_scene, tmp_path):

