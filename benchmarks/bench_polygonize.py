@@ -13,11 +13,16 @@ Methods: Douglas-Peucker ("dp") at several tolerances, the regularised polygons
 ("regularized", geolabel/vectorize/polygons.py) and the mesh approximation ("mesh")
 at several lambdas (mu at its default, plus mu = 0 as an ablation).
 Metrics: cumulative building IoU of the rasterised polygons against the truth,
-total vertex count, share of corners within 5 degrees of a multiple of 90, wall time
-and cost per km^2 (ratio to dp at its default tolerance, timed in the same run).
+total vertex count, share of corners within 5 degrees of a multiple of 90, wall time,
+process CPU time (single-threaded runs: what the method costs even on a busy machine;
+it would not count worker processes, which the mesh polygoniser only starts from
+AUTO_PARALLEL_PIXELS on, above these datasets), CPU seconds per megapixel and per km^2,
+and the CPU time as a ratio to dp at its default tolerance, timed in the same run.
 
 Run: .venv/bin/python benchmarks/bench_polygonize.py [--quick]
 Writes benchmarks/results/polygonize.md, .json and .png.
+Pieces, printed only (nothing written):
+  .venv/bin/python benchmarks/bench_polygonize.py --dry-run --methods dp,mesh --datasets austin
 """
 
 from __future__ import annotations
@@ -109,12 +114,13 @@ def right_angle_share(frame, tolerance: float = 5.0) -> float:
 
 def run(method: str, params: dict, labels: np.ndarray, truth: np.ndarray, transform, crs, km2: float) -> dict:
     fn = POLYGONIZERS[method]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     frame = fn(labels, transform, crs, None, **params)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     row = {"method": method, **params, "objects": len(frame), "vertices": vertex_count(frame.geometry),
            "iou": round(iou(frame, truth, transform), 4), "right_angles": round(right_angle_share(frame), 3),
-           "seconds": round(seconds, 2), "s_per_km2": round(seconds / km2, 1)}
+           "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 3), "cpu_s_per_mpx": round(cpu / (labels.size / 1e6), 3),
+           "s_per_km2": round(seconds / km2, 1)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -123,7 +129,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from the .json")
+    parser.add_argument("--dry-run", action="store_true", help="print the rows, write nothing")
+    parser.add_argument("--methods", default="", help="only these methods, comma-separated (dp,regularized,mesh)")
+    parser.add_argument("--datasets", default="", help="only the datasets whose name contains one of these words")
     args = parser.parse_args()
+    methods = set(filter(None, args.methods.split(","))) or {"dp", "regularized", "mesh"}
+    wanted = [w for w in args.datasets.split(",") if w]
     if args.report_only:
         saved = json.loads((RESULTS / "polygonize.json").read_text())
         write(saved["results"], saved["command"])
@@ -135,27 +146,34 @@ def main() -> None:
         "austin-clean (0.3 m)": (mask, mask, transform, crs),
         "austin-predicted (0.3 m)": (predicted_like(mask), mask, transform, crs),
     }
-    try:
-        k_mask, k_transform, k_crs = kampala(1000 if args.quick else 2000)
-        datasets["kampala-osm (7.5 cm)"] = (k_mask, k_mask, k_transform, k_crs)
-    except (OSError, ValueError, ImportError) as err:  # the OAM tiles are optional for this benchmark
-        print(f"kampala skipped: {err}", flush=True)
+    if not wanted or any(w in "kampala-osm (7.5 cm)" for w in wanted):
+        try:
+            k_mask, k_transform, k_crs = kampala(1000 if args.quick else 2000)
+            datasets["kampala-osm (7.5 cm)"] = (k_mask, k_mask, k_transform, k_crs)
+        except (OSError, ValueError, ImportError) as err:  # the OAM tiles are optional for this benchmark
+            print(f"kampala skipped: {err}", flush=True)
     results: dict[str, list[dict]] = {}
     for name, (labels, truth, tr, cr) in datasets.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
         pixel = abs(tr.a)
         km2 = labels.size * pixel * pixel / 1e6
         small = "7.5" in name
         rows = []
-        for tol in (tolerances if not small else [t for t in tolerances if t <= 1.5]):
-            rows.append(run("dp", {"tolerance": tol}, labels, truth, tr, cr, km2))
-        for tol in ([0.3, 0.5, 1.0] if not small else [0.5]):
-            rows.append(run("regularized", {"tolerance": tol}, labels, truth, tr, cr, km2))
-        for lam in (lambdas if not small else [0.25, 0.5, 1.0]):
-            rows.append(run("mesh", {"lam": lam, "mu": DEFAULT_MU}, labels, truth, tr, cr, km2))
-        if not small:
-            rows.append(run("mesh", {"lam": DEFAULT_LAMBDA, "mu": 0.0}, labels, truth, tr, cr, km2))
+        if "dp" in methods:
+            for tol in (tolerances if not small else [t for t in tolerances if t <= 1.5]):
+                rows.append(run("dp", {"tolerance": tol}, labels, truth, tr, cr, km2))
+        if "regularized" in methods:
+            for tol in ([0.3, 0.5, 1.0] if not small else [0.5]):
+                rows.append(run("regularized", {"tolerance": tol}, labels, truth, tr, cr, km2))
+        if "mesh" in methods:
+            for lam in (lambdas if not small else [0.25, 0.5, 1.0]):
+                rows.append(run("mesh", {"lam": lam, "mu": DEFAULT_MU}, labels, truth, tr, cr, km2))
+            if not small:
+                rows.append(run("mesh", {"lam": DEFAULT_LAMBDA, "mu": 0.0}, labels, truth, tr, cr, km2))
         results[name] = rows
-    write(results, " ".join(["benchmarks/bench_polygonize.py", *sys.argv[1:]]))
+    if not args.dry_run:
+        write(results, " ".join(["benchmarks/bench_polygonize.py", *sys.argv[1:]]))
 
 
 def _dp_iou_at(rows: list[dict], vertices: int) -> float | None:
@@ -175,8 +193,8 @@ def write(results: dict[str, list[dict]], command: str) -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     lines = ["# Polygonisation: IoU against vertex count", "",
-             f"Command: `.venv/bin/python {command}` (on the shared 2-core machine; times are noisy, "
-             "compare the ratios to dp measured in the same run).", "",
+             f"Command: `.venv/bin/python {command}` (on the shared 2-core machine; wall times are noisy, "
+             "compare the CPU times and their ratio to dp measured in the same run).", "",
              "IoU = cumulative building IoU of the polygons rasterised back on the grid, against the truth.",
              "right angles = share of polygon corners within 5 degrees of a multiple of 90.",
              "dIoU vs dp = IoU minus Douglas-Peucker's IoU at the same vertex count (interpolated in log vertices).",
@@ -185,15 +203,18 @@ def write(results: dict[str, list[dict]], command: str) -> None:
     for ax, (name, rows) in zip(axes[0], results.items()):
         base = next((r for r in rows if r["method"] == "dp" and r.get("tolerance") == 0.5), rows[0])
         lines += [f"## {name}", "",
-                  "| method | setting | objects | vertices | IoU | dIoU vs dp | right angles | s | s/km2 | time / dp(0.5) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | setting | objects | vertices | IoU | dIoU vs dp | right angles | s | cpu s | cpu s/Mpx "
+                  "| s/km2 | cpu / dp(0.5) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             setting = (f"tolerance {r['tolerance']} m" if "tolerance" in r else f"lambda {r['lam']} m, mu {r['mu']} m")
             ref = None if r["method"] == "dp" else _dp_iou_at(rows, r["vertices"])
             d = "" if r["method"] == "dp" else "outside dp's range" if ref is None else f"{r['iou'] - ref:+.4f}"
+            # results written before CPU times were recorded fall back to wall time
+            cost, base_cost = r.get("cpu_seconds", r["seconds"]), base.get("cpu_seconds", base["seconds"])
             lines.append(f"| {r['method']} | {setting} | {r['objects']} | {r['vertices']} | {r['iou']:.4f} | {d} | "
-                         f"{r['right_angles']:.3f} | {r['seconds']} | {r['s_per_km2']} | "
-                         f"{r['seconds'] / max(base['seconds'], 1e-9):.1f}x |")
+                         f"{r['right_angles']:.3f} | {r['seconds']} | {r.get('cpu_seconds', '')} | "
+                         f"{r.get('cpu_s_per_mpx', '')} | {r['s_per_km2']} | {cost / max(base_cost, 1e-9):.1f}x |")
         lines.append("")
         for method, style in (("dp", "o-"), ("regularized", "s--"), ("mesh", "^-")):
             pts = sorted((r["vertices"], r["iou"]) for r in rows if r["method"] == method and r.get("mu", 1) != 0)

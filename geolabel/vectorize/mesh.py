@@ -1,18 +1,16 @@
 """Polygonisation by mesh approximation with right-angle regularity (Tasar et al., IGARSS 2018).
 
-The label map is approximated by a labelled triangle mesh whose energy
+The label map is approximated by a labelled planar mesh whose energy
 
     E = fidelity + lambda^2 * (vertex count) + mu * (right-angle irregularity)
 
 is minimised, then each labelled region of the mesh becomes a polygon.
 
-* Fine mesh: the vertices are the pixel corners where region boundaries turn or meet
-  (plus extra lattice corners wherever a boundary segment would otherwise be missing
-  from the Delaunay triangulation), triangulated by `scipy.spatial.Delaunay`. Unit
-  pixel edges are Gabriel edges of the lattice, so after densifying the missing
-  segments every boundary segment is a mesh edge: the triangulation is constrained
-  to the boundaries and reproduces the label map exactly. Each triangle takes the
-  label of the region that contains it (its majority class, here 100 %).
+* Fine mesh: the region boundaries as a planar straight-line graph. Its vertices are
+  the pixel corners where boundaries turn or meet; chains of vertices run from
+  junction to junction (or round a closed loop) and each is shared by the two regions
+  it separates, so the graph reproduces the label map exactly and neighbouring
+  regions always share one boundary.
 * Fidelity: the area of disagreement with the label map, measured for every boundary
   edge as the area between the edge and the pixel boundary it stands for (integrated
   along the edge: exact unless that boundary folds back, then an upper bound).
@@ -24,11 +22,19 @@ is minimised, then each labelled region of the mesh becomes a polygon.
   angle from the nearest multiple of 90 degrees (radians) times its shorter edge,
   weighted by mu (metres): long walls meeting at odd angles cost the most, pixel
   steps almost nothing. It is switched on after a first simplification.
-* Operators: half-edge collapse along a boundary (greedy, best energy gain first),
-  edge flips of unconstrained edges to unblock collapses, and continuous relocation
-  of boundary vertices (pattern search). Every operation is accepted only if no
-  triangle flips or degenerates and no region vanishes, so the mesh stays a valid
-  triangulation: no self-intersections, and neighbouring regions share one boundary.
+* Operators: half-edge collapse of runs of up to three vertices along a chain (greedy,
+  best energy gain first) and continuous relocation of chain vertices (pattern search).
+  The paper keeps a triangulation to reject operations that would fold the mesh; here
+  the same guarantee is checked on the boundary graph itself: no vertex may lie in the
+  area an operation sweeps, no edge may cross the path of a moved vertex, and no
+  region may be reduced to a line, so the result has no self-intersections and no
+  region vanishes.
+* Speed: everything is vectorised with numpy. Operations that cannot see each other
+  are made together, in rounds: a collapse when its gain is the best within four
+  vertices along its chain (ties broken in a fixed pseudo-random order), relocations
+  of vertices three apart on a chain. Boundary paths keep only their turning corners
+  (a straight run adds nothing to the fidelity integral), and a vertex is evaluated
+  again for relocation only after something near it changed.
 * Large rasters are processed block by block (optionally in parallel processes);
   vertices on block borders are fixed at pixel corners, so the pieces of an object
   cut by a seam meet exactly and are merged back into one polygon.
@@ -36,19 +42,17 @@ is minimised, then each labelled region of the mesh becomes a polygon.
 
 from __future__ import annotations
 
-import heapq
 import math
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 
 import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
 from scipy import ndimage
-from scipy.spatial import Delaunay
 
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.errors import InputError
@@ -60,224 +64,259 @@ DEFAULT_MU = 0.5
 """Default right-angle regularity weight, metres (per metre of edge and radian of deviation)."""
 DEFAULT_BLOCK = 1024
 """Default block size in pixels for large rasters."""
+AUTO_PARALLEL_PIXELS = 8_000_000
+"""With workers=None, rasters of this many pixels or more are meshed by one process per core."""
 
 _HALF_PI = math.pi / 2
 _EPS_AREA = 1e-6  # smallest accepted doubled triangle area, px^2
-_UP, _DOWN, _LEFT, _RIGHT = 1, 2, 4, 8
-_OPPOSITE = {_UP: _DOWN, _DOWN: _UP, _LEFT: _RIGHT, _RIGHT: _LEFT}
 
 
-# --------------------------------------------------------------------------- boundaries
-
-
-@dataclass
-class _Chain:
-    """A boundary between two regions, from junction to junction (or a closed loop)."""
-
-    coords: np.ndarray  # (n, 2) float pixel corners (x=col, y=row); loops not repeated
-    loop: bool
-    frozen: bool  # on the raster border: never simplified (keeps seams exact)
-    regular: bool  # borders a region whose outline should have right angles
-    kept: list[int]  # indices of coords that are mesh vertices
+# --------------------------------------------------------------------------- regions
 
 
 def _regions(labels: np.ndarray, instances: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """4-connected regions of equal (class, instance): (region id map, class of each region)."""
-    key = labels.astype(np.int64)
-    if instances is not None:
-        _, key = np.unique(key * (int(instances.max()) + 1) + instances.astype(np.int64), return_inverse=True)
+    labels = np.asarray(labels)
+    if instances is None:
+        key = labels
+        if labels.dtype.kind in "ui" and labels.size and 0 <= labels.min() and labels.max() < 1 << 16:
+            values = np.flatnonzero(np.bincount(labels.ravel()))
+        else:
+            values = np.unique(labels)
+        value_class = values
+    else:
+        scale = int(instances.max()) + 1
+        uniq, key = np.unique(labels.astype(np.int64) * scale + instances.astype(np.int64), return_inverse=True)
         key = key.reshape(labels.shape)
+        values = np.arange(len(uniq))
+        value_class = uniq // scale
     regions = np.zeros(labels.shape, np.int64)
     region_class: list[int] = []
     offset = 0
-    for value in np.unique(key):
+    for value, cls in zip(values.tolist(), value_class.tolist()):
         comp, n = ndimage.label(key == value)
         inside = comp > 0
-        regions[inside] = comp[inside] - 1 + offset
-        cls = int(labels[inside][0])
-        region_class.extend([cls] * n)
+        regions[inside] = comp[inside] + (offset - 1)
+        region_class.extend([int(cls)] * n)
         offset += n
     return regions, np.asarray(region_class, np.int64)
 
 
-def _trace_chains(regions: np.ndarray, region_class: np.ndarray, regular_classes: set[int]) -> list[_Chain]:
-    """Walk the pixel-edge boundaries between regions into chains between junctions."""
-    h, w = regions.shape
-    pad = np.full((h + 2, w + 2), -1, np.int64)
-    pad[1:-1, 1:-1] = regions
-    vert = pad[1:-1, :-1] != pad[1:-1, 1:]  # (h, w+1): edge corner (r,c)-(r+1,c)
-    horz = pad[:-1, 1:-1] != pad[1:, 1:-1]  # (h+1, w): edge corner (r,c)-(r,c+1)
-    code = np.zeros((h + 1, w + 1), np.int64)
-    code[1:, :] |= vert * _UP
-    code[:-1, :] |= vert * _DOWN
-    code[:, 1:] |= horz * _LEFT
-    code[:, :-1] |= horz * _RIGHT
-    bits = np.array([bin(i).count("1") for i in range(16)])
-    degree = bits[code]
-    junction = degree >= 3
-    straight = (code == _UP | _DOWN) | (code == _LEFT | _RIGHT)
-    w1 = w + 1
-    step = {_UP: -w1, _DOWN: w1, _LEFT: -1, _RIGHT: 1}
-    codes = code.ravel().tolist()
-    is_junction = junction.ravel().tolist()
-    is_straight = straight.ravel().tolist()
-    single = {_UP: _UP, _DOWN: _DOWN, _LEFT: _LEFT, _RIGHT: _RIGHT}
-
-    def side_regions(k: int, d: int) -> tuple[int, int]:
-        r, c = divmod(k, w1)
-        if d in (_UP, _DOWN):
-            rr = r if d == _DOWN else r - 1
-            return int(pad[rr + 1, c]), int(pad[rr + 1, c + 1])
-        cc = c if d == _RIGHT else c - 1
-        return int(pad[r, cc + 1]), int(pad[r + 1, cc + 1])
-
-    def make(path: list[int], loop: bool, first_dir: int) -> _Chain:
-        ra, rb = side_regions(path[0], first_dir)
-        frozen = ra < 0 or rb < 0
-        regular = any(x >= 0 and int(region_class[x]) in regular_classes for x in (ra, rb))
-        idx = np.asarray(path, np.int64)
-        coords = np.stack([idx % w1, idx // w1], axis=1).astype(np.float64)
-        if loop:
-            kept = [i for i, k in enumerate(path) if not is_straight[k]]
-        else:
-            kept = [0] + [i for i in range(1, len(path) - 1) if not is_straight[path[i]]] + [len(path) - 1]
-        return _Chain(coords, loop, frozen, regular, kept)
-
-    chains: list[_Chain] = []
-    used: set[tuple[int, int]] = set()
-    visited = np.zeros(code.size, bool)
-    for start in np.flatnonzero(junction.ravel()).tolist():
-        for d0 in (_UP, _DOWN, _LEFT, _RIGHT):
-            if not codes[start] & d0 or (start, d0) in used:
-                continue
-            path = [start]
-            k, d = start, d0
-            while True:
-                k += step[d]
-                path.append(k)
-                if is_junction[k]:
-                    used.add((k, _OPPOSITE[d]))
-                    break
-                visited[k] = True
-                d = single[codes[k] & ~_OPPOSITE[d]]
-            used.add((start, d0))
-            chains.append(make(path, False, d0))
-    # closed loops: boundary corners not reached from any junction
-    rest = (degree.ravel() == 2) & ~visited & ~straight.ravel()
-    for start in np.flatnonzero(rest).tolist():
-        if visited[start]:
-            continue
-        d0 = _RIGHT if codes[start] & _RIGHT else _LEFT
-        d = d0
-        path = [start]
-        visited[start] = True
-        k = start
-        while True:
-            k += step[d]
-            if k == start:
-                break
-            path.append(k)
-            visited[k] = True
-            d = single[codes[k] & ~_OPPOSITE[d]]
-        chains.append(make(path, True, d0))
-    return chains
+# --------------------------------------------------------------------------- geometry kernels
 
 
-# --------------------------------------------------------------------------- fidelity
+def _lobe_areas(ox: np.ndarray, oy: np.ndarray, tx: np.ndarray, ty: np.ndarray, coords: np.ndarray,
+                first: np.ndarray, last: np.ndarray, fixed_start: bool | np.ndarray = True) -> np.ndarray:
+    """Area between each segment o-t and the polyline o, coords[first..last], t.
 
+    Integrated along o-t as sum |v| |du| (v: signed distance to the line o-t, u: the
+    position along it), exact for every polyline that advances along o-t and an upper
+    bound for one that folds back. The pixel paths hold only the corners where the
+    boundary turns: splitting a straight piece does not change the integral, so the
+    result is the one of the full pixel path.
 
-def _lobe_area(ax: float, ay: float, bx: float, by: float, path: np.ndarray) -> float:
-    """Area between segment a-b and the polyline a, path..., b.
-
-    Integrated along a-b as sum |v| |du| (v: signed distance to the line a-b, u: the
-    position along it), exact for every polyline that advances along a-b and an upper
-    bound for one that folds back. A zero-length a-b gives the polyline's own area.
+    o and t are (m,) or (m, K): K variants of one end of edge i (the other end is the
+    same for all K; `fixed_start`, one flag or one per edge, says which), evaluated
+    against the path gathered once.
+    A zero-length segment gives the area of the closed polyline for K = 1, inf otherwise.
     """
-    if len(path) < 48:
-        return _lobe_area_py(ax, ay, bx, by, path.tolist())
-    return float(_lobe_areas(np.array([ax]), np.array([ay]), np.array([bx]), np.array([by]),
-                             path, np.array([0]), np.array([len(path) - 1]))[0])
-
-
-def _lobe_area_py(ax: float, ay: float, bx: float, by: float, path: list) -> float:
-    dx, dy = bx - ax, by - ay
-    length = math.hypot(dx, dy)
-    pts = [(ax, ay), *path, (bx, by)]
-    if length <= 1e-9:
-        s = 0.0
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            s += x0 * y1 - x1 * y0
-        return abs(s) * 0.5
-    ex, ey = dx / length, dy / length
-    total = 0.0
-    u0 = v0 = 0.0
-    for x, y in pts[1:]:
-        rx, ry = x - ax, y - ay
-        u1 = rx * ex + ry * ey
-        v1 = ry * ex - rx * ey
-        du = abs(u1 - u0)
-        if du > 0:
-            if v0 * v1 >= 0:
-                total += abs(v0 + v1) * 0.5 * du
-            else:
-                total += (v0 * v0 + v1 * v1) / (2 * abs(v0 - v1)) * du
-        u0, v0 = u1, v1
-    return total
-
-
-def _lobe_areas(ax: np.ndarray, ay: np.ndarray, bx: np.ndarray, by: np.ndarray,
-                coords: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """Vectorised `_lobe_area` for many edges; edge e's path is coords[first[e]:last[e]+1]."""
-    n_path = last - first + 1
-    size = n_path + 2
+    ox, oy, tx, ty = (np.asarray(z, np.float64) for z in (ox, oy, tx, ty))
+    flat = ox.ndim == 1
+    if flat:
+        ox, oy, tx, ty = ox[:, None], oy[:, None], tx[:, None], ty[:, None]
+    m = max(ox.shape[0], tx.shape[0])
+    K = max(ox.shape[1], tx.shape[1])
+    if m == 0:
+        return np.zeros(0) if flat else np.zeros((0, K))
+    dx, dy = tx - ox, ty - oy
+    length = np.hypot(dx, dy)
+    safe = np.where(length > 1e-9, length, 1.0)
+    ex, ey = dx / safe, dy / safe
+    if np.ndim(fixed_start) == 0:
+        qx, qy = (ox[:, 0], oy[:, 0]) if fixed_start else (tx[:, 0], ty[:, 0])
+    else:
+        qx = np.where(fixed_start, ox[:, 0], tx[:, 0])  # the fixed end: on the line of every variant
+        qy = np.where(fixed_start, oy[:, 0], ty[:, 0])
+    size = last - first + 1
     ends = np.cumsum(size)
     starts = ends - size
     total = int(ends[-1])
-    edge = np.repeat(np.arange(len(size)), size)
-    pos = np.arange(total) - starts[edge]
-    x = np.empty(total)
-    y = np.empty(total)
-    inner = (pos > 0) & (pos < size[edge] - 1)
-    src = first[edge[inner]] + pos[inner] - 1
-    x[inner], y[inner] = coords[src, 0], coords[src, 1]
-    x[starts], y[starts] = ax, ay
-    x[ends - 1], y[ends - 1] = bx, by
-    dx, dy = bx - ax, by - ay
-    length = np.hypot(dx, dy)
-    safe = np.where(length > 1e-9, length, 1.0)
-    ex, ey = (dx / safe)[edge], (dy / safe)[edge]
-    rx, ry = x - ax[edge], y - ay[edge]
-    u = rx * ex + ry * ey
-    v = ry * ex - rx * ey
-    du = np.abs(np.diff(u))
-    v0, v1 = v[:-1], v[1:]
-    same = v0 * v1 >= 0
-    piece = np.where(same, np.abs(v0 + v1) * 0.5, (v0 * v0 + v1 * v1) / (2 * np.where(same, 1.0, np.abs(v0 - v1))))
+    rows = np.arange(total) + np.repeat(first - starts, size)
+    px, py = coords[rows, 0], coords[rows, 1]
+    rx = (px - np.repeat(qx, size))[:, None]
+    ry = (py - np.repeat(qy, size))[:, None]
+    exo, eyo = np.repeat(ex, size, axis=0), np.repeat(ey, size, axis=0)
+    v = ry * exo
+    v -= rx * eyo  # signed distance of every path point to the line
+    # pieces between consecutive path points: |du| (|v0| + |v1|) / 2 where v keeps its sign,
+    # |du| (v0^2 + v1^2) / (2 |v0 - v1|) = |du| (|v0| + |v1| - 2 |v0 v1| / (|v0| + |v1|)) / 2 where not
+    du = (px[1:] - px[:-1])[:, None] * exo[:-1]
+    du += (py[1:] - py[:-1])[:, None] * eyo[:-1]
+    np.abs(du, out=du)
+    av = np.abs(v)
+    full = np.empty((total, K))  # twice the piece between path points r and r + 1 in row r
+    piece = full[:-1]
+    np.add(av[:-1], av[1:], out=piece)
+    cross = v[:-1] * v[1:]
+    np.minimum(cross, 0.0, out=cross)  # -|v0 v1| where v changes sign, 0 elsewhere
+    np.divide(cross, piece, out=cross, where=cross < 0)
+    cross *= 2.0
+    piece += cross
     piece *= du
-    shoe = x[:-1] * y[1:] - x[1:] * y[:-1]
-    valid = np.ones(total - 1, bool)
-    valid[ends[:-1] - 1] = False  # differences across two edges
-    piece[~valid] = 0.0
-    shoe[~valid] = 0.0
-    area = np.add.reduceat(piece, starts)
-    poly = np.abs(np.add.reduceat(shoe, starts)) * 0.5
-    return np.where(length > 1e-9, area, poly)
+    full[ends - 1] = 0.0  # across two edges (and the last row)
+    area = np.add.reduceat(full, starts, axis=0)
+    # from o (u = v = 0) to the first path point, and from the last one to t (u = L, v = 0)
+    fx, fy = px[starts][:, None] - ox, py[starts][:, None] - oy
+    lx, ly = px[ends - 1][:, None] - ox, py[ends - 1][:, None] - oy
+    area += av[starts] * np.abs(fx * ex + fy * ey)
+    area += av[ends - 1] * np.abs(length - (lx * ex + ly * ey))
+    area *= 0.5
+    short = length <= 1e-9
+    if short.any():
+        if K == 1:  # a closed path: its own area (shoelace)
+            shoe = np.zeros(total)
+            shoe[:-1] = px[:-1] * py[1:] - px[1:] * py[:-1]
+            o0, o1 = ox[:, 0], oy[:, 0]
+            shoe[ends - 1] = 0.0
+            closed = np.add.reduceat(shoe, starts)
+            closed += o0 * py[starts] - px[starts] * o1 + px[ends - 1] * o1 - o0 * py[ends - 1]
+            closed = np.abs(closed) * 0.5
+            area[:, 0] = np.where(short[:, 0], closed, area[:, 0])
+        else:
+            area[short] = np.inf
+    return area[:, 0] if flat else area
 
 
-def _deviation(ax: float, ay: float, bx: float, by: float, cx: float, cy: float) -> float:
-    """Deviation (radians) of the turn a->b->c from the nearest multiple of 90 degrees."""
+def _deviations(ax, ay, bx, by, cx, cy) -> np.ndarray:
+    """Right-angle irregularity of the turns a->b->c: deviation (radians) of the turn from
+    the nearest multiple of 90 degrees times the shorter of the two edges."""
     ux, uy, vx, vy = bx - ax, by - ay, cx - bx, cy - by
-    if (ux == 0 and uy == 0) or (vx == 0 and vy == 0):
-        return 0.0
-    q = math.atan2(ux * vy - uy * vx, ux * vx + uy * vy) / _HALF_PI
-    return abs(q - round(q)) * _HALF_PI
+    q = np.arctan2(ux * vy - uy * vx, ux * vx + uy * vy) / _HALF_PI
+    dev = np.abs(q - np.round(q)) * _HALF_PI
+    lu, lv = np.hypot(ux, uy), np.hypot(vx, vy)
+    return np.where((lu == 0) | (lv == 0), 0.0, dev * np.minimum(lu, lv))
 
 
-# --------------------------------------------------------------------------- the mesh
+def _cross(ax, ay, bx, by, cx, cy):
+    return (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+
+
+def _in_triangle(ax, ay, bx, by, cx, cy, qx, qy, eps: float = _EPS_AREA) -> np.ndarray:
+    """Whether q lies in the closed triangle a, b, c (or on the segment hull of a degenerate one)."""
+    d1 = _cross(ax, ay, bx, by, qx, qy)
+    d2 = _cross(bx, by, cx, cy, qx, qy)
+    d3 = _cross(cx, cy, ax, ay, qx, qy)
+    side = ((d1 >= -eps) & (d2 >= -eps) & (d3 >= -eps)) | ((d1 <= eps) & (d2 <= eps) & (d3 <= eps))
+    tol = 1e-9
+    box = ((qx >= np.minimum(np.minimum(ax, bx), cx) - tol) & (qx <= np.maximum(np.maximum(ax, bx), cx) + tol)
+           & (qy >= np.minimum(np.minimum(ay, by), cy) - tol) & (qy <= np.maximum(np.maximum(ay, by), cy) + tol))
+    return side & box
+
+
+def _segments_meet(ax, ay, bx, by, cx, cy, dx, dy, eps: float = _EPS_AREA) -> np.ndarray:
+    """Whether the closed segments a-b and c-d intersect (touching counts)."""
+    d1 = _cross(ax, ay, bx, by, cx, cy)
+    d2 = _cross(ax, ay, bx, by, dx, dy)
+    d3 = _cross(cx, cy, dx, dy, ax, ay)
+    d4 = _cross(cx, cy, dx, dy, bx, by)
+    proper = (((d1 > eps) & (d2 < -eps)) | ((d1 < -eps) & (d2 > eps))) & \
+             (((d3 > eps) & (d4 < -eps)) | ((d3 < -eps) & (d4 > eps)))
+
+    def on(px, py, qx, qy, rx, ry, d):  # r on segment p-q (given collinear-ish)
+        tol = 1e-9
+        return (np.abs(d) <= eps) & (rx >= np.minimum(px, qx) - tol) & (rx <= np.maximum(px, qx) + tol) \
+            & (ry >= np.minimum(py, qy) - tol) & (ry <= np.maximum(py, qy) + tol)
+
+    return proper | on(ax, ay, bx, by, cx, cy, d1) | on(ax, ay, bx, by, dx, dy, d2) \
+        | on(cx, cy, dx, dy, ax, ay, d3) | on(cx, cy, dx, dy, bx, by, d4)
+
+
+class _Grid:
+    """Items bucketed in square cells by their bounding boxes (grown by `margin`), for
+    finding the items near many query boxes at once."""
+
+    _OFFSET = 8.0  # coordinates may be a little negative (moved vertices); cells start there
+
+    def __init__(self, x0, y0, x1, y1, cell: float, margin: float = 0.0):
+        self.cell = float(cell)
+        cx0, cy0 = self._cells(np.asarray(x0) - margin, np.asarray(y0) - margin)
+        cx1, cy1 = self._cells(np.asarray(x1) + margin, np.asarray(y1) + margin)
+        self.ncols = int(cx1.max(initial=0)) + 1
+        self.nrows = int(cy1.max(initial=0)) + 1
+        keys, items = self._expand(cx0, cy0, cx1, cy1)
+        order = np.argsort(keys, kind="stable")
+        self.items = items[order]
+        # start of each cell's items
+        self.cell_start = np.searchsorted(keys[order], np.arange(self.ncols * self.nrows + 1))
+
+    def _cells(self, x, y):
+        cx = ((x + self._OFFSET) * (1.0 / self.cell)).astype(np.int64)
+        cy = ((y + self._OFFSET) * (1.0 / self.cell)).astype(np.int64)
+        return np.maximum(cx, 0, out=cx), np.maximum(cy, 0, out=cy)
+
+    def _expand(self, cx0, cy0, cx1, cy1):
+        nx = cx1 - cx0 + 1
+        ny = cy1 - cy0 + 1
+        counts = nx * ny
+        single = bool((counts == 1).all())
+        if single:
+            return cy0 * self.ncols + cx0, np.arange(len(cx0))
+        total = int(counts.sum())
+        item = np.repeat(np.arange(len(cx0)), counts)
+        local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        width = nx[item]
+        cx = cx0[item] + local % width
+        cy = cy0[item] + local // width
+        return cy * self.ncols + cx, item
+
+    def query(self, x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, item) for every item sharing a cell with a query box (may repeat)."""
+        cx0, cy0 = self._cells(np.asarray(x0, np.float64), np.asarray(y0, np.float64))
+        cx1, cy1 = self._cells(np.asarray(x1, np.float64), np.asarray(y1, np.float64))
+        np.minimum(cx1, self.ncols - 1, out=cx1)
+        np.minimum(cy1, self.nrows - 1, out=cy1)
+        inside = (cx0 <= cx1) & (cy0 <= cy1)
+        q_ids = np.flatnonzero(inside)
+        if len(q_ids) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys, q = self._expand(cx0[q_ids], cy0[q_ids], cx1[q_ids], cy1[q_ids])
+        lo = self.cell_start[keys]
+        n = self.cell_start[keys + 1] - lo
+        total = int(n.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        qq = np.repeat(q_ids[q], n)
+        pos = np.arange(total) + np.repeat(lo - (np.cumsum(n) - n), n)
+        return qq, self.items[pos]
+
+
+def _cell_size(n: int, width: float, height: float) -> float:
+    """Grid cell side for n items spread over width x height: about two items a cell."""
+    return float(min(max(math.sqrt(2.0 * max(width * height, 1.0) / max(n, 1)), 4.0), 64.0))
+
+
+# --------------------------------------------------------------------------- the boundary mesh
+
+_DX = np.array([1, 0, -1, 0])  # direction d -> step (x = col, y = row); left of d is (d + 1) % 4
+_DY = np.array([0, 1, 0, -1])
 
 
 class LabelMesh:
-    """A labelled triangle mesh of a region map, optimised by collapse, flip and relocation.
+    """The planar partition of a region map, simplified by collapse and relocation.
+
+    The region boundaries form a planar straight-line graph: chains of vertices from
+    junction to junction (or closed loops), each shared by the two regions it separates.
+    Its vertices start at every pixel corner where a boundary turns, so the graph
+    reproduces the label map exactly; the energy is then minimised by half-edge collapses
+    along chains and by relocating chain vertices. Every operation is checked geometrically
+    (no vertex in the area it sweeps, no edge crossing the path of a moved vertex, no
+    region reduced to a line), so the partition stays valid: no self-intersections, no
+    vanished region, and neighbouring regions share one boundary.
+
+    Independent operations are done together, in rounds: a collapse is made when its
+    energy gain is the best within `_REACH` vertices along its chain (ties broken by a
+    fixed pseudo-random order), which is the order of the sequential greedy wherever
+    gains do not change in between; vertices three apart on a chain relocate together.
 
     Args:
         regions: (h, w) region ids (0..R-1), 4-connected.
@@ -286,6 +325,11 @@ class LabelMesh:
         mu_px: regularity weight in pixels (mu / pixel size).
         regular_classes: classes whose outlines are pulled towards right angles.
     """
+
+    # Collapses chosen together are more than _REACH vertices apart on a chain: a run of k at u
+    # changes the gains of u-4..u-1 and of the two vertices after the run, and the gain at w
+    # reads w-2..w+4, so two runs 5 apart neither see nor change each other.
+    _REACH = 4
 
     def __init__(
         self,
@@ -296,435 +340,673 @@ class LabelMesh:
         regular_classes: set[int],
     ):
         self.regions = regions
-        self.region_class = region_class
+        self.region_class = np.asarray(region_class, np.int64)
         self.vertex_cost = lam_px * lam_px
         self.angle_cost = mu_px
-        self.chains = _trace_chains(regions, region_class, regular_classes)
+        self.regular_classes = set(int(c) for c in regular_classes)
         self._build()
 
     # ---- construction
     def _build(self) -> None:
-        h, w = self.regions.shape
-        while True:
-            corner_id: dict[tuple[float, float], int] = {}
-            xs: list[float] = []
-            ys: list[float] = []
+        regions = self.regions
+        h, w = regions.shape
+        self.shape = (h, w)
+        pad = np.full((h + 2, w + 2), -1, np.int64)
+        pad[1:-1, 1:-1] = regions
+        vert = pad[1:-1, :-1] != pad[1:-1, 1:]  # (h, w+1): edge corner (r,c)-(r+1,c)
+        horz = pad[:-1, 1:-1] != pad[1:, 1:-1]  # (h+1, w): edge corner (r,c)-(r,c+1)
+        vdown = pad[1:-1, :-1] < pad[1:-1, 1:]  # directed +y: the smaller region on its left
+        hright = pad[1:, 1:-1] < pad[:-1, 1:-1]  # directed +x
+        H = np.zeros((h + 1, w + 2), bool)
+        H[:, 1:-1] = horz
+        HR = np.zeros((h + 1, w + 2), bool)
+        HR[:, 1:-1] = hright
+        V = np.zeros((h + 2, w + 1), bool)
+        V[1:-1, :] = vert
+        VD = np.zeros((h + 2, w + 1), bool)
+        VD[1:-1, :] = vdown
+        has = [H[:, 1:], V[1:, :], H[:, :-1], V[:-1, :]]  # per corner: an edge in direction d
+        out = [H[:, 1:] & HR[:, 1:], V[1:, :] & VD[1:, :], H[:, :-1] & ~HR[:, :-1], V[:-1, :] & ~VD[:-1, :]]
+        deg = has[0].astype(np.int8) + has[1] + has[2] + has[3]
+        straight = (deg == 2) & ((has[0] & has[2]) | (has[1] & has[3]))
+        node = (deg >= 2) & ~straight
+        W1 = w + 1
+        nk = np.flatnonzero(node.ravel())  # corner index of each node (row-major)
+        n = len(nk)
+        nx, ny = nk % W1, nk // W1
+        nodeid = np.full((h + 1) * W1, -1, np.int64)
+        nodeid[nk] = np.arange(n)
+        hasn = [hd.ravel()[nk] for hd in has]
+        outn = [od.ravel()[nk] for od in out]
+        junction = deg.ravel()[nk] >= 3
+        # out-edges: (source node, direction, target node) along the lattice lines
+        kc = nx * (h + 1) + ny  # column-major key
+        src_l, dir_l, dst_l = [], [], []
+        for d in range(4):
+            s = np.flatnonzero(outn[d])
+            if d == 0:
+                ref = nk[hasn[2]]
+                t = ref[np.searchsorted(ref, nk[s], "right")]
+                t = nodeid[t]
+            elif d == 2:
+                ref = nk[hasn[0]]
+                t = nodeid[ref[np.searchsorted(ref, nk[s], "left") - 1]]
+            elif d == 1:
+                sel = np.flatnonzero(hasn[3])
+                o = np.argsort(kc[sel])
+                ref, ids = kc[sel][o], sel[o]
+                t = ids[np.searchsorted(ref, kc[s], "right")]
+            else:
+                sel = np.flatnonzero(hasn[1])
+                o = np.argsort(kc[sel])
+                ref, ids = kc[sel][o], sel[o]
+                t = ids[np.searchsorted(ref, kc[s], "left") - 1]
+            src_l.append(s)
+            dir_l.append(np.full(len(s), d, np.int64))
+            dst_l.append(t)
+        esrc = np.concatenate(src_l)
+        edir = np.concatenate(dir_l)
+        edst = np.concatenate(dst_l)
+        # degree-2 nodes: one edge out, one in
+        succ = np.full(n, -1, np.int64)
+        sdir = np.full(n, -1, np.int64)
+        two = ~junction[esrc]
+        succ[esrc[two]] = edst[two]
+        sdir[esrc[two]] = edir[two]
+        pred = np.full(n, -1, np.int64)
+        into = ~junction[edst]
+        pred[edst[into]] = esrc[into]
+        # rank the degree-2 nodes along their chains (pointer jumping); loops cut before their smallest node
+        inner = np.flatnonzero(~junction)
+        ar = np.arange(n)
+        nxt2 = np.where(~junction & (succ >= 0), succ, -1)
+        nxt2[nxt2 >= 0] = np.where(junction[nxt2[nxt2 >= 0]], -1, nxt2[nxt2 >= 0])
+        steps = max(int(n).bit_length(), 1) + 1
+        q = np.where(nxt2 >= 0, nxt2, ar)
+        for _ in range(steps):
+            q = q[q]
+        on_loop = ~junction & (nxt2[q] >= 0)
+        if on_loop.any():
+            m = np.where(on_loop, ar, n)
+            q = np.where(on_loop, nxt2, ar)
+            for _ in range(steps):
+                m = np.minimum(m, m[q])
+                q = q[q]
+            head = on_loop & (m == ar)
+            nxt2[on_loop & (nxt2 >= 0) & head[np.maximum(nxt2, 0)]] = -1
+        p = np.where(nxt2 >= 0, nxt2, ar)
+        dist = (nxt2 >= 0).astype(np.int64)
+        for _ in range(steps):
+            dist = dist + dist[p]
+            p = p[p]
+        order = inner[np.lexsort((-dist[inner], p[inner]))]  # by chain (its last node), then along it
+        tails = p[order]
+        gstarts = np.r_[0, np.flatnonzero(np.diff(tails)) + 1] if len(order) else np.zeros(0, np.int64)
+        glens = np.diff(np.r_[gstarts, len(order)])
+        heads = order[gstarts]
+        gtails = tails[gstarts]
+        is_loop = on_loop[heads]
+        elem_group = np.repeat(np.arange(len(glens)), glens)
+        jj = junction[esrc] & junction[edst]  # chains without inner vertex: junction to junction
+        n_direct = int(jj.sum())
+        open_g = np.flatnonzero(~is_loop)
+        loop_g = np.flatnonzero(is_loop)
+        n_open, n_loop = len(open_g), len(loop_g)
+        lens = np.concatenate([glens[open_g] + 2, np.full(n_direct, 2, np.int64), glens[loop_g]]).astype(np.int64)
+        nch = len(lens)
+        sstart = (np.cumsum(lens) - lens).astype(np.int64)
+        total = int(lens.sum())
+        snode = np.empty(total, np.int64)
 
-            def vid(x: float, y: float) -> int:
-                key = (x, y)
-                got = corner_id.get(key)
-                if got is None:
-                    got = corner_id[key] = len(xs)
-                    xs.append(x)
-                    ys.append(y)
-                return got
+        def fill(starts, counts, values):
+            pos = np.repeat(starts, counts) + np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            snode[pos] = values
 
-            for x, y in ((0.0, 0.0), (float(w), 0.0), (0.0, float(h)), (float(w), float(h))):
-                vid(x, y)
-            chain_vids: list[list[int]] = []
-            for ch in self.chains:
-                chain_vids.append([vid(float(ch.coords[i, 0]), float(ch.coords[i, 1])) for i in ch.kept])
-            pts = np.column_stack([xs, ys])
-            tri = Delaunay(pts).simplices.astype(np.int64)
-            n = len(xs)
-            a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-            codes = np.concatenate([np.minimum(a, b) * n + np.maximum(a, b),
-                                    np.minimum(b, c) * n + np.maximum(b, c),
-                                    np.minimum(a, c) * n + np.maximum(a, c)])
-            edge_set = np.unique(codes)
-            missing = 0
-            seqs = [np.asarray(v + [v[0]] if ch.loop else v, np.int64) for ch, v in zip(self.chains, chain_vids)]
-            lens = np.array([max(len(s) - 1, 0) for s in seqs])
-            if lens.sum():
-                s0 = np.concatenate([s[:-1] for s in seqs])
-                s1 = np.concatenate([s[1:] for s in seqs])
-                ok = np.isin(np.minimum(s0, s1) * n + np.maximum(s0, s1), edge_set)
-                owner = np.repeat(np.arange(len(seqs)), lens)
-                seg_index = np.arange(len(s0)) - np.repeat(np.cumsum(lens) - lens, lens)
-                for ci, j in zip(owner[~ok].tolist(), seg_index[~ok].tolist()):
-                    ch = self.chains[ci]
-                    i0 = ch.kept[j]
-                    i1 = ch.kept[j + 1] if j + 1 < len(ch.kept) else ch.kept[0] + len(ch.coords)
-                    extra = {i % len(ch.coords) for i in range(i0 + 1, i1)}
-                    missing += len(extra)
-                    ch.kept = sorted(set(ch.kept) | extra) if extra else ch.kept
-            if missing == 0:
-                break
-        # orient every triangle counter-clockwise in (x, y)
-        px, py = pts[:, 0], pts[:, 1]
-        cross = (px[b] - px[a]) * (py[c] - py[a]) - (py[b] - py[a]) * (px[c] - px[a])
-        keep = np.abs(cross) > _EPS_AREA
-        tri = tri[keep]
-        flip = cross[keep] < 0
-        tri[flip] = tri[flip][:, [0, 2, 1]]
-        cx = px[tri].mean(axis=1)
-        cy = py[tri].mean(axis=1)
-        rows = np.clip(np.floor(cy).astype(np.int64), 0, h - 1)
-        cols = np.clip(np.floor(cx).astype(np.int64), 0, w - 1)
-        self.px: list[float] = px.tolist()
-        self.py: list[float] = py.tolist()
-        self.tri: list[list[int]] = tri.tolist()
-        self.tlab: list[int] = self.regions[rows, cols].tolist()
-        self.talive: list[bool] = [True] * len(self.tri)
-        self.vt: list[set[int]] = [set() for _ in range(n)]
-        for t, (i, j, k) in enumerate(self.tri):
-            self.vt[i].add(t)
-            self.vt[j].add(t)
-            self.vt[k].add(t)
-        # chain bookkeeping: every vertex strictly inside a chain belongs to it
-        self.vchain = [-1] * n
-        self.vidx = [-1] * n
-        self.vprev = [-1] * n
-        self.vnext = [-1] * n
-        self.vfixed = [True] * n
-        self.ccount = [0] * len(self.chains)
-        self.cstart = [-1] * len(self.chains)
-        self.cend = [-1] * len(self.chains)
-        for ci, (ch, _) in enumerate(zip(self.chains, chain_vids)):
-            vids = [corner_id[(float(ch.coords[i, 0]), float(ch.coords[i, 1]))] for i in ch.kept]
-            inner = range(len(vids)) if ch.loop else range(1, len(vids) - 1)
-            for j in inner:
-                v = vids[j]
-                self.vchain[v] = ci
-                self.vidx[v] = ch.kept[j]
-                self.vprev[v] = vids[j - 1]
-                self.vnext[v] = vids[(j + 1) % len(vids)]
-                self.vfixed[v] = ch.frozen
-            self.ccount[ci] = len(inner)
-            if not ch.loop:
-                self.cstart[ci], self.cend[ci] = vids[0], vids[-1]
-        self.edge_err: dict[tuple[int, int], float] = {}
-        # all chain paths in one array (loops stored twice so a wrapping range is contiguous)
-        parts = [np.vstack([ch.coords, ch.coords]) if ch.loop else ch.coords for ch in self.chains]
-        sizes = [len(p) for p in parts]
-        self.goff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).tolist() if parts else []
-        self.G = np.vstack(parts) if parts else np.zeros((0, 2))
+        o_start = sstart[:n_open]
+        snode[o_start] = pred[heads[open_g]]
+        snode[o_start + glens[open_g] + 1] = succ[gtails[open_g]]
+        fill(o_start + 1, glens[open_g], order[~is_loop[elem_group]])
+        d_start = sstart[n_open:n_open + n_direct]
+        snode[d_start] = esrc[jj]
+        snode[d_start + 1] = edst[jj]
+        fill(sstart[n_open + n_direct:], glens[loop_g], order[is_loop[elem_group]])
+        loop = np.zeros(nch, bool)
+        loop[n_open + n_direct:] = True
+        schain = np.repeat(np.arange(nch), lens)
+        sidx = np.arange(total) - sstart[schain]
+        endpoint = ~loop[schain] & ((sidx == 0) | (sidx == lens[schain] - 1))
+        # first step of every chain (a loop: its head's out-edge) and the regions on its left and right
+        s0 = snode[sstart]
+        s1 = snode[sstart + 1]
+        first_dir = np.select([nx[s1] > nx[s0], ny[s1] > ny[s0], nx[s1] < nx[s0]], [0, 1, 2], 3)
+        first_dir = np.where(loop, sdir[s0], first_dir)
+        ddx, ddy = _DX[first_dir], _DY[first_dir]
+        mx2 = 2 * nx[s0] + ddx  # doubled midpoint of the first unit step
+        my2 = 2 * ny[s0] + ddy
+        lcol = (mx2 - ddy - 1) // 2
+        lrow = (my2 + ddx - 1) // 2
+        rcol = (mx2 + ddy - 1) // 2
+        rrow = (my2 - ddx - 1) // 2
+        left = pad[lrow + 1, lcol + 1]
+        right = pad[rrow + 1, rcol + 1]
+        cls = self.region_class
+        reg = np.array(sorted(self.regular_classes), np.int64)
+        regular = (left >= 0) & np.isin(cls[np.maximum(left, 0)], reg) | (right >= 0) & np.isin(cls[np.maximum(right, 0)], reg)
+        frozen = (left < 0) | (right < 0)
+        # the last step into the end node of open chains
+        e1 = snode[sstart + lens - 1]
+        e0 = snode[sstart + lens - 2]
+        last_dir = np.select([nx[e1] > nx[e0], ny[e1] > ny[e0], nx[e1] < nx[e0]], [0, 1, 2], 3)
+        # chain state
+        self.nx = nx.astype(np.float64)
+        self.ny = ny.astype(np.float64)
+        self.npx = self.nx.copy()
+        self.npy = self.ny.copy()
+        self.njunction = junction
+        self.snode, self.schain, self.sidx = snode, schain, sidx
+        self.sstart, self.slen, self.loop = sstart, lens, loop
+        self.left, self.right, self.frozen, self.regular = left, right, frozen, regular
+        self.first_dir, self.last_dir = first_dir, last_dir
+        self.start_node = np.where(loop, -1, s0)
+        self.end_node = np.where(loop, -1, e1)
+        interior = ~endpoint
+        self.interior = interior
+        self.movable = interior & ~frozen[schain]
+        self.alive = np.ones(total, bool)
+        self.ccount = np.where(loop, lens, lens - 2)
+        self.floor = np.where(loop, 3, np.where(self.start_node == self.end_node, 2, 0))
+        nxt = np.arange(total) + 1
+        prv = np.arange(total) - 1
+        last_slot = sstart + lens - 1
+        nxt[last_slot] = np.where(loop, sstart, -1)
+        prv[sstart] = np.where(loop, last_slot, -1)
+        self.nxt, self.prv = nxt, prv
+        # pixel paths: the nodes of each chain in order (loops twice, so a wrapping range is contiguous)
+        glen = np.where(loop, 2 * lens, lens)
+        self.gstart = np.concatenate([[0], np.cumsum(glen)[:-1]]).astype(np.int64)
+        grow = np.repeat(np.arange(nch), glen)
+        gidx = np.arange(int(glen.sum())) - self.gstart[grow]
+        gnode = snode[sstart[grow] + gidx % lens[grow]]
+        self.G = np.column_stack([self.nx[gnode], self.ny[gnode]])
+        self.E = np.zeros(total)  # fidelity of the edge slot -> nxt[slot]
+        self._clock = 0  # counts changes: a vertex's energy is re-evaluated only after one near it
+        self._lattice = True  # no vertex has left its pixel corner yet
+        self._changed = np.zeros(total, np.int64)  # when each vertex (or its link) last changed
+        self._seen: dict[float, np.ndarray] = {}  # step -> when each vertex was last evaluated at that step
+        # tie-break order of collapses and moves: a fixed scramble of the pixel corner of each vertex
+        corner = nk[snode].astype(np.uint64)
+        self.prio = ((corner * np.uint64(2654435761) + np.uint64(40503)) % np.uint64(4294967291)).astype(np.int64)
+        # junction pairs joined by a chain without inner vertex (a second one would close a region)
+        self._direct = set()
+        for ci in np.flatnonzero(~loop & (self.ccount == 0)).tolist():
+            self._direct.add(self._pair(int(self.start_node[ci]), int(self.end_node[ci])))
+
+    @staticmethod
+    def _pair(a: int, b: int) -> tuple[int, int]:
+        return (a, b) if a < b else (b, a)
 
     # ---- energy terms
-    def _anchor(self, v: int, ci: int, as_start: bool) -> int:
-        if self.vchain[v] == ci:
-            return self.vidx[v]
-        return 0 if as_start else len(self.chains[ci].coords) - 1
+    def _span_err(self, sa: np.ndarray, sc: np.ndarray) -> np.ndarray:
+        """Fidelity of the edges slot sa -> slot sc (same chain, sc after sa) at the current positions."""
+        if len(sa) == 0:
+            return np.zeros(0)
+        ch = self.schain[sa]
+        ia, ic = self.sidx[sa], self.sidx[sc]
+        ic = np.where(self.loop[ch] & (ic <= ia), ic + self.slen[ch], ic)
+        first = self.gstart[ch] + ia
+        last = self.gstart[ch] + ic
+        na, nc = self.snode[sa], self.snode[sc]
+        return _lobe_areas(self.npx[na], self.npy[na], self.npx[nc], self.npy[nc], self.G, first, last)
 
-    def _path_range(self, a: int, b: int, ci: int) -> tuple[int, int]:
-        """[first, last] rows of self.G holding the pixel boundary of chain edge a->b."""
-        ch = self.chains[ci]
-        i = self._anchor(a, ci, True)
-        j = self._anchor(b, ci, False)
-        if ch.loop and j <= i:
-            j += len(ch.coords)
-        off = self.goff[ci]
-        return off + i, off + j
+    def _irr(self, p: np.ndarray, v: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Irregularity at slot v for the turn p -> v -> q (0 unless v is a free chain vertex)."""
+        pn, vn, qn = self.snode[p], self.snode[v], self.snode[q]
+        val = _deviations(self.npx[pn], self.npy[pn], self.npx[vn], self.npy[vn], self.npx[qn], self.npy[qn])
+        return np.where(self.movable[v], val, 0.0)
 
-    def _err(self, a: int, b: int, ci: int, ax: float, ay: float, bx: float, by: float) -> float:
-        """Fidelity of chain edge a->b with a, b placed at the given positions."""
-        i, j = self._path_range(a, b, ci)
-        path = self.G[i : j + 1]
-        if j - i == 1 and ax == path[0, 0] and ay == path[0, 1] and bx == path[1, 0] and by == path[1, 1]:
-            return 0.0
-        return _lobe_area(ax, ay, bx, by, path)
+    def _irr_many(self, triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """`_irr` of several (p, v, q) slot arrays in one pass."""
+        sizes = [len(t[0]) for t in triples]
+        p, v, q = (np.concatenate([t[i] for t in triples]) for i in range(3))
+        out = self._irr(p, v, q)
+        return np.split(out, np.cumsum(sizes)[:-1])
 
-    def _cached_err(self, a: int, b: int, ci: int) -> float:
-        key = (a, b)
-        got = self.edge_err.get(key)
-        if got is None:
-            got = self.edge_err[key] = self._err(a, b, ci, self.px[a], self.py[a], self.px[b], self.py[b])
-        return got
+    def _gains(self, S: np.ndarray, max_run: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Best energy change of removing slot S and up to max_run - 1 that follow (delta, k; inf if none).
 
-    def _irr(self, v: int, pos: dict[int, tuple[float, float]], prev: int | None = None, nxt: int | None = None) -> float:
-        """Right-angle irregularity at chain vertex v (0 elsewhere), with optional overrides."""
-        ci = self.vchain[v]
-        if ci < 0 or self.vfixed[v] or not self.chains[ci].regular:
-            return 0.0
-        a = self.vprev[v] if prev is None else prev
-        c = self.vnext[v] if nxt is None else nxt
-        ax, ay = pos.get(a, (self.px[a], self.py[a]))
-        bx, by = pos.get(v, (self.px[v], self.py[v]))
-        cx, cy = pos.get(c, (self.px[c], self.py[c]))
-        return _deviation(ax, ay, bx, by, cx, cy) * min(math.hypot(bx - ax, by - ay), math.hypot(cx - bx, cy - by))
-
-    def collapse_gain(self, u: int, max_run: int = 3) -> tuple[float, int] | None:
-        """Best energy change of removing chain vertex u and the k-1 that follow it (k <= max_run).
-
-        Removing a short run at once gets past the local minima of one-vertex collapses
-        (a one-pixel notch needs two vertices removed before the wall is straight again).
-        Returns (delta, k), or None when u cannot be removed.
+        The runs stop at the end of the chain, at its floor (loops keep 3 vertices, a chain
+        from a junction back to it 2) and before wrapping around to prv[S].
         """
-        ci = self.vchain[u]
-        if ci < 0 or self.vfixed[u]:
-            return None
-        ch = self.chains[ci]
-        floor = 3 if ch.loop else 2 if self.cstart[ci] == self.cend[ci] else 0
-        a = self.vprev[u]
-        best: tuple[float, int] | None = None
-        old = self._cached_err(a, u, ci)
-        last = u
-        before = self._irr(a, {}) + self._irr(u, {})
+        m = len(S)
+        best = np.full(m, np.inf)
+        bestk = np.zeros(m, np.int64)
+        if m == 0:
+            return best, bestk
+        nxt, prv, E = self.nxt, self.prv, self.E
+        ch = self.schain[S]
+        cnt = self.ccount[ch]
+        fl = self.floor[ch]
+        a = prv[S]
+        ok = np.ones(m, bool)
+        old = E[a] + E[S]
+        last = S
+        cs, oks, olds = [], [], []
         for k in range(1, max_run + 1):
-            if self.ccount[ci] - k < floor:
-                break
-            c = self.vnext[last]
-            if c == a:
-                break
-            old += self._cached_err(last, c, ci)
-            new = self._err(a, c, ci, self.px[a], self.py[a], self.px[c], self.py[c])
-            delta = new - old - k * self.vertex_cost
-            if self.angle_cost > 0 and ch.regular:
-                after = self._irr(a, {}, nxt=c) + self._irr(c, {}, prev=a)
-                delta += self.angle_cost * (after - before - self._irr(c, {}))
-            if best is None or delta < best[0]:
-                best = (delta, k)
-            if self.vchain[c] != ci or self.vfixed[c]:
-                break
-            before += self._irr(c, {})
-            last = c
-        return best
+            c = nxt[last]
+            ok = ok & (cnt - k >= fl) & (c != a) & (c >= 0)
+            if k > 1:
+                old = old + E[last]
+            cs.append(np.where(ok, c, a))
+            oks.append(ok)
+            olds.append(old)
+            ok = ok & self.movable[np.maximum(c, 0)]  # runs go on through free vertices only
+            last = np.where(ok, c, last)
+        idx = [np.flatnonzero(o) for o in oks]
+        new = np.split(self._span_err(np.concatenate([a[i] for i in idx]), np.concatenate([c[i] for c, i in zip(cs, idx)])),
+                       np.cumsum([len(i) for i in idx])[:-1])
+        deltas = []
+        for k in range(max_run):
+            d = np.full(m, np.inf)
+            d[idx[k]] = new[k] - olds[k][idx[k]] - (k + 1) * self.vertex_cost
+            deltas.append(d)
+        if self.angle_cost > 0:
+            reg = self.regular[ch]
+            ridx = [i[reg[i]] for i in idx]
+            if any(len(i) for i in ridx):
+                r0 = ridx[0]
+                triples = [(prv[a[r0]], a[r0], S[r0]), (a[r0], S[r0], nxt[S[r0]])]
+                prev_c = [S] + cs[:-1]
+                for k in range(max_run):
+                    i = ridx[k]
+                    ai, ci = a[i], cs[k][i]
+                    triples += [(prev_c[k][i], ci, nxt[ci]), (prv[ai], ai, ci), (ai, ci, nxt[ci])]
+                vals = self._irr_many(triples)
+                before = np.zeros(m)
+                before[r0] = vals[0] + vals[1]
+                for k in range(max_run):
+                    i = ridx[k]
+                    irr_c, after_a, after_c = vals[2 + 3 * k: 5 + 3 * k]
+                    deltas[k][i] += self.angle_cost * (after_a + after_c - before[i] - irr_c)
+                    before[i] += irr_c
+        for k in range(max_run):
+            better = deltas[k] < best
+            best = np.where(better, deltas[k], best)
+            bestk = np.where(better, k + 1, bestk)
+        return best, bestk
 
-    # ---- mesh operations
-    def _cross(self, i: int, j: int, k: int, moved: int = -1, mx: float = 0.0, my: float = 0.0) -> float:
-        px, py = self.px, self.py
-        xi, yi = (mx, my) if i == moved else (px[i], py[i])
-        xj, yj = (mx, my) if j == moved else (px[j], py[j])
-        xk, yk = (mx, my) if k == moved else (px[k], py[k])
-        return (xj - xi) * (yk - yi) - (yj - yi) * (xk - xi)
+    # ---- spatial look-ups
+    def _point_grid(self, margin: float = 0.0):
+        """(live vertex node ids, their grid): the points no operation may sweep over."""
+        nodes = np.flatnonzero(self._node_alive())
+        x, y = self.npx[nodes], self.npy[nodes]
+        h, w = self.shape
+        return nodes, _Grid(x, y, x, y, _cell_size(len(nodes), w, h), margin)
 
-    def _label_edge(self, t: int, x: int, y: int) -> bool:
-        other = (self.vt[x] & self.vt[y]) - {t}
-        return not other or self.tlab[next(iter(other))] != self.tlab[t]
+    def _node_alive(self) -> np.ndarray:
+        """Per node: still a vertex (junctions always are)."""
+        alive = self.njunction.copy()
+        s = np.flatnonzero(self.alive & self.interior)
+        alive[self.snode[s]] = True
+        return alive
 
-    def _flip(self, t1: int, x: int, y: int) -> bool:
-        """Flip edge x-y of triangle t1 when unconstrained and the quad is convex."""
-        other = (self.vt[x] & self.vt[y]) - {t1}
-        if len(other) != 1:
-            return False
-        t2 = next(iter(other))
-        if self.tlab[t1] != self.tlab[t2]:
-            return False
-        p = next(v for v in self.tri[t1] if v != x and v != y)
-        q = next(v for v in self.tri[t2] if v != x and v != y)
-        s1 = self._cross(p, q, x)
-        s2 = self._cross(p, q, y)
-        if not (s1 * s2 < 0 and abs(s1) > _EPS_AREA and abs(s2) > _EPS_AREA):
-            return False
-        n1 = [p, x, q] if self._cross(p, x, q) > 0 else [p, q, x]
-        n2 = [p, q, y] if self._cross(p, q, y) > 0 else [p, y, q]
-        self.tri[t1], self.tri[t2] = n1, n2
-        self.vt[y].discard(t1)
-        self.vt[x].discard(t2)
-        self.vt[q].add(t1)
-        self.vt[p].add(t2)
-        return True
+    def _triangles_hit(self, grid, nodes, tri: np.ndarray, own: np.ndarray) -> np.ndarray:
+        """Whether any live vertex other than `own` (m, j node ids, -1 padded) lies in each closed
+        triangle tri (m, 3, 2 coordinates)."""
+        m = len(tri)
+        hit = np.zeros(m, bool)
+        if m == 0:
+            return hit
+        xs, ys = tri[..., 0], tri[..., 1]
+        qi, item = grid.query(xs.min(axis=1), ys.min(axis=1), xs.max(axis=1), ys.max(axis=1))
+        if len(qi) == 0:
+            return hit
+        pt = nodes[item]
+        keep = ~(own[qi] == pt[:, None]).any(axis=1)
+        keep &= self._alive_node[pt]
+        qi, pt = qi[keep], pt[keep]
+        inside = _in_triangle(xs[qi, 0], ys[qi, 0], xs[qi, 1], ys[qi, 1], xs[qi, 2], ys[qi, 2], self.npx[pt], self.npy[pt])
+        hit[qi[inside]] = True
+        return hit
 
-    def try_collapse(self, u: int, v: int, flips: int = 6) -> bool:
-        """Half-edge collapse u -> v if the mesh stays valid (flipping edges to unblock it)."""
-        for _ in range(flips + 1):
-            shared = self.vt[u] & self.vt[v]
-            if not shared:
-                return False
-            opp = {x for t in shared for x in self.tri[t] if x != u and x != v}
-            nu = {x for t in self.vt[u] for x in self.tri[t]} - {u}
-            nv = {x for t in self.vt[v] for x in self.tri[t]} - {v}
-            if (nu & nv) != opp:
-                return False
-            for t in shared:
-                i, j, k = self.tri[t]
-                if self._label_edge(t, i, j) and self._label_edge(t, j, k) and self._label_edge(t, k, i):
-                    return False
-            blocked = None
-            for t in self.vt[u] - shared:
-                i, j, k = self.tri[t]
-                if self._cross(i, j, k, u, self.px[v], self.py[v]) <= _EPS_AREA:
-                    blocked = t
-                    break
-            if blocked is None:
-                for t in shared:
-                    self.talive[t] = False
-                    for x in self.tri[t]:
-                        self.vt[x].discard(t)
-                for t in self.vt[u]:
-                    self.tri[t] = [v if x == u else x for x in self.tri[t]]
-                    self.vt[v].add(t)
-                self.vt[u] = set()
-                return True
-            x, y = (z for z in self.tri[blocked] if z != u)
-            if not self._flip(blocked, x, y):
-                return False
-        return False
+    def _xy(self, slots: np.ndarray) -> np.ndarray:
+        nodes = self.snode[slots]
+        return np.stack([self.npx[nodes], self.npy[nodes]], axis=-1)
 
-    def _remove_from_chain(self, u: int) -> None:
-        ci = self.vchain[u]
-        a, b = self.vprev[u], self.vnext[u]
-        if self.vchain[a] == ci:
-            self.vnext[a] = b
-        if self.vchain[b] == ci:
-            self.vprev[b] = a
-        self.edge_err.pop((a, u), None)
-        self.edge_err.pop((u, b), None)
-        self.vchain[u] = -1
-        self.vfixed[u] = True
-        self.ccount[ci] -= 1
-
-    def _neighbourhood(self, u: int, reach: int) -> list[int]:
-        """u and the chain vertices up to `reach` steps away along its chain."""
-        out = [u]
-        ci = self.vchain[u]
-        for side in (self.vprev, self.vnext):
-            x = side[u]
-            for _ in range(reach):
-                if x < 0 or self.vchain[x] != ci:
-                    break
-                out.append(x)
-                x = side[x]
-        return out
-
-    def _push(self, heap: list, version: list[int], x: int) -> None:
-        got = self.collapse_gain(x)
-        if got is not None and got[0] < 0:
-            heapq.heappush(heap, (got[0], version[x], x, got[1]))
-
+    # ---- collapse
     def simplify(self, max_run: int = 3) -> int:
         """Greedy collapses (best energy gain first) while one lowers the energy; returns the count."""
-        heap: list[tuple[float, int, int, int]] = []
-        version = [0] * len(self.px)
-        for u in range(len(self.px)):
-            got = self.collapse_gain(u, max_run)
-            if got is not None and got[0] < 0:
-                heap.append((got[0], 0, u, got[1]))
-        heapq.heapify(heap)
+        total = len(self.snode)
+        delta = np.full(total, np.inf)
+        kbest = np.zeros(total, np.int64)
+        blocked = np.zeros(total, bool)
+        dirty = self.alive & self.movable
+        self._alive_node = self._node_alive()
+        nodes, grid = self._point_grid()
         done = 0
-        while heap:
-            _, ver, u, k = heapq.heappop(heap)
-            if ver != version[u] or self.vchain[u] < 0:
-                continue
-            touched = self._neighbourhood(u, k + 3)
-            x = u
-            removed = 0
-            for _ in range(k):
-                a, b = self.vprev[x], self.vnext[x]
-                if not (self.try_collapse(x, b) or self.try_collapse(x, a)):
-                    break
-                self._remove_from_chain(x)
-                removed += 1
-                x = b
-            if removed == 0:
-                continue  # blocked by the mesh: retried only once a neighbour changes
-            done += removed
-            for x in touched:
-                if self.vchain[x] < 0:
-                    continue
-                version[x] += 1
-                self._push(heap, version, x)
+        reach = self._REACH
+        while True:
+            idx = np.flatnonzero(dirty & self.alive & self.movable)
+            dirty[:] = False
+            if len(idx):
+                delta[idx], kbest[idx] = self._gains(idx, max_run)
+                blocked[idx] = False
+            cand = self.alive & self.movable & (delta < 0) & ~blocked
+            cu = np.flatnonzero(cand)
+            if len(cu) == 0:
+                break
+            key = np.where(cand, np.round(delta, 9), np.inf)
+            ku, pu = key[cu], self.prio[cu]
+            lose = np.zeros(len(cu), bool)
+            for side in (self.nxt, self.prv):
+                x = cu
+                for _ in range(reach):
+                    x = np.where(x >= 0, side[np.maximum(x, 0)], -1)
+                    ok = x >= 0
+                    xs = np.maximum(x, 0)
+                    kx = np.where(ok, key[xs], np.inf)
+                    lose |= (kx < ku) | ((kx == ku) & (self.prio[xs] < pu) & ok & (xs != cu))
+            sel = cu[~lose]
+            done += self._collapse(sel, kbest[sel], grid, nodes, blocked, dirty)
         return done
 
-    def _independent(self, cands: list[int]) -> tuple[list[int], list[int]]:
-        """Split cands into vertices that can move together (no shared triangle, 2 apart on chains)."""
-        blocked: set[int] = set()
-        chosen: list[int] = []
-        rest: list[int] = []
-        for u in cands:
-            if u in blocked:
-                rest.append(u)
-                continue
-            chosen.append(u)
-            for t in self.vt[u]:
-                blocked.update(self.tri[t])
-            for side in (self.vprev, self.vnext):
-                x = side[u]
-                blocked.add(x)
-                if self.vchain[x] == self.vchain[u]:
-                    blocked.add(side[x])
-        return chosen, rest
+    def _collapse(self, sel, k, grid, nodes, blocked, dirty) -> int:
+        """Collapse the runs starting at the slots `sel` (independent); as many of each as stay valid."""
+        m = len(sel)
+        nxt, prv = self.nxt, self.prv
+        a = prv[sel]
+        seq = np.full((m, 5), -1, np.int64)
+        seq[:, 0] = a
+        seq[:, 1] = sel
+        for j in range(2, 5):
+            prev = seq[:, j - 1]
+            seq[:, j] = np.where((j <= k + 1) & (prev >= 0), nxt[np.maximum(prev, 0)], -1)
+        own = np.where(seq >= 0, self.snode[np.maximum(seq, 0)], -1)
+        # fan triangles (a, u_j, u_j+1), j = 1..k: removing u_1, then u_2, ... one at a time
+        owner, jj = np.nonzero(np.arange(1, 4)[None, :] <= k[:, None])
+        jj = jj + 1
+        tri_slots = np.stack([seq[owner, 0], seq[owner, jj], seq[owner, jj + 1]], axis=1)
+        # the vertices still there when u_j goes: a, u_j, u_j+1 and the ones after are points to avoid
+        own_j = np.where(np.arange(5)[None, :] <= jj[:, None] + 1, own[owner], -1)
+        tri = self._xy(tri_slots)
+        hit = np.zeros(len(tri), bool)
+        look = np.arange(len(tri))
+        if self._lattice:  # every vertex on a pixel corner: a triangle of area 1/2 holds no other (Pick)
+            twice = np.abs(_cross(tri[:, 0, 0], tri[:, 0, 1], tri[:, 1, 0], tri[:, 1, 1], tri[:, 2, 0], tri[:, 2, 1]))
+            look = np.flatnonzero(twice != 1.0)
+        if len(look):
+            hit[look] = self._triangles_hit(grid, nodes, tri[look], own_j[look])
+        first_bad = np.full(m, 4)
+        np.minimum.at(first_bad, owner[hit], jj[hit])
+        take = np.minimum(k, first_bad - 1)
+        # a chain emptied between two junctions must not double another junction-to-junction edge
+        ch = self.schain[sel]
+        empties = np.flatnonzero(~self.loop[ch] & (self.ccount[ch] - take == 0) & (take > 0))
+        for i in empties.tolist():
+            c = int(ch[i])
+            pair = self._pair(int(self.start_node[c]), int(self.end_node[c]))
+            if pair in self._direct:
+                take[i] -= 1
+            else:
+                self._direct.add(pair)
+        blocked[sel[take == 0]] = True
+        go = np.flatnonzero(take > 0)
+        if len(go) == 0:
+            return 0
+        seq, take, a = seq[go], take[go], a[go]
+        newc = seq[np.arange(len(go)), take + 1]
+        gone_r, gone_c = np.nonzero(np.arange(1, 4)[None, :] <= take[:, None])
+        gone = seq[gone_r, gone_c + 1]
+        self.alive[gone] = False
+        self._alive_node[self.snode[gone]] = False
+        nxt[a] = newc
+        prv[newc] = a
+        np.add.at(self.ccount, self.schain[gone], -1)
+        self.E[a] = self._span_err(a, newc)
+        # gains that depend on the new edge: three vertices before a, a, and two after
+        # the gains that depend on the new edge a -> newc: three vertices before a, a, newc and the one after
+        touched = [a, newc, np.where(newc >= 0, nxt[np.maximum(newc, 0)], -1)]
+        x = a
+        for _ in range(3):
+            x = np.where(x >= 0, prv[np.maximum(x, 0)], -1)
+            touched.append(x)
+        t = np.concatenate(touched)
+        t = t[t >= 0]
+        dirty[t] = True
+        self._clock += 1
+        self._changed[a] = self._clock
+        self._changed[newc] = self._clock
+        return int(len(gone))
 
-    def _irr_batch(self, prev: np.ndarray, mid: np.ndarray, nxt: np.ndarray, cand: np.ndarray,
-                   moved: np.ndarray, xy: np.ndarray) -> np.ndarray:
-        """Deviation at vertex mid (turn prev->mid->nxt) for each candidate position of `moved`.
-
-        prev/mid/nxt: (m,) vertex ids; cand: (m, K, 2); xy: all current positions.
-        """
-        pts = []
-        for v in (prev, mid, nxt):
-            p = np.broadcast_to(xy[v][:, None, :], cand.shape).copy()
-            is_moved = v == moved
-            p[is_moved] = cand[is_moved]
-            pts.append(p)
-        (ax, ay), (bx, by), (cx, cy) = ((p[..., 0], p[..., 1]) for p in pts)
-        ux, uy, vx, vy = bx - ax, by - ay, cx - bx, cy - by
-        q = np.arctan2(ux * vy - uy * vx, ux * vx + uy * vy) / _HALF_PI
-        dev = np.abs(q - np.round(q)) * _HALF_PI
-        degenerate = ((ux == 0) & (uy == 0)) | ((vx == 0) & (vy == 0))
-        return np.where(degenerate, 0.0, dev) * np.minimum(np.hypot(ux, uy), np.hypot(vx, vy))
-
-    def _relocate_batch(self, group: list[int], step: float) -> list[int]:
-        """Move each vertex of an independent group to its best of 9 nearby positions."""
-        u = np.asarray(group, np.int64)
-        m = len(u)
-        xy = np.column_stack([self.px, self.py])
-        vchain = np.asarray(self.vchain, np.int64)
-        vprev = np.asarray(self.vprev, np.int64)
-        vnext = np.asarray(self.vnext, np.int64)
-        vfixed = np.asarray(self.vfixed, bool)
-        dirs = step * np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1], [1, 1], [-1, -1], [1, -1], [-1, 1.0]])
-        k = len(dirs)
-        cand = xy[u][:, None, :] + dirs[None]
-        ci = vchain[u]
-        a, b = vprev[u], vnext[u]
-        r1 = np.array([self._path_range(int(x), int(y), int(c)) for x, y, c in zip(a, u, ci)]).reshape(-1, 2)
-        r2 = np.array([self._path_range(int(x), int(y), int(c)) for x, y, c in zip(u, b, ci)]).reshape(-1, 2)
-        rep = np.repeat
-        cx, cy = cand[..., 0].ravel(), cand[..., 1].ravel()
-        e1 = _lobe_areas(rep(xy[a, 0], k), rep(xy[a, 1], k), cx, cy, self.G, rep(r1[:, 0], k), rep(r1[:, 1], k))
-        e2 = _lobe_areas(cx, cy, rep(xy[b, 0], k), rep(xy[b, 1], k), self.G, rep(r2[:, 0], k), rep(r2[:, 1], k))
-        energy = (e1 + e2).reshape(m, k)
-        if self.angle_cost > 0:
-            regular = np.array([self.chains[c].regular for c in ci.tolist()], bool)
-            irr = self._irr_batch(a, u, b, cand, u, xy)
-            for end, far in ((a, vprev[a]), (b, vnext[b])):
-                on = (vchain[end] == ci) & ~vfixed[end]
-                if end is a:
-                    d = self._irr_batch(far, end, u, cand, u, xy)
-                else:
-                    d = self._irr_batch(u, end, far, cand, u, xy)
-                irr += np.where(on[:, None], d, 0.0)
-            energy += self.angle_cost * np.where(regular[:, None], irr, 0.0)
-        # validity: every triangle around u keeps a positive area
-        owner, oj, ok = [], [], []
-        for i, v in enumerate(group):
-            for t in self.vt[v]:
-                tri = self.tri[t]
-                r = tri.index(v)
-                owner.append(i)
-                oj.append(tri[(r + 1) % 3])
-                ok.append(tri[(r + 2) % 3])
-        owner_a = np.asarray(owner, np.int64)
-        pj, pk = xy[np.asarray(oj, np.int64)], xy[np.asarray(ok, np.int64)]
-        c = cand[owner_a]
-        cross = ((pj[:, None, 0] - c[..., 0]) * (pk[:, None, 1] - c[..., 1])
-                 - (pj[:, None, 1] - c[..., 1]) * (pk[:, None, 0] - c[..., 0]))
-        worst = np.full((m, k), np.inf)
-        np.minimum.at(worst, owner_a, cross)
-        energy[worst <= _EPS_AREA] = np.inf
-        best = np.argmin(energy, axis=1)
-        gain = energy[np.arange(m), best] < energy[:, 0] - 1e-9
-        moved = []
-        for i in np.flatnonzero(gain).tolist():
-            v = group[i]
-            self.px[v], self.py[v] = float(cand[i, best[i], 0]), float(cand[i, best[i], 1])
-            self.edge_err.pop((self.vprev[v], v), None)
-            self.edge_err.pop((v, self.vnext[v]), None)
-            moved.append(v)
-        return moved
+    # ---- relocation
+    _DIRS = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1], [1, 1], [-1, -1], [1, -1], [-1, 1.0]])
 
     def relocate(self, steps: Sequence[float] = (0.5, 0.25, 0.125, 0.0625), sweeps: int = 2) -> int:
-        """Move free boundary vertices to lower the energy (vectorised pattern search)."""
-        free = [u for u in range(len(self.px)) if self.vchain[u] >= 0 and not self.vfixed[u]]
-        moved: set[int] = set()
+        """Move free chain vertices to lower the energy (pattern search, vertices 3 apart together).
+
+        At each step a vertex is evaluated again only if it, or a vertex its energy depends on
+        (two along the chain either side), moved or lost a neighbour since it was last
+        evaluated at that step (in this call or an earlier one): its 9 energies would be the
+        same. (A move that was blocked by a vertex farther away that has moved since is then
+        not tried again.) Returns the number of vertices moved.
+        """
+        free = self.alive & self.movable
+        if not free.any():
+            return 0
+        ch = self.schain
+        csum = np.cumsum(free)
+        rank = csum - 1 - (csum[self.sstart] - free[self.sstart])[ch]
+        cnt = self.ccount[ch]
+        colour = rank % 3
+        spare = 3 * (cnt // 3)
+        colour = np.where(self.loop[ch] & (rank >= spare), 3 + rank - spare, colour)
+        batches = [np.flatnonzero(free & (colour == c)) for c in range(5)]
+        batches = [b for b in batches if len(b)]
+        self._alive_node = self._node_alive()
+        drift = 1.5 * sweeps * float(sum(steps)) + 1.0
+        nodes, pgrid = self._point_grid(margin=drift)
+        es = np.flatnonzero(self.alive & (self.nxt >= 0))
+        ea, eb = self.snode[es], self.snode[self.nxt[es]]
+        ex0, ex1 = np.minimum(self.npx[ea], self.npx[eb]), np.maximum(self.npx[ea], self.npx[eb])
+        ey0, ey1 = np.minimum(self.npy[ea], self.npy[eb]), np.maximum(self.npy[ea], self.npy[eb])
+        h, w = self.shape
+        egrid = _Grid(ex0, ey0, ex1, ey1, _cell_size(len(es), w, h), margin=drift)
+        self._reloc_index = (nodes, pgrid, es, egrid)
+        # chains whose vertex makes, with its two neighbours, a whole region (a triangle that must keep its side)
+        cc = self.ccount
+        small = (self.loop & (cc == 3)) | (~self.loop & (self.start_node == self.end_node) & (cc == 2))
+        for c in np.flatnonzero(~self.loop & (cc == 1)).tolist():
+            if self._pair(int(self.start_node[c]), int(self.end_node[c])) in self._direct:
+                small[c] = True
+        self._small_region = small
+        total = len(self.snode)
+        moved = np.zeros(total, bool)
+        nxt, prv = self.nxt, self.prv
+        changed = self._changed
         for step in steps:
+            seen = self._seen.setdefault(float(step), np.full(total, -1, np.int64))
             for _ in range(sweeps):
-                todo = free
-                while todo:
-                    group, todo = self._independent(todo)
-                    moved.update(self._relocate_batch(group, step))
-        return len(moved)
+                for batch in batches:
+                    # only where the vertex, its neighbours or theirs changed since its last look at this step
+                    a, b = prv[batch], nxt[batch]
+                    recent = np.maximum(np.maximum(changed[batch], changed[a]), changed[b])
+                    recent = np.maximum(recent, changed[prv[a]] * (prv[a] >= 0))
+                    recent = np.maximum(recent, changed[nxt[b]] * (nxt[b] >= 0))
+                    batch = batch[recent > seen[batch]]
+                    if len(batch) == 0:
+                        continue
+                    self._clock += 1
+                    seen[batch] = self._clock
+                    done = self._relocate_batch(batch, step)
+                    if len(done):
+                        self._clock += 1
+                        changed[done] = self._clock
+                        moved[done] = True
+        return int(moved.sum())
+
+    def _relocate_batch(self, U, step) -> np.ndarray:
+        """Move each vertex of U (independent: 3 apart on chains) to its best of 9 positions around it."""
+        m = len(U)
+        K = len(self._DIRS)
+        nxt, prv, snode, npx, npy = self.nxt, self.prv, self.snode, self.npx, self.npy
+        a, b = prv[U], nxt[U]
+        un, an, bn = snode[U], snode[a], snode[b]
+        ux, uy = npx[un], npy[un]
+        ax, ay, bx, by = npx[an], npy[an], npx[bn], npy[bn]
+        cx = ux[:, None] + step * self._DIRS[:, 0]
+        cy = uy[:, None] + step * self._DIRS[:, 1]
+        ch = self.schain[U]
+        gs = self.gstart[ch]
+        ia, iu, ib = self.sidx[a], self.sidx[U], self.sidx[b]
+        wrap = np.where(self.loop[ch], self.slen[ch], 0)
+        iu1 = iu + wrap * (iu <= ia)
+        ib2 = ib + wrap * (ib <= iu)
+        # both edges of every vertex in one evaluation: a -> candidate and candidate -> b
+        K1 = K - 1  # candidate 0 is the current position: its fidelity is cached
+        ox, oy, tx, ty = (np.empty((2 * m, K1)) for _ in range(4))
+        ox[:m], oy[:m], tx[:m], ty[:m] = ax[:, None], ay[:, None], cx[:, 1:], cy[:, 1:]
+        ox[m:], oy[m:], tx[m:], ty[m:] = cx[:, 1:], cy[:, 1:], bx[:, None], by[:, None]
+        e = _lobe_areas(ox, oy, tx, ty, self.G, np.concatenate([gs + ia, gs + iu]), np.concatenate([gs + iu1, gs + ib2]),
+                        np.arange(2 * m) < m)
+        e1 = np.column_stack([self.E[a], e[:m]])
+        e2 = np.column_stack([self.E[U], e[m:]])
+        energy = e1 + e2
+        if self.angle_cost > 0:
+            r = np.flatnonzero(self.regular[ch])
+            if len(r):
+                n = len(r)
+                pa, nb = snode[prv[a[r]]], snode[nxt[b[r]]]
+                # turns at the vertex (a -> candidate -> b), at a (prv a -> a -> candidate), at b (candidate -> b -> nxt b)
+                pts = np.empty((6, 3 * n, K))
+                pts[0, :n], pts[1, :n], pts[2, :n], pts[3, :n], pts[4, :n], pts[5, :n] = (
+                    ax[r, None], ay[r, None], cx[r], cy[r], bx[r, None], by[r, None])
+                pts[0, n:2 * n], pts[1, n:2 * n], pts[2, n:2 * n], pts[3, n:2 * n], pts[4, n:2 * n], pts[5, n:2 * n] = (
+                    npx[pa][:, None], npy[pa][:, None], ax[r, None], ay[r, None], cx[r], cy[r])
+                pts[0, 2 * n:], pts[1, 2 * n:], pts[2, 2 * n:], pts[3, 2 * n:], pts[4, 2 * n:], pts[5, 2 * n:] = (
+                    cx[r], cy[r], bx[r, None], by[r, None], npx[nb][:, None], npy[nb][:, None])
+                dev = _deviations(*pts)
+                irr = dev[:n] + dev[n:2 * n] * self.movable[a[r]][:, None] + dev[2 * n:] * self.movable[b[r]][:, None]
+                energy[r] += self.angle_cost * irr
+        better = energy < energy[:, :1] - 1e-9
+        cand = np.flatnonzero(better.any(axis=1))
+        if len(cand) == 0:
+            return np.zeros(0, np.int64)
+        order = np.argsort(energy[cand], axis=1, kind="stable")
+        small = self._small_region[ch[cand]]
+        choice = np.zeros(m, np.int64)
+        active = np.arange(len(cand))
+        for t in range(K):
+            i = cand[active]
+            col = order[active, t]
+            keep = better[i, col]
+            if not keep.all():
+                active, i, col = active[keep], i[keep], col[keep]
+            if len(active) == 0:
+                break
+            ok = self._move_ok(i, cx[i, col], cy[i, col], U, a, un, an, bn, small[active])
+            choice[i[ok]] = col[ok]
+            active = active[~ok]
+            if len(active) == 0:
+                break
+        go = np.flatnonzero(choice)
+        if len(go) == 0:
+            return np.zeros(0, np.int64)
+        c = choice[go]
+        px, py = cx[go, c], cy[go, c]
+        if len(go) > 1:
+            keep = self._mutually_ok(px, py, U[go], un[go], an[go], bn[go])
+            go, c, px, py = go[keep], c[keep], px[keep], py[keep]
+        npx[un[go]] = px
+        npy[un[go]] = py
+        self._lattice = False
+        self.E[a[go]] = e1[go, c]
+        self.E[U[go]] = e2[go, c]
+        return U[go]
+
+    def _move_ok(self, i, px, py, U, a, un, an, bn, small) -> np.ndarray:
+        """Whether moving vertex U[i] to (px, py) keeps the partition valid: the new edges do not
+        fold onto each other, no vertex lies in the area they sweep, no edge crosses the path
+        of the vertex, and a region that is a triangle keeps its orientation."""
+        npx, npy = self.npx, self.npy
+        ax, ay = npx[an[i]], npy[an[i]]
+        bx, by = npx[bn[i]], npy[bn[i]]
+        ux, uy = npx[un[i]], npy[un[i]]
+        n = len(i)
+        nodes, pgrid, es, egrid = self._reloc_index
+        cr = _cross(ax, ay, px, py, bx, by)
+        ok = ~((np.abs(cr) <= _EPS_AREA) & ((ax - px) * (bx - px) + (ay - py) * (by - py) >= 0))
+        if small.any():
+            sign0 = np.sign(_cross(ax, ay, ux, uy, bx, by))
+            ok &= ~small | ((np.sign(cr) == sign0) & (np.abs(cr) > _EPS_AREA))
+        # no other vertex in the swept triangles (a, u, u') and (b, u, u')
+        ex, ey = np.concatenate([ax, bx]), np.concatenate([ay, by])
+        ux2, uy2, px2, py2 = (np.concatenate([z, z]) for z in (ux, uy, px, py))
+        own = np.concatenate([an[i], bn[i]])
+        qi, item = pgrid.query(np.minimum(np.minimum(ex, ux2), px2), np.minimum(np.minimum(ey, uy2), py2),
+                               np.maximum(np.maximum(ex, ux2), px2), np.maximum(np.maximum(ey, uy2), py2))
+        if len(qi):
+            pt = nodes[item]
+            keep = (pt != own[qi]) & (pt != un[i][qi % n]) & self._alive_node[pt]
+            qi, pt = qi[keep], pt[keep]
+            inside = _in_triangle(ex[qi], ey[qi], ux2[qi], uy2[qi], px2[qi], py2[qi], npx[pt], npy[pt])
+            bad = np.zeros(2 * n, bool)
+            bad[qi[inside]] = True
+            ok &= ~(bad[:n] | bad[n:])
+        # no edge across the path of the vertex
+        qi, item = egrid.query(np.minimum(ux, px), np.minimum(uy, py), np.maximum(ux, px), np.maximum(uy, py))
+        if len(qi):
+            s = es[item]
+            keep = (s != a[i][qi]) & (s != U[i][qi])
+            qi, s = qi[keep], s[keep]
+            p0, p1 = self.snode[s], self.snode[self.nxt[s]]
+            meet = _segments_meet(ux[qi], uy[qi], px[qi], py[qi], npx[p0], npy[p0], npx[p1], npy[p1])
+            bad = np.zeros(n, bool)
+            bad[qi[meet]] = True
+            ok &= ~bad
+        return ok
+
+    def _mutually_ok(self, px, py, U, un, an, bn) -> np.ndarray:
+        """Which of the moves of one batch to keep: of two that would meet (new edges crossing
+        or touching, a new position in the other's swept area), the later in a fixed order goes."""
+        n = len(U)
+        npx, npy = self.npx, self.npy
+        ax, ay, bx, by = npx[an], npy[an], npx[bn], npy[bn]
+        ux, uy = npx[un], npy[un]
+        x0 = np.minimum(np.minimum(ax, bx), np.minimum(ux, px))
+        x1 = np.maximum(np.maximum(ax, bx), np.maximum(ux, px))
+        y0 = np.minimum(np.minimum(ay, by), np.minimum(uy, py))
+        y1 = np.maximum(np.maximum(ay, by), np.maximum(uy, py))
+        # pairs whose boxes overlap: sweep along x
+        o = np.argsort(x0, kind="stable")
+        sx0 = x0[o]
+        hi = np.searchsorted(sx0, x1[o], "right")
+        cnt = hi - np.arange(n) - 1
+        keep = np.ones(n, bool)
+        if cnt.max(initial=0) <= 0:
+            return keep
+        qi = np.repeat(np.arange(n), np.maximum(cnt, 0))
+        j = np.arange(len(qi)) - np.repeat(np.cumsum(np.maximum(cnt, 0)) - np.maximum(cnt, 0), np.maximum(cnt, 0)) + qi + 1
+        qi, j = o[qi], o[j]
+        near = (y0[qi] <= y1[j]) & (y0[j] <= y1[qi])
+        qi, j = qi[near], j[near]
+        if len(qi) == 0:
+            return keep
+        bad = np.zeros(len(qi), bool)
+        for (s0x, s0y, s1x, s1y, sa), (t0x, t0y, t1x, t1y, ta) in (
+            ((ax, ay, px, py, an), (ax, ay, px, py, an)),
+            ((ax, ay, px, py, an), (px, py, bx, by, bn)),
+            ((px, py, bx, by, bn), (ax, ay, px, py, an)),
+            ((px, py, bx, by, bn), (px, py, bx, by, bn)),
+        ):
+            meet = _segments_meet(s0x[qi], s0y[qi], s1x[qi], s1y[qi], t0x[j], t0y[j], t1x[j], t1y[j])
+            bad |= meet & (sa[qi] != ta[j])  # edges from one junction meet there
+        for p, q in ((qi, j), (j, qi)):  # the new position in the other's swept triangles
+            for ex, ey in ((ax, ay), (bx, by)):
+                bad |= _in_triangle(ex[p], ey[p], ux[p], uy[p], px[p], py[p], px[q], py[q])
+        if bad.any():
+            pr = self.prio[U]
+            qi, j = qi[bad], j[bad]
+            keep[np.where(pr[qi] > pr[j], qi, j)] = False
+        return keep
 
     def optimise(self, rounds: int = 2, continuation: bool = True) -> None:
         """Collapse greedily on fidelity + complexity, then add regularity: relocate and collapse.
@@ -744,32 +1026,127 @@ class LabelMesh:
             if moved == 0 and done == 0:
                 break
 
-    # ---- checks and output
+    # ---- output
+    def rings(self, wanted: np.ndarray | None = None) -> dict[int, list[np.ndarray]]:
+        """Closed rings (n, 2) of every region (or of the regions where `wanted[region]`),
+        oriented with the region on the left: shells counter-clockwise in (x, y), holes clockwise."""
+        alive = np.flatnonzero(self.alive)
+        ch_of = self.schain[alive]
+        cuts = np.searchsorted(ch_of, np.arange(len(self.slen) + 1))
+        xy = self._xy(alive)
+        left, right = self.left, self.right
+
+        def want(r: int) -> bool:
+            return r >= 0 and (wanted is None or bool(wanted[r]))
+
+        out: dict[int, list[np.ndarray]] = {}
+        for c in np.flatnonzero(self.loop).tolist():
+            pts = xy[cuts[c]:cuts[c + 1]]
+            if want(int(left[c])):
+                out.setdefault(int(left[c]), []).append(pts)
+            if want(int(right[c])):
+                out.setdefault(int(right[c]), []).append(pts[::-1])
+        # open chains: traversals linked at junctions, turning as far left as the region allows
+        opened = np.flatnonzero(~self.loop)
+        starts: dict[tuple[int, int], int] = {}
+        region: dict[int, int] = {}
+        for c in opened.tolist():
+            if want(int(left[c])):
+                starts[(int(self.start_node[c]), int(self.first_dir[c]))] = 2 * c
+                region[2 * c] = int(left[c])
+            if want(int(right[c])):
+                starts[(int(self.end_node[c]), (int(self.last_dir[c]) + 2) % 4)] = 2 * c + 1
+                region[2 * c + 1] = int(right[c])
+        seen: set[int] = set()
+        for t0 in sorted(region):
+            if t0 in seen:
+                continue
+            r = region[t0]
+            parts = []
+            t = t0
+            while t not in seen:
+                seen.add(t)
+                c, back = divmod(t, 2)
+                pts = xy[cuts[c]:cuts[c + 1]]
+                if back:
+                    pts = pts[::-1]
+                    node, d = int(self.start_node[c]), (int(self.first_dir[c]) + 2) % 4
+                else:
+                    node, d = int(self.end_node[c]), int(self.last_dir[c])
+                parts.append(pts[:-1])
+                for turn in (1, 0, 3):
+                    t2 = starts.get((node, (d + turn) % 4))
+                    if t2 is not None and region[t2] == r:
+                        break
+                else:
+                    raise RuntimeError("open boundary ring")  # cannot happen on a valid partition
+                t = t2
+            out.setdefault(r, []).append(np.concatenate(parts))
+        return out
+
+    def region_polygons(self, wanted: np.ndarray | None = None) -> dict[int, shapely.Geometry]:
+        """Polygon (pixel coordinates) of every region (or of those where `wanted[region]`)."""
+        rings = self.rings(wanted)
+        out: dict[int, shapely.Geometry] = {}
+        simple_r, simple_c = [], []
+        for r, rs in rings.items():
+            if len(rs) == 1:
+                simple_r.append(r)
+                simple_c.append(rs[0])
+                continue
+            area = [_signed_area(p) for p in rs]
+            shells = [shapely.Polygon(p) for p, s in zip(rs, area) if s > 0]
+            holes = [p for p, s in zip(rs, area) if s <= 0]
+            if len(shells) == 1:
+                geom = shapely.Polygon(shells[0].exterior, holes)
+            else:
+                geom = shapely.difference(shapely.union_all(shells), shapely.union_all([shapely.Polygon(h) for h in holes]))
+            out[r] = geom
+        if simple_r:
+            sizes = np.array([len(p) for p in simple_c])
+            coords = np.concatenate(simple_c)
+            ring_ix = np.repeat(np.arange(len(simple_c)), sizes)
+            polys = shapely.polygons(shapely.linearrings(coords, indices=ring_ix))
+            out.update(zip(simple_r, polys))
+        keys = list(out)
+        geoms = np.array([out[k] for k in keys], dtype=object)
+        bad = np.flatnonzero(~shapely.is_valid(geoms))
+        for i in bad.tolist():  # a region touching itself at a junction: rings that touch
+            parts = shapely.get_parts(shapely.make_valid(geoms[i], method="structure", keep_collapsed=False))
+            parts = [g for g in parts if g.geom_type == "Polygon" and not g.is_empty]
+            out[keys[i]] = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        return out
+
     def triangles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(vertices (n,2), alive triangles (m,3), their region ids)."""
-        alive = [t for t, ok in enumerate(self.talive) if ok]
-        tri = np.asarray([self.tri[t] for t in alive], np.int64).reshape(-1, 3)
-        lab = np.asarray([self.tlab[t] for t in alive], np.int64)
-        return np.column_stack([self.px, self.py]), tri, lab
+        """(vertices (n,2), triangles (m,3) counter-clockwise, their region ids): a constrained
+        triangulation of the region polygons."""
+        pts, tris, labs = [], [], []
+        offset = 0
+        for region, geom in self.region_polygons().items():
+            parts = shapely.get_parts(shapely.constrained_delaunay_triangles(geom))
+            if len(parts) == 0:
+                continue
+            c = shapely.get_coordinates(shapely.get_exterior_ring(parts)).reshape(len(parts), 4, 2)[:, :3]
+            cross = _cross(c[:, 0, 0], c[:, 0, 1], c[:, 1, 0], c[:, 1, 1], c[:, 2, 0], c[:, 2, 1])
+            c[cross < 0] = c[cross < 0][:, ::-1]
+            pts.append(c.reshape(-1, 2))
+            tris.append(offset + np.arange(3 * len(parts)).reshape(-1, 3))
+            labs.append(np.full(len(parts), region))
+            offset += 3 * len(parts)
+        if not pts:
+            return np.zeros((0, 2)), np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
+        return np.vstack(pts), np.vstack(tris), np.concatenate(labs)
 
     def min_signed_area(self) -> float:
-        """Smallest doubled signed triangle area (positive = no flipped triangle)."""
+        """Smallest doubled triangle area of a triangulation of the regions (positive = none degenerate)."""
         pts, tri, _ = self.triangles()
         a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
-        cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-        return float(cross.min())
+        return float(_cross(a[:, 0], a[:, 1], b[:, 0], b[:, 1], c[:, 0], c[:, 1]).min())
 
-    def region_polygons(self) -> dict[int, shapely.Geometry]:
-        """Polygon (pixel coordinates) of every region, the union of its triangles."""
-        pts, tri, lab = self.triangles()
-        order = np.argsort(lab, kind="stable")
-        lab, tri = lab[order], tri[order]
-        polys = shapely.polygons(pts[tri])
-        cuts = np.flatnonzero(np.diff(lab)) + 1
-        out: dict[int, shapely.Geometry] = {}
-        for group, region in zip(np.split(polys, cuts), lab[np.r_[0, cuts]].tolist()):
-            out[int(region)] = shapely.coverage_union_all(group)
-        return out
+
+def _signed_area(p: np.ndarray) -> float:
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 # --------------------------------------------------------------------------- polygoniser
@@ -809,7 +1186,11 @@ def _block_polygons(
     regular_classes: set[int],
 ) -> list[tuple[int, float, float, shapely.Geometry]]:
     """(class, confidence, pixel count, polygon in block pixel coordinates) per object of a block."""
-    if np.isin(labels, list(skip)).all():
+    if labels.dtype.kind in "ui" and labels.size and labels.min() >= 0 and labels.max() < 1 << 16:
+        present = np.flatnonzero(np.bincount(labels.ravel()))
+    else:
+        present = np.unique(labels)
+    if all(int(v) in skip for v in present.tolist()):
         return []  # nothing to polygonise in this block
     labels = _fill_nodata_specks(labels, max_pixels=int(4 * lam_px * lam_px))
     regions, region_class = _regions(labels, instances)
@@ -826,7 +1207,8 @@ def _block_polygons(
             ids = np.flatnonzero(region_class == cls)
             conf[ids] = sums[ids] / np.maximum(counts[ids], 1)
     out = []
-    for region, geom in mesh.region_polygons().items():
+    wanted = ~np.isin(region_class, list(skip))
+    for region, geom in mesh.region_polygons(wanted).items():
         cls = int(region_class[region])
         if cls in skip:
             continue
@@ -882,7 +1264,7 @@ def mesh_polygons(
     instances: np.ndarray | None = None,
     regular_classes: Sequence[int] | None = None,
     background: int = 0,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster by mesh approximation with right-angle regularity.
 
@@ -904,7 +1286,10 @@ def mesh_polygons(
         regular_classes: classes pulled to right angles (default: the class named
             "building", or class 1).
         background: the class id that is not polygonised.
-        workers: processes meshing blocks in parallel (blocks are independent).
+        workers: processes meshing blocks in parallel (blocks are independent; the result does
+            not depend on it). None: one per available core for rasters of AUTO_PARALLEL_PIXELS
+            or more, else 1 (starting the processes costs about half a second). Threads would
+            not help: the work holds the interpreter lock between numpy calls.
 
     Returns:
         GeoDataFrame with columns class (name), area (ground m^2), confidence (mean
@@ -923,7 +1308,7 @@ def mesh_polygons(
         raise InputError("lam/mu", "must be >= 0 metres")
     if block_size < 16:
         raise InputError("block_size", "must be at least 16 pixels")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise InputError("workers", "must be >= 1")
     if probabilities is not None and probabilities.dtype == np.uint8:
         probabilities = probabilities.astype(np.float32) / 255.0
@@ -938,6 +1323,8 @@ def mesh_polygons(
     pieces: list[tuple[int, float, float, shapely.Geometry]] = []
     seams: list[shapely.Geometry] = []
     windows = [(r, c) for r in range(0, h, block_size) for c in range(0, w, block_size)]
+    if workers is None:
+        workers = _available_cores() if h * w >= AUTO_PARALLEL_PIXELS else 1
     def jobs():
         for r0, c0 in windows:
             r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
@@ -946,17 +1333,21 @@ def mesh_polygons(
             yield arr[r0:r1, c0:c1], probs, inst, lam / pixel, mu / pixel, skip, regular
 
     if workers > 1 and len(windows) > 1:
-        # forkserver: never fork a parent that may hold TensorFlow's threads
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(windows)),
-                                   mp_context=multiprocessing.get_context("forkserver"))
+        # forkserver: never fork a parent that may hold TensorFlow's threads; the server imports
+        # this module once, so the workers start without importing it again
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(windows)), mp_context=context)
         results = pool.map(_block_polygons_args, jobs())
     else:
         pool = None
         results = map(_block_polygons_args, jobs())
     try:
         for (r0, c0), block in zip(windows, progress(results, desc="mesh polygons", total=len(windows), unit="block")):
-            for cls, conf, count, geom in block:
-                pieces.append((cls, conf, count, shapely.transform(geom, lambda p, dx=c0, dy=r0: p + (dx, dy))))
+            if block:
+                moved = shapely.transform(np.array([g for *_, g in block], dtype=object),
+                                          lambda p, dx=c0, dy=r0: p + (dx, dy))
+                pieces.extend((cls, conf, count, g) for (cls, conf, count, _), g in zip(block, moved))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -973,7 +1364,7 @@ def mesh_polygons(
         if transform.a * transform.e - transform.b * transform.d < 0:
             geoms = shapely.orient_polygons(geoms) if hasattr(shapely, "orient_polygons") else geoms
     names = [class_map.names[p[0]] if class_map and p[0] < class_map.num_classes else str(p[0]) for p in pieces]
-    areas = np.array([shapely.area(p[3]) * mx * my for p in pieces], float)  # pixel area -> ground m^2
+    areas = shapely.area(np.array([p[3] for p in pieces], dtype=object)) * (mx * my) if pieces else np.zeros(0)  # px -> m^2
     frame = gpd.GeoDataFrame(
         {"class": np.asarray(names, dtype=object), "area": areas,
          "confidence": np.asarray([p[1] for p in pieces], float)},
@@ -984,6 +1375,13 @@ def mesh_polygons(
         frame = frame[frame["area"] >= min_area].reset_index(drop=True)
     logger.info("mesh polygons: %d objects, %d vertices", len(frame), vertex_count(frame.geometry))
     return frame
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
