@@ -154,8 +154,8 @@ def building_scores(building: np.ndarray, valid: np.ndarray, truth_ids: np.ndarr
 
 POST_CORES = (None, 1.0)  # None = no separation; 1.0 = the library default
 POST_AREAS = (2.0, 5.0, 10.0, 20.0)
-POST_CONFIDENCES = (0.0, 0.6, 0.7, 0.8)
-DEFAULT_POST = (1.0, 2.0, 0.0)  # the library defaults: separation core 1 m, --min-area 2, --min-confidence 0
+POST_CONFIDENCES = (0.0, 0.6, 0.7, 0.8, 0.85, 0.9)
+DEFAULT_POST = (1.0, 2.0, 0.8)  # the library defaults: separation core 1 m, --min-area 2, --min-confidence 0.8
 
 
 def select_postprocessing(args: argparse.Namespace) -> None:
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", action="store_true", help="score with D4 test-time augmentation")
     parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
     parser.add_argument("--min-area", type=float, default=2.0, help="building objects smaller than this (m2) are dropped")
-    parser.add_argument("--min-confidence", type=float, default=0.0, help="building objects less confident are dropped")
+    parser.add_argument("--min-confidence", type=float, default=0.8, help="building objects less confident are dropped")
     parser.add_argument("--core", type=float, default=None, help="separation core distance, metres (default: the library's)")
     parser.add_argument("--select", metavar="TAG", help="choose building separation and filters on TAG's saved maps")
     parser.add_argument("--held-out", default="all")

@@ -7,6 +7,7 @@ import json
 import click
 
 from geolabel.precision import PRECISIONS
+from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 
 
 def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
@@ -41,8 +42,8 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.option("--tolerance", default=0.5, show_default=True, type=click.FloatRange(0), help="Douglas-Peucker tolerance, metres.")
 @click.option("--polycnn-model", default=None, type=click.Path(exists=True), help="PolyCNN run or .keras file, for --polygons polycnn.")
 @click.option("--min-area", default=2.0, show_default=True, type=click.FloatRange(0), help="Smallest polygon kept, square metres.")
-@click.option("--min-confidence", default=0.0, show_default=True, type=click.FloatRange(0, 1),
-              help="Polygons whose mean class probability is lower are dropped.")
+@click.option("--min-confidence", default=DEFAULT_MIN_CONFIDENCE, show_default=True, type=click.FloatRange(0, 1),
+              help="Polygons whose mean class probability is lower are dropped (0 keeps all).")
 @click.option("--separate/--no-separate", default=True, show_default=True,
               help="Split touching buildings along their narrow junctions: one polygon per building.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
@@ -88,7 +89,8 @@ def predict(
         if endpoint:
             raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
-                                          tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area)))
+                                          tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
+                                          min_confidence=min_confidence, separate=separate)))
         return
     if endpoint:
         from geolabel.serving.client import ServingClient

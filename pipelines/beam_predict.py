@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 from rasterio.windows import Window
 
 from geolabel.atomic import write_text_atomic
@@ -103,13 +105,16 @@ class PolygonSpec:
     method: str = "regularized"
     tolerance: float = 0.5
     min_area: float = 2.0
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    separate: bool = True
 
     @property
     def blockwise(self) -> bool:
         return self.method in ("dp", "regularized")
 
     def options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"min_area": self.min_area}
+        options: dict[str, Any] = {"min_area": self.min_area, "min_confidence": self.min_confidence,
+                                   "separate": self.separate}
         if self.blockwise:
             options["tolerance"] = self.tolerance
         return options
@@ -125,6 +130,7 @@ class Grid:
     crs: Any
     scale: float
     metric_crs: Any
+    pixel_m: float
 
     @classmethod
     def of(cls, src) -> Grid:
@@ -132,7 +138,7 @@ class Grid:
         import geopandas as gpd
         import shapely
 
-        from geolabel.vectorize.polygons import _ground_scale
+        from geolabel.vectorize.polygons import _ground_scale, pixel_size_m
 
         metric_crs, scale = None, 1.0
         if src.crs is not None:
@@ -142,7 +148,8 @@ class Grid:
                 left, bottom, right, top = src.bounds
                 box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
                 metric_crs = gpd.GeoSeries([box], crs=src.crs).estimate_utm_crs()
-        return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs)
+        return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs,
+                   pixel_size_m(src.transform, src.crs, src.width, src.height))
 
 
 def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:
@@ -156,7 +163,11 @@ def block_pieces(classes: np.ndarray, probabilities: np.ndarray, block: Block, g
     """(finished polygons, pieces waiting on a seam) of one block; probabilities in [0, 1]."""
     from geolabel.classes import IGNORE
     from geolabel.vectorize.polygons import _block_pieces, _finish
+    from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
 
+    if spec.separate:  # as polygonize_raster does to each block it reads
+        building = names.index("building") if "building" in names else 1
+        classes = separate_buildings(classes, building, grid.pixel_m, DEFAULT_CORE_M)
     seams = (block.row > 0, block.row + block.height < grid.height, block.col > 0, block.col + block.width < grid.width)
     pieces = _block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
     done = _finish([p for p in pieces if not p.on_seam], grid.transform, grid.crs, grid.scale, grid.metric_crs,
@@ -174,6 +185,7 @@ def merge_pieces(done: list, waiting: list, grid: Grid, spec: PolygonSpec, names
     done = list(done) + _finish(_merge_seam_pieces(list(waiting)), grid.transform, grid.crs, grid.scale,
                                 grid.metric_crs, tolerance=spec.tolerance, min_area=spec.min_area,
                                 regularize=_regular_classes(spec, names), angle_tolerance=20.0)
+    done = [o for o in done if not o[2] < spec.min_confidence]
     labels = [names[o[0]] if o[0] < len(names) else str(o[0]) for o in done]
     return gpd.GeoDataFrame(
         {"class": np.asarray(labels, dtype=object), "area": np.asarray([o[1] for o in done], float),
@@ -416,11 +428,12 @@ def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) 
 
 
 def predict_cli(model: str, input_path: str, out_dir: str, beam_args: str, *, window: int, overlap: int, batch_size: int,
-                tta: bool, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float) -> dict:
+                tta: bool, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float,
+                min_confidence: float, separate: bool) -> dict:
     """What `geolabel predict ... --beam [--beam-args FLAGS]` runs; returns the summary the command prints."""
     import shlex
 
-    spec = PolygonSpec(polygonizer, tolerance, min_area) if polygonizer else None
+    spec = PolygonSpec(polygonizer, tolerance, min_area, min_confidence, separate) if polygonizer else None
     paths = predict_raster_beam(model, input_path, out_dir, window=window, overlap=overlap, polygons=spec,
                                 beam_args=shlex.split(beam_args or ""), batch_size=batch_size, tta=tta, bands=bands)
     summary = {key: str(path) for key, path in paths.items()}

@@ -36,6 +36,7 @@ from geolabel.atomic import atomic_path
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
+from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 
 DEFAULT_TOLERANCE = 0.5
 """Default Douglas-Peucker tolerance, metres."""
@@ -449,7 +450,7 @@ def polygonize_raster(
     block_size: int = DEFAULT_BLOCK,
     separate: bool = True,
     core_m: float | None = None,
-    min_confidence: float = 0.0,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     **options,
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster file (e.g. `classes.tif` of `geolabel predict`).
@@ -457,8 +458,8 @@ def polygonize_raster(
     "dp" and "regularized" read the raster block by block (bounded memory); other
     registered polygonisers get the whole arrays. With `separate`, touching buildings are
     split first (`geolabel.vectorize.separate`; `core_m` metres, default its
-    `DEFAULT_CORE_M`), so each building is one polygon; polygons whose `confidence` is below
-    `min_confidence` are dropped.
+    `DEFAULT_CORE_M`), so each building is one polygon; polygons whose `confidence` (mean
+    probability) is below `min_confidence` are dropped (when there are probabilities).
     """
     import json
 

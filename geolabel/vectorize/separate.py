@@ -18,6 +18,10 @@ DEFAULT_CORE_M = 1.0
 """Cores are further than this from the background: junctions narrower than 2 m get split."""
 DEFAULT_NECK_RATIO = 0.6
 """A junction at least this fraction of the thinner piece's width is a wing, not a neck."""
+DEFAULT_MIN_CONFIDENCE = 0.8
+"""Objects whose mean class probability is lower are dropped when polygonising: chosen for building
+F1 on held-out cities, each scored with the value chosen on the others
+(benchmarks/results/generalisation-postprocessing.md)."""
 
 
 def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFAULT_CORE_M,

@@ -58,8 +58,9 @@ def test_beam_prediction_equals_local_predict(scene, local):
     from geolabel.vectorize.polygons import polygonize_raster
     from geolabel.pipelines.beam_predict import PolygonSpec, predict_raster_beam
     options = OPTIONS
+    # a tiny model's buildings are not confident: keep them all, to compare the polygons
     out = predict_raster_beam(scene / "model.keras", scene / "image.tif", scene / "beam", block_size=128,
-                              polygons=PolygonSpec("dp", tolerance=0.5, min_area=2.0), **options)
+                              polygons=PolygonSpec("dp", tolerance=0.5, min_area=2.0, min_confidence=0.0), **options)
     assert json.loads((scene / "beam" / "beam.json").read_text())["blocks"] == 9
     assert not (scene / "beam" / "parts").exists()
     for name in ("classes.tif", "probabilities.tif"):
@@ -73,7 +74,8 @@ def test_beam_prediction_equals_local_predict(scene, local):
     assert out["preview"].is_file()
 
     # polygons: per block on the workers, merged across seams == local `predict --polygons dp`
-    local = polygonize_raster(local / "classes.tif", local / "probabilities.tif", method="dp", tolerance=0.5, min_area=2.0)
+    local = polygonize_raster(local / "classes.tif", local / "probabilities.tif", method="dp", tolerance=0.5, min_area=2.0,
+                              min_confidence=0.0)
     merged = gpd.read_file(out["polygons"])
     assert out["geojson"].is_file()
     assert len(merged) == len(local) > 5

@@ -142,8 +142,11 @@ def test_polygonize_raster_file_reads_class_names_and_confidence(tmp_path, austi
                  tags={"classes": '["background", "building"]'})
     probs = np.stack([(1 - mask) * 255, mask * 200]).astype(np.uint8)
     write_raster(tmp_path / "probabilities.tif", GeoBlock(probs, transform, crs, None))
-    frame = polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method="dp", block_size=128)
+    frame = polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method="dp", block_size=128,
+                              min_confidence=0.0)
     assert set(frame["class"]) == {"building"}
     assert np.allclose(frame["confidence"], 200 / 255)
+    # 200 / 255 = 0.78 is below the default confidence threshold: such objects are dropped
+    assert len(polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method="dp")) == 0
     with pytest.raises(InputError, match="unknown polygoniser"):
         polygonize_raster(tmp_path / "classes.tif", method="nope")
