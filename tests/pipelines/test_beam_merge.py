@@ -34,8 +34,8 @@ def test_a_building_across_seams_comes_out_as_one_polygon():
     classes[6:10, 2:6] = 1  # a second building inside one block
     classes[22:26, 24:28] = 0  # a hole, inside the big building
     probs = np.stack([1.0 - 0.8 * classes, 0.8 * classes]).astype(np.float32)
-    grid = Grid(40, 40, Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0), "EPSG:32616", 1.0, None)
-    spec = PolygonSpec("dp", tolerance=0.0, min_area=0.0)
+    grid = Grid(40, 40, Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0), "EPSG:32616", 1.0, None, 0.5)
+    spec = PolygonSpec("dp", tolerance=0.0, min_area=0.0, min_confidence=0.0, separate=False)
     names = ("background", "building")
     whole = merge_pieces(*block_pieces(classes, probs, plan_blocks(40, 40, 40, 0)[0], grid, spec, names), grid, spec, names)
     done, waiting = [], []
