@@ -196,7 +196,7 @@ def select_postprocessing(args: argparse.Namespace) -> None:
 
     settings = list(next(iter(table.values())))
     cities = sorted({c for c, _ in table})
-    chosen, lines = {}, []
+    chosen = {}
     for city in cities:
         others = [k for k in table if k[0] != city]
         best = max(settings, key=lambda s: mean_f1(others, s))

@@ -16,6 +16,7 @@ output folder is on storage every worker can reach.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -138,7 +139,7 @@ class Grid:
         import geopandas as gpd
         import shapely
 
-        from geolabel.vectorize.polygons import _ground_scale, pixel_size_m
+        from geolabel.vectorize.polygons import _ground_scale, ground_pixel_size
 
         metric_crs, scale = None, 1.0
         if src.crs is not None:
@@ -149,7 +150,7 @@ class Grid:
                 box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
                 metric_crs = gpd.GeoSeries([box], crs=src.crs).estimate_utm_crs()
         return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs,
-                   pixel_size_m(src.transform, src.crs, src.width, src.height))
+                   math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height))))
 
 
 def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:

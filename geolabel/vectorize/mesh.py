@@ -57,6 +57,7 @@ from scipy import ndimage
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
+from geolabel.vectorize.polygons import ground_pixel_size
 
 DEFAULT_LAMBDA = 0.5
 """Default complexity weight, metres: a vertex must save lambda^2 of mislabelled area."""
@@ -1382,32 +1383,6 @@ def _available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
-    """Ground metres per pixel (x, y) at the raster centre; CRS units as metres without a CRS."""
-    sx = math.hypot(transform.a, transform.d)
-    sy = math.hypot(transform.b, transform.e)
-    if crs is None:
-        return sx, sy
-    from pyproj import CRS, Geod, Transformer
-
-    crs = CRS.from_user_input(crs)
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    geod = Geod(ellps="WGS84")
-    cx, cy = width / 2, height / 2
-    lon0, lat0 = to_ll.transform(*(transform * (cx, cy)))
-    out = []
-    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
-        lon1, lat1 = to_ll.transform(*(transform * (cx + dx, cy + dy)))
-        out.append(geod.inv(lon0, lat0, lon1, lat1)[2])
-    if not all(math.isfinite(v) and v > 0 for v in out):
-        raise InputError("transform", f"cannot measure the ground size of a pixel in {crs.to_string()}")
-    if crs.is_projected:  # conformal metric grids (UTM...) keep their own units, as the other polygonisers do
-        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
-        if abs(out[0] / (sx * unit) - 1) < 0.01 and abs(out[1] / (sy * unit) - 1) < 0.01:
-            return sx * unit, sy * unit
-    return out[0], out[1]
 
 
 def vertex_count(geoms) -> int:

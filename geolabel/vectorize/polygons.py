@@ -427,13 +427,30 @@ def regularized_polygons(
                              background=background)
 
 
-def pixel_size_m(transform: Affine, crs, width: int, height: int) -> float:
-    """Ground metres per pixel at the raster's centre (CRS units without a CRS)."""
-    try:
-        return abs(transform.a) * _ground_scale(transform, crs, width, height)
-    except ValueError:  # geographic: degrees of longitude and latitude at the centre, in metres
-        _, lat = transform * (width / 2, height / 2)
-        return float(np.sqrt(abs(transform.a * transform.e) * 111_320.0 * 110_574.0 * math.cos(math.radians(lat))))
+def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
+    """Ground metres per pixel (x, y) at the raster centre; CRS units as metres without a CRS."""
+    sx = math.hypot(transform.a, transform.d)
+    sy = math.hypot(transform.b, transform.e)
+    if crs is None:
+        return sx, sy
+    from pyproj import CRS, Geod, Transformer
+
+    crs = CRS.from_user_input(crs)
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    geod = Geod(ellps="WGS84")
+    cx, cy = width / 2, height / 2
+    lon0, lat0 = to_ll.transform(*(transform * (cx, cy)))
+    out = []
+    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
+        lon1, lat1 = to_ll.transform(*(transform * (cx + dx, cy + dy)))
+        out.append(geod.inv(lon0, lat0, lon1, lat1)[2])
+    if not all(math.isfinite(v) and v > 0 for v in out):
+        raise InputError("transform", f"cannot measure the ground size of a pixel in {crs.to_string()}")
+    if crs.is_projected:  # conformal metric grids (UTM...) keep their own units, as the other polygonisers do
+        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        if abs(out[0] / (sx * unit) - 1) < 0.01 and abs(out[1] / (sy * unit) - 1) < 0.01:
+            return sx * unit, sy * unit
+    return out[0], out[1]
 
 
 def _building_class(class_map: ClassMap | None) -> int:
@@ -474,7 +491,7 @@ def polygonize_raster(
             names = tuple(json.loads(src.tags()["classes"]))
             class_map = ClassMap(names, tuple((0, 0, 0) for _ in names))
         building = _building_class(class_map)
-        pixel_m = pixel_size_m(src.transform, src.crs, src.width, src.height) if separate else 1.0
+        pixel_m = math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height)))
         with open_raster(probabilities_path) if probabilities_path else _null() as psrc:
             if psrc is not None and (psrc.width, psrc.height) != (src.width, src.height):
                 raise InputError(probabilities_path, "is not on the grid of the class raster")
