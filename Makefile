@@ -2,22 +2,29 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.geolabel-setup
+DEPS_STAMP := $(VENV)/.geolabel-deps
 REQS := requirements/requirements.txt requirements/requirements-nodeps.txt requirements/extra.txt \
-        requirements/constraints.txt requirements/constraints-lock.txt setup.cfg
+        requirements/constraints.txt requirements/constraints-lock.txt
 export PIP_CACHE_DIR ?= $(HOME)/.cache/geolabel-pip
 
-.PHONY: setup test demo clean
+.PHONY: setup deps test demo clean
 
 setup: $(STAMP)
 
+# `deps` alone (no geolabel source needed) is the Dockerfile's cached layer.
+deps: $(DEPS_STAMP)
+
 # Three pip steps: (1) TF/Keras/geo stack resolved against the lock; (2) TFX pieces with
 # --no-deps (their declared ml-metadata/TFDV 1.21 wheels need glibc >= 2.39); (3) geolabel.
-$(STAMP): $(REQS)
+$(DEPS_STAMP): $(REQS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade "pip>=24"
 	$(VENV)/bin/pip install -q -c requirements/constraints.txt -c requirements/constraints-lock.txt \
 		-r requirements/requirements.txt -r requirements/extra.txt
 	$(VENV)/bin/pip install -q --no-deps -c requirements/constraints-lock.txt -r requirements/requirements-nodeps.txt
+	touch $(DEPS_STAMP)
+
+$(STAMP): $(DEPS_STAMP) setup.cfg
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -262,7 +262,8 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
                  train_cities: list[str], wall: float, config: dict) -> dict:
     """Score a finished run on its held-out city and describe it as one result row."""
     from geolabel.metrics import iou_per_class, pixel_accuracy
-    from geolabel.train import load_run, load_run_config
+    from geolabel.models import load_model
+    from geolabel.train import load_run_config
 
     from geolabel.metrics import confusion_matrix
 
@@ -275,7 +276,7 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
         building = np.load(saved)
         confusion = confusion_matrix(labels, (building >= 128).astype(np.uint8), 2)
     else:
-        confusion, building = predict_city(load_run(run_dir), image, labels, tta=args.tta)
+        confusion, building = predict_city(load_model(run_dir), image, labels, tta=args.tta)
         np.save(saved, building)
     predict_s = time.perf_counter() - t0
     ious = iou_per_class(confusion)
@@ -441,7 +442,8 @@ def two_stage(args: argparse.Namespace) -> None:
 
     from geolabel.data.chips import write_shards
     from geolabel.metrics import iou_per_class, pixel_accuracy
-    from geolabel.train import load_run, train
+    from geolabel.models import load_model
+    from geolabel.train import train
     from geolabel.train.trainer import remove_run
 
     data = ROOT.parent / "shared" / "data" / "inria-austin"
@@ -468,7 +470,7 @@ def two_stage(args: argparse.Namespace) -> None:
                 freeze_encoder_steps=freeze, encoder_lr_scale=enc_scale, time_limit_s=None,
             )
             metrics = train(config, run_dir)
-            confusion, _ = predict_city(load_run(run_dir), image, test_labels, window=512, margin=64)
+            confusion, _ = predict_city(load_model(run_dir), image, test_labels, window=512, margin=64)
             rows.append({
                 "variant": variant, "seed": seed, "building_iou": float(iou_per_class(confusion)[1]),
                 "pixel_accuracy": pixel_accuracy(confusion), "steps": metrics["steps"],

@@ -64,7 +64,8 @@ def city_probability(city: str, run: str, image: np.ndarray, valid: np.ndarray, 
         prob = np.load(saved)
         if prob.shape == valid.shape:
             return prob, f"{saved} (the run's whole-city prediction saved by bench_generalisation.py)"
-    from geolabel.mapupdate.update import building_probability, load_model, model_input
+    from geolabel.mapupdate.update import building_probability, model_input
+    from geolabel.models import load_model
 
     prob = building_probability(load_model(run_dir), model_input(image, valid, run_dir), tile=1024, margin=64)
     return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), f"{run_dir} predicted here (mapupdate's tiler)"

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from geolabel.atomic import write_bytes_atomic, write_text_atomic  # noqa: E402
 from geolabel.vectorize import POLYGONIZERS  # noqa: E402
-from geolabel.vectorize.mesh import DEFAULT_LAMBDA, DEFAULT_MU, vertex_count  # noqa: E402
+from geolabel.vectorize.mesh import DEFAULT_LAMBDA, DEFAULT_MU  # noqa: E402
+from geolabel.vectorize.polygons import vertex_count  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"

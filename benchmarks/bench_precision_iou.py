@@ -26,12 +26,13 @@ def measure(city: str) -> dict:
     import bench_generalisation as bench
 
     from geolabel.metrics import iou_per_class
-    from geolabel.train import load_run, load_run_config
+    from geolabel.models import load_model
+    from geolabel.train import load_run_config
 
     run = bench.RUNS / f"gen-preset-bf16-{city}-s0"
     config = load_run_config(run)
     image, labels, _ = bench.load_scene(city, config.scene_norm, config.scene_contrast)
-    model = load_run(run)
+    model = load_model(run)
     row, maps = {}, {}
     for precision in PRECISIONS:
         start = time.perf_counter()

@@ -6,8 +6,13 @@ command never pays for another's heavy imports (TensorFlow, TFX, Beam).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,6 +36,7 @@ COMMANDS = {
     "polycnn-train": "geolabel.cli.polycnn:polycnn_train",
     "export": "geolabel.cli.export:export",
     "serve": "geolabel.cli.serve:serve",
+    "view": "geolabel.cli.view:view",
 }
 
 
@@ -45,6 +51,25 @@ class LazyGroup(click.Group):
             return None
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand with its outputs guarded (`output`): they see how it ended."""
+        with contextlib.ExitStack() as outputs:
+            ctx.meta[_OUTPUTS] = outputs
+            return super().invoke(ctx)
+
+
+_OUTPUTS = "geolabel.outputs"
+
+
+def output(path: str | os.PathLike, *, command: str, folder: bool = True, marks: Iterable[str] = (),
+           inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """The checked, created output of the running command (`geolabel.outputs.output_path`); if the
+    command fails, the folders created for it that stayed empty are removed."""
+    from geolabel.outputs import output_path
+
+    guard = output_path(path, command=command, folder=folder, marks=marks, inputs=inputs)
+    return click.get_current_context().meta[_OUTPUTS].enter_context(guard)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,6 +23,7 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
           tta: bool, smooth: float | None) -> None:
     """Align the polygons of LABELS to IMAGE and write them to --out."""
     from geolabel.align.apply import align_file
+    from geolabel.cli import output
     from geolabel.errors import InputError
 
     options = {"tta": tta}
@@ -35,6 +36,7 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
             raise InputError("--factors", f"expected comma-separated integers, got {factors!r}") from None
         if not options["factors"] or min(options["factors"]) < 1:
             raise InputError("--factors", "needs at least one factor >= 1")
+    output(out_path, command="align", folder=False, inputs=(image, labels, model_path))
     summary = align_file(image, labels, model_path, out_path, downsample, tile=tile, **options)
     click.echo(json.dumps(summary))
 
@@ -57,7 +59,10 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
 def align_train(scenes, config_path, out_path, time_limit_s, save_every, resume, **options) -> None:
     """Train a multiscale alignment model on real polygons under random smooth misregistrations."""
     from geolabel.align.training import AlignerConfig, train_aligner_files
+    from geolabel.cli import output
     from geolabel.config import load_config
+
+    output(out_path, command="align-train", folder=False, inputs=[path for scene in scenes for path in scene])
 
     config = load_config(AlignerConfig, config_path, **options)
     state = train_aligner_files(scenes, out_path, config, resume, time_limit_s, save_every)

@@ -1,7 +1,8 @@
 """`geolabel demo`: the whole idea on the bundled real sample, offline, in a few minutes.
 
 fetch (loopback tile server + bundled OSM) -> pretrain on noisy OSM -> fine-tune on clean
-labels -> evaluate on a held-out part -> predict an unseen city -> polygons -> map-update
+labels -> evaluate on a held-out part -> predict an unseen city (and again with the model shipped in
+the package, no training) -> polygons -> map-update
 diff -> export -> serve -> one request to the endpoint; then a summary table and a report.
 """
 
@@ -39,25 +40,6 @@ class Demo:
         self.steps.append(Step(name, time.perf_counter() - start, result))
         click.echo(f"    {result} ({self.steps[-1].seconds:.1f} s)", err=True)
         return value
-
-
-def _mask_polygons(mask_path: Path, out_path: Path) -> Path:
-    """Building polygons of a 0/255 clean mask, as GeoJSON in the mask's CRS (fetch reads vectors)."""
-    import geopandas as gpd
-    import rasterio.features
-    import shapely.geometry
-
-    from geolabel.atomic import atomic_path
-    from geolabel.data.raster import read_raster
-
-    block = read_raster(mask_path)
-    building = (block.array[0] > 127).astype("uint8")
-    shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(building, mask=building == 1, transform=block.transform) if v == 1]
-    frame = gpd.GeoDataFrame({"class": ["building"] * len(shapes)}, geometry=shapes, crs=block.crs)
-    with atomic_path(out_path, suffix=".tmp.geojson") as tmp:
-        tmp.unlink()
-        frame.to_file(tmp, driver="GeoJSON")
-    return out_path
 
 
 def _halves(image_path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -120,15 +102,19 @@ def run_demo(out: Path, budget: str = "full") -> dict:
 
     from geolabel import sample
     from geolabel.data.fetch import FetchOptions, fetch_dataset
+    from geolabel.data.rasterize import mask_to_vectors
     from geolabel.data.tiles import local_tile_range
     from geolabel.data.tileserver import TileServer
     from geolabel.evaluate.report import evaluate
     from geolabel.mapupdate.update import map_update_files
     from geolabel.predict.predictor import keras_predict_fn, predict_raster
+    from geolabel.predict.resample import model_resampling, predict_resampled
+    from geolabel.pretrained import PRETRAINED
     from geolabel.serving.client import ServingClient
     from geolabel.serving.export import export_run
     from geolabel.serving.server import ModelServer
-    from geolabel.train.trainer import TrainConfig, load_run, train_two_stage
+    from geolabel.models import load_model
+    from geolabel.train.trainer import TrainConfig, load_run_config, train_two_stage
     from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
     pretrain_s, finetune_s = BUDGETS[budget]
@@ -156,7 +142,7 @@ def run_demo(out: Path, budget: str = "full") -> dict:
     fine_bbox, held_bbox = _halves(sample.CLEAN_IMAGE)
 
     def fetch_clean():
-        vectors = _mask_polygons(sample.CLEAN_MASK, out / "data" / "clean-austin-buildings.geojson")
+        vectors = mask_to_vectors(sample.CLEAN_MASK, out / "data" / "clean-austin-buildings.geojson")
         manifest = fetch_dataset(out / "data" / "clean-austin", str(sample.CLEAN_IMAGE), str(vectors), bbox=fine_bbox,
                                  options=FetchOptions(chip_size=128, split_block=1, default_class="building", name="austin"),
                                  command="geolabel fetch --imagery inria-austin/image.tif (left half, demo)")
@@ -179,7 +165,7 @@ def run_demo(out: Path, budget: str = "full") -> dict:
         return metrics, f"pretrained on OSM, fine-tuned on clean labels; val building IoU {metrics.get('val_iou', float('nan')):.3f}"
 
     demo.run("train: pretrain on OSM, fine-tune on clean", train)
-    model = load_run(run_dir)
+    model = load_model(run_dir)
     predict_fn = keras_predict_fn(model)
 
     def held_out():
@@ -203,6 +189,18 @@ def run_demo(out: Path, budget: str = "full") -> dict:
         return result, f"{result.width}x{result.height} px, building IoU vs OSM {iou:.3f}"
 
     city = demo.run(f"predict the unseen city ({sample.HELD_OUT_CITY})", predict_city)
+
+    def predict_city_pretrained():
+        factor, tags = model_resampling(PRETRAINED, city_image)
+        result = predict_resampled(keras_predict_fn(load_model(PRETRAINED)), city_image, out / "predict-city-pretrained",
+                                   factor=factor, scene_norm=load_run_config(PRETRAINED).scene_norm,
+                                   scene_contrast=load_run_config(PRETRAINED).scene_contrast, tags=tags)
+        report = evaluate(out / "predict-city-pretrained", city_osm, out / "evaluate-city-pretrained", polygons=None)
+        iou = report["overall"]["iou"]
+        summary["city_iou_vs_osm_shipped_model"] = iou
+        return result, f"no training: building IoU vs OSM {iou:.3f} (input resampled x{factor:.2f} to the model's resolution)"
+
+    demo.run(f"predict the unseen city with the shipped model ({PRETRAINED})", predict_city_pretrained)
 
     def polygons():
         frame = polygonize_raster(city.classes, city.probabilities, method="mesh")
@@ -245,6 +243,7 @@ def run_demo(out: Path, budget: str = "full") -> dict:
     pngs = {
         "Imagery and OSM labels (unseen city)": _outlines_png(city_image, city_osm, out / "imagery-osm.png"),
         "Prediction": city.preview,
+        "Prediction of the shipped model, no training": out / "predict-city-pretrained" / "preview.png",
         "Polygons": out / "predict-city" / "polygons.png",
         "Map-update statuses": out / "mapupdate" / "preview.png",
         "Training curves": run_dir / "curves.png",
@@ -276,6 +275,9 @@ def _write_report(out: Path, summary: dict, pngs: dict[str, Path | None]) -> Non
               help="Training time: 'small' is for tests.")
 def demo(out: Path, budget: str) -> None:
     """Run the whole workflow on the bundled real sample, offline."""
+    from geolabel.cli import output
+
+    output(out, command="demo", marks=("data", "report.md"))
     summary = run_demo(out, budget)
     click.echo("")
     click.echo(f"{'step':<52} {'time':>7}  result")

@@ -22,8 +22,10 @@ import click
 def evaluate(pred: str, truth: str, out_dir: str, polygonizer: str, separate: bool, image: str | None, city: str | None,
              gt_polygons: str | None, iou_threshold: float) -> None:
     """Score PRED (a predict folder, class raster, or folder of them) against GT (raster or vectors)."""
+    from geolabel.cli import output
     from geolabel.evaluate import evaluate as run
 
+    output(out_dir, command="evaluate", marks=("evaluation.json",), inputs=(pred, truth, image, gt_polygons))
     report = run(pred, truth, out_dir, polygons=None if polygonizer == "none" else polygonizer, separate=separate, image=image,
                  city=city, truth_polygons=gt_polygons, iou_threshold=iou_threshold)
     overall = {k: report["overall"][k] for k in ("iou", "accuracy", "mean_iou")}

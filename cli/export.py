@@ -6,7 +6,7 @@ import click
 
 
 @click.command("export")
-@click.argument("run", type=click.Path(exists=True))
+@click.argument("run")
 @click.option("--out", "out_base", required=True, type=click.Path(file_okay=False), help="Model base path (BASE/N/).")
 @click.option("--version", "version", required=True, type=click.IntRange(min=0), help="Integer version folder to write.")
 @click.option("--polycnn", "polycnn_run", type=click.Path(exists=True), help="PolyCNN run: adds the `polygons` signature.")
@@ -24,9 +24,11 @@ def export(
     model_name: str,
     overwrite: bool,
 ) -> None:
-    """Export RUN (a run folder or a .keras file) to OUT/VERSION as a SavedModel that TF Serving loads."""
+    """Export RUN (a run folder, a .keras file or `pretrained`) to OUT/VERSION as a SavedModel that TF Serving loads."""
+    from geolabel.cli import output
     from geolabel.serving.export import export_run
 
+    output(out_base, command="export", marks=("[0-9]*",), inputs=(run, polycnn_run, align_update_run))
     path = export_run(
         run,
         out_base,

@@ -71,6 +71,7 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
     finished work. With --align, the fetched labels are kept as labels-source.gpkg and
     labels.gpkg holds them aligned to the imagery.
     """
+    from geolabel.cli import output
     from geolabel.data.fetch import FetchOptions, LabelAlignment, fetch_dataset
 
     options = FetchOptions(
@@ -82,6 +83,8 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
     )
     command = "geolabel " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fetch"):]) if "fetch" in sys.argv else None
     align = _label_alignment(align_model, align_downsample) if align_model else None
+    output(out, command="fetch", marks=("manifest.json", ".fetch-state.json", "imagery.tif", "cache"),
+           inputs=(imagery, labels, aoi_file, align_model))
     manifest = fetch_dataset(
         out, imagery, labels, bbox=bbox, aoi=aoi_file, place=place, geocoder_url=geocoder_url, classes=_classes(classes),
         options=options, command=command, align=align,

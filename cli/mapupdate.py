@@ -6,6 +6,8 @@ import json
 
 import click
 
+from geolabel.data.vectors import VECTOR_FORMATS
+
 
 @click.command("mapupdate")
 @click.argument("image", type=click.Path())
@@ -26,17 +28,21 @@ import click
               help="Alignment model (.keras, `geolabel align-train`): align the map to the image first, so a "
               "misregistration of the whole map is not reported as shifted buildings.")
 @click.option("--source", default="geolabel", show_default=True, help="Value of the source tag in the .osc.")
+@click.option("--vector-format", "vector_formats", multiple=True, type=click.Choice(VECTOR_FORMATS), default=("geojson",),
+              show_default=True, help="Format(s) of the changes review layer (repeat for several).")
 def mapupdate(
     image: str, osm_path: str, model_path: str | None, prob_path: str | None, endpoint: str | None, out_dir: str,
     downsample: int, max_shift: int, threshold: float, min_confidence: float | None, align_path: str | None,
-    source: str,
+    source: str, vector_formats: tuple[str, ...] = ("geojson",),
 ) -> None:
     """Compare predictions on IMAGE with --osm; write changes.geojson (every change, for review), changes.osc
     (confident, uploadable changes), changes.osm (confident corrections that are not uploadable), summary.json,
-    preview.png."""
+    preview.png and item.json (STAC)."""
     from geolabel.mapupdate.diff import DiffParams
+    from geolabel.cli import output
     from geolabel.mapupdate.update import map_update_files
 
+    output(out_dir, command="mapupdate", marks=("changes.*",), inputs=(image, osm_path, model_path, prob_path, align_path))
     params = DiffParams(threshold=threshold, max_shift=max_shift)
     if min_confidence is not None:
         params.min_confidence = min_confidence
@@ -54,5 +60,9 @@ def mapupdate(
             prob_path = predict_raster(client, image, Path(out_dir) / "predict", window=256, overlap=32,
                                        preview=False).probabilities
     summary = map_update_files(image, osm_path, out_dir, model_path, prob_path, downsample, params, source,
-                               align_path=align_path)
+                               align_path=align_path, vector_formats=vector_formats)
+    from geolabel.data.stac import imagery_attribution, write_item
+
+    write_item(out_dir, image, model=endpoint or model_path or prob_path, sources=[image, osm_path],
+               attribution=imagery_attribution(image), osm=True)
     click.echo(json.dumps(summary["counts"]))

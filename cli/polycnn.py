@@ -26,10 +26,12 @@ import click
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 def polycnn_train(config_path: str | None, train_cities: tuple[str, ...], out_dir: str, **options) -> None:
     """Train PolyCNN (4-vertex polygon regression) and score it on a held-out city."""
+    from geolabel.cli import output
     from geolabel.config import load_config
     from geolabel.vectorize.polycnn import PolyCNNConfig, train_polycnn
 
     config = load_config(PolyCNNConfig, config_path, train_cities=list(train_cities) or None, **options)
+    output(out_dir, command="polycnn-train", marks=("config.yaml",), inputs=(config_path,))
     metrics = train_polycnn(config, out_dir)
     click.echo(json.dumps(metrics["val"], indent=2))
     click.echo(f"wrote {out_dir}/model.keras")

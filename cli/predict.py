@@ -6,15 +6,17 @@ import json
 
 import click
 
+from geolabel.cli import output
+from geolabel.data.vectors import VECTOR_FORMATS
 from geolabel.precision import PRECISIONS
 from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 
 
 def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
     """(scene_norm, scene_contrast) of MODEL's run folder; (False, True) for a bare model."""
-    from pathlib import Path
+    from geolabel.pretrained import resolve_run
 
-    if model is None or not (Path(model) / "config.yaml").is_file():
+    if model is None or not (resolve_run(model) / "config.yaml").is_file():
         return False, True
     from geolabel.train.trainer import load_run_config
 
@@ -51,15 +53,26 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.option("--beam", is_flag=True, help="Run as an Apache Beam pipeline, one element per block (in-process DirectRunner unless --beam-args).")
 @click.option("--beam-args", default="", help="Beam flags for --beam, e.g. '--runner=DataflowRunner --project=P --region=R'.")
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
+@click.option("--vector-format", "vector_formats", multiple=True, type=click.Choice(VECTOR_FORMATS),
+              default=("gpkg", "geojson"), show_default=True, help="Format(s) of the --polygons file (repeat for several).")
+@click.option("--resample/--no-resample", default=True, show_default=True,
+              help="Resample INPUT to the resolution MODEL was trained at when its model card says it differs.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
     bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, min_confidence: float, separate: bool,
-    precision: str, endpoint: str | None,
-    beam: bool = False, beam_args: str = "",
+    precision: str, endpoint: str | None, resample: bool = True,
+    beam: bool = False, beam_args: str = "", vector_formats: tuple[str, ...] = ("gpkg", "geojson"),
 ) -> None:
-    """Run MODEL (a run folder or a .keras file) over INPUT; write classes.tif, probabilities.tif, preview.png."""
+    """Run MODEL over INPUT; write classes.tif, probabilities.tif, preview.png.
+
+    MODEL is a run folder, a .keras file or `pretrained` (the building model shipped with
+    geolabel, also used when only INPUT is given).
+    """
     from geolabel.errors import InputError
-    from geolabel.predict import keras_predict_fn, load_model, predict_raster
+    from geolabel.models import load_model
+    from geolabel.predict import keras_predict_fn
+    from geolabel.predict.resample import model_resampling, predict_resampled
+    from geolabel.pretrained import PRETRAINED
 
     band_list = None
     if bands:
@@ -74,10 +87,12 @@ def predict(
             raise InputError("--polygons", f"unknown polygoniser {polygonizer!r}; available: {', '.join(sorted(POLYGONIZERS))}")
         if polygonizer == "polycnn" and polycnn_model is None:
             raise InputError("--polycnn-model", "--polygons polycnn needs the PolyCNN model (geolabel polycnn-train writes one)")
-    if endpoint and input_path is None:  # `predict --endpoint URL INPUT`: the one argument is the input
-        model, input_path = None, model
+    if input_path is None and model is not None:  # one argument: the input (`--endpoint URL`, or the shipped model)
+        model, input_path = (None if endpoint else PRETRAINED), model
     if input_path is None or (model is None and not endpoint):
         raise click.UsageError("give MODEL and INPUT, or --endpoint URL and INPUT")
+    output(out_dir, command="predict", marks=("classes.tif",), inputs=(input_path, model, polycnn_model))
+    factor, tags = model_resampling(model, input_path, resample) if not endpoint else (1.0, {})
     trained_norm, trained_contrast = _run_scene_norm(model)
     scene_norm = trained_norm if scene_norm is None else scene_norm
     scene_contrast = trained_contrast if scene_contrast is None else scene_contrast
@@ -88,6 +103,8 @@ def predict(
             raise click.UsageError("--beam does not standardise scenes; predict a --scene-norm model without --beam")
         if endpoint:
             raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
+        if factor != 1.0:
+            raise click.UsageError("--beam predicts at the input's resolution; resample INPUT first or pass --no-resample")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
                                           tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
                                           min_confidence=min_confidence, separate=separate)))
@@ -98,11 +115,14 @@ def predict(
         predict_fn = ServingClient(endpoint)
     else:
         predict_fn = keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
-    result = predict_raster(predict_fn, input_path, out_dir, window=window, overlap=overlap, batch_size=batch_size,
-                            tta=tta, bands=band_list, scene_norm=scene_norm,
-                            scene_contrast=scene_contrast)
+    from geolabel.train.trainer import load_run_input
+
+    result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
+                               batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,
+                               scene_contrast=scene_contrast, tags=tags, scaling=load_run_input(model) if model else None)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
-               "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3)}
+               "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3),
+               **({"resampled": round(factor, 4)} if factor != 1.0 else {}), **tags}
     if polygonizer is not None:
         from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
@@ -113,6 +133,10 @@ def predict(
             options.update(image=input_path, model=polycnn_model)
         frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, separate=separate,
                                   min_confidence=min_confidence, **options)
-        paths = write_polygons(frame, out_dir, "polygons")
-        summary.update({"polygons": str(paths["gpkg"]), "geojson": str(paths["geojson"]), "objects": len(frame)})
+        paths = write_polygons(frame, out_dir, "polygons", vector_formats)
+        summary.update({"polygons": str(next(iter(paths.values()))), **{f: str(p) for f, p in paths.items()}, "objects": len(frame)})
+    from geolabel.data.stac import imagery_attribution, write_item
+
+    summary["item"] = str(write_item(out_dir, result.classes, model=endpoint or model, sources=[input_path],
+                                     attribution=imagery_attribution(input_path)))
     click.echo(json.dumps(summary))

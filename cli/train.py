@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
+from geolabel.cli import output
 from geolabel.errors import InputError
 from geolabel.precision import PRECISIONS
 
@@ -23,8 +24,9 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 
 
 @click.command()
-@click.option("--preset", default="buildings", show_default=True,
-              help="Named recipe (geolabel/train/presets/NAME.yaml) the other options override; none = bare defaults.")
+@click.option("--preset", default=None,
+              help="Named recipe (geolabel/train/presets/NAME.yaml) the other options override; none = bare defaults. "
+                   "Default: buildings, or finetune with --init.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML with TrainConfig fields (override the preset's).")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--model", help="Model name (see `geolabel models`).")
@@ -33,7 +35,7 @@ def _model_options(pairs: tuple[str, ...]) -> dict:
 @click.option("--val", "val_sets", multiple=True, type=click.Path(exists=True), help="Validation dataset folder, repeatable.")
 @click.option("--pretrain", "pretrain_sets", multiple=True, type=click.Path(exists=True), help="Two-stage: noisy (OSM) datasets to pretrain on.")
 @click.option("--finetune", "finetune_sets", multiple=True, type=click.Path(exists=True), help="Two-stage: clean datasets to fine-tune on.")
-@click.option("--init", type=click.Path(exists=True, file_okay=False), help="Start from this run's model (fine-tuning).")
+@click.option("--init", help="Start from this run folder's model, or from `pretrained` (the shipped building model).")
 @click.option("--classes", help="Comma-separated class names, background first.")
 @click.option("--epochs", type=int)
 @click.option("--steps-per-epoch", type=int)
@@ -70,13 +72,14 @@ def train(preset, config_file, run_dir, model_option, train_sets, val_sets, pret
 
     With no option but the data, trains the `buildings` preset: the best recipe measured on cities
     the model never saw (geolabel/train/presets/buildings.yaml). `--config` and flags override it.
+    `--init pretrained --train LOCAL` fine-tunes the shipped building model (the `finetune` preset: 5 minutes).
 
     Two-stage workflow (pretrain on noisy OSM labels, fine-tune on clean ones):
     `geolabel train --model unet --pretrain OSM_DATASET --finetune CLEAN_DATASET --out RUN`.
     """
     import json
 
-    from geolabel.train.trainer import preset_config, train as run_train, train_two_stage
+    from geolabel.train.trainer import DEFAULT_PRESET, preset_config, train as run_train, train_two_stage
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if model_option:
@@ -93,7 +96,11 @@ def train(preset, config_file, run_dir, model_option, train_sets, val_sets, pret
             overrides["freeze_encoder_steps"] = freeze_encoder_steps
         if encoder_lr_scale is not None:
             overrides["encoder_lr_scale"] = encoder_lr_scale
+    if preset is None:
+        preset = "finetune" if options.get("init") else DEFAULT_PRESET
     config = preset_config(preset, config_file, **overrides)
+    output(run_dir, command="train", marks=("config.yaml", "checkpoints"),
+           inputs=(config_file, config.init, *config.train, *config.val, *pretrain_sets, *finetune_sets))
     if not two_stage:
         metrics = run_train(config, run_dir, resume=resume)
     else:

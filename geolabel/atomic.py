@@ -8,6 +8,22 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_MARK = ".tmp-"
+"""In the hidden name of every temporary written beside an output (`.NAME.tmp-XXXXXXXX...`)."""
+_LEGACY_SUFFIXES = (".part", ".stage.tif")  # temporaries of versions before TEMP_MARK (or named .tmp.EXT)
+
+
+def temporary_prefix(final: str | os.PathLike) -> str:
+    """The name prefix of the temporaries written beside `final` (for `tempfile.mkstemp`)."""
+    return f".{Path(final).name}{TEMP_MARK}"
+
+
+def is_temporary(name: str, of: str | None = None) -> bool:
+    """Whether file `name` is a temporary written beside an output (beside `of` only, when given)."""
+    if not name.startswith(f".{of}." if of else "."):
+        return False
+    return TEMP_MARK in name or ".tmp." in name or name.endswith(_LEGACY_SUFFIXES)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -19,7 +35,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix or "".join(final.suffixes) + ".part", dir=final.parent
+        prefix=temporary_prefix(final), suffix=suffix or "".join(final.suffixes) + ".part", dir=final.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)

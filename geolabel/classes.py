@@ -37,5 +37,14 @@ class ClassMap:
         return palette
 
 
+def building_class(names: ClassMap | tuple[str, ...] | list[str] | None) -> int:
+    """Id of the building class: the class named "building", else 1 (the first foreground class)."""
+    names = tuple(names.names if isinstance(names, ClassMap) else names or ())
+    return names.index("building") if "building" in names else 1
+
+
+# display colours of the map-update statuses (`geolabel.mapupdate.diff.STATUSES`): previews and `geolabel view`
+STATUS_COLORS = {"new": (60, 180, 75), "missing": (230, 25, 75), "shifted": (255, 225, 25), "unchanged": (0, 130, 200)}
+
 BUILDINGS = ClassMap()
 BUILDINGS_ROADS = ClassMap(("background", "building", "road"), ((0, 0, 0), (230, 25, 75), (255, 225, 25)))

@@ -16,11 +16,16 @@ from geolabel.classes import IGNORE
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """(num_classes, num_classes) int64 counts [true, predicted] over non-ignored pixels."""
-    t = np.asarray(y_true).ravel().astype(np.int64)
-    p = np.asarray(y_pred).ravel().astype(np.int64)
-    keep = t != ignore
-    t, p = t[keep], p[keep]
+    """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted class.
+
+    Reference pixels equal to `ignore` (or outside 0..K-1) are skipped; predicted values outside
+    0..K-1 (e.g. a prediction's nodata) count as background.
+    """
+    t = np.asarray(y_true).ravel()
+    p = np.asarray(y_pred).ravel()
+    keep = (t != ignore) & (t < num_classes)
+    t, p = t[keep].astype(np.int64), p[keep].astype(np.int64)
+    p = np.where((p >= 0) & (p < num_classes), p, 0)
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

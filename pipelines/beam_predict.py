@@ -139,7 +139,8 @@ class Grid:
         import geopandas as gpd
         import shapely
 
-        from geolabel.vectorize.polygons import _ground_scale, ground_pixel_size
+        from geolabel.data.raster import ground_pixel_size
+        from geolabel.vectorize.polygons import _ground_scale
 
         metric_crs, scale = None, 1.0
         if src.crs is not None:
@@ -154,20 +155,22 @@ class Grid:
 
 
 def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:
+    from geolabel.classes import building_class
+
     if spec.method != "regularized":
         return set()
-    return {names.index("building")} if "building" in names else {1}
+    return {building_class(names)}
 
 
 def block_pieces(classes: np.ndarray, probabilities: np.ndarray, block: Block, grid: Grid, spec: PolygonSpec,
                  names: tuple[str, ...]) -> tuple[list, list]:
     """(finished polygons, pieces waiting on a seam) of one block; probabilities in [0, 1]."""
-    from geolabel.classes import IGNORE
+    from geolabel.classes import IGNORE, building_class
     from geolabel.vectorize.polygons import _block_pieces, _finish
     from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
 
     if spec.separate:  # as polygonize_raster does to each block it reads
-        building = names.index("building") if "building" in names else 1
+        building = building_class(names)
         classes = separate_buildings(classes, building, grid.pixel_m, DEFAULT_CORE_M)
     seams = (block.row > 0, block.row + block.height < grid.height, block.col > 0, block.col + block.width < grid.width)
     pieces = _block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
@@ -242,7 +245,8 @@ class PredictBlock:
 
     def setup(self) -> None:
         """Load the model once per worker."""
-        from geolabel.predict.predictor import keras_predict_fn, load_model
+        from geolabel.models import load_model
+        from geolabel.predict.predictor import keras_predict_fn
 
         self._predict_fn = keras_predict_fn(load_model(self.model_path))
 
@@ -343,7 +347,8 @@ def predict_raster_beam(
     import rasterio
 
     from geolabel.data.raster import open_raster
-    from geolabel.predict.predictor import keras_predict_fn, load_model
+    from geolabel.models import load_model
+    from geolabel.predict.predictor import keras_predict_fn
     from geolabel.predict.windows import window_geometry
 
     if block_size < 16:

@@ -13,10 +13,12 @@ TFX is imported narrowly (see README: `from tfx import v1` pulls packages we do 
 """
 
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tfx.components import Pusher  # tfx.components before anything importing TFDV
@@ -44,11 +46,38 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def fetch_dataset(source: dict, classes: list[str], out_dir: str | os.PathLike) -> dict:
-    """Run geolabel's fetch for `source` (a `SourceConfig` as a dict) into `out_dir`; return the manifest."""
-    from geolabel.data import fetch
+@contextlib.contextmanager
+def _served(imagery: str) -> Iterator[str]:
+    """`imagery` as it is, or a local XYZ tile folder template as its URL on a loopback TileServer (while open)."""
+    from geolabel.data.fetch import is_tile_template
+    from geolabel.data.tileserver import TileServer
 
-    return fetch.fetch_for_pipeline(source, classes, out_dir)
+    if "://" in imagery or not is_tile_template(imagery):
+        yield imagery
+        return
+    root = imagery[: imagery.index("{")].rpartition("/")[0]
+    with TileServer(root or ".") as server:
+        yield f"{server.url}/{imagery[len(root) + 1 if root else 0:]}"
+
+
+def fetch_dataset(source: dict, classes: list[str], out_dir: str | os.PathLike) -> dict:
+    """Run geolabel's fetch for `source` (a `SourceConfig` as a dict) into `out_dir`; return the manifest.
+
+    `sample:` paths name files of the bundled sample; a local tile folder template
+    (`.../tiles/{z}/{x}/{y}.jpg`) is served on loopback for the fetch; a label raster
+    (.tif: non-zero pixels are the first non-background class) is polygonised first.
+    """
+    from geolabel import sample
+    from geolabel.data import fetch
+    from geolabel.data.rasterize import mask_to_vectors
+
+    spec = {**source, "imagery": sample.resolve(source["imagery"]), "labels": sample.resolve(source.get("labels", "osm"))}
+    options = {"command": f"geolabel pipeline fetch {json.dumps(source, sort_keys=True, default=str)}", **(spec.get("options") or {})}
+    if spec["labels"].lower().endswith((".tif", ".tiff")):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        spec["labels"] = str(mask_to_vectors(spec["labels"], Path(out_dir) / "labels-mask.geojson", classes[1]))
+    with _served(spec["imagery"]) as imagery:
+        return fetch.fetch_for_pipeline({**spec, "imagery": imagery, "options": options}, classes, out_dir)
 
 
 @component

@@ -22,10 +22,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from geolabel import sample
 from geolabel.config import load_config
 from geolabel.errors import InputError
 
@@ -41,9 +45,12 @@ class SourceConfig:
         bbox: area of interest as [west, south, east, north] in EPSG:4326.
         aoi: area of interest as a GeoJSON/GeoPackage file (instead of bbox).
         place: area of interest as a place name geocoded by osmnx (instead of bbox).
-        imagery: XYZ/TMS URL template with {z}/{x}/{y}, or a local/remote GeoTIFF/COG.
+        imagery: XYZ/TMS URL template with {z}/{x}/{y}, a local tile folder template (served
+            on loopback during the fetch), or a local/remote GeoTIFF/COG.
         zoom: tile zoom level (tile servers only).
-        labels: "osm" (Overpass), an OSM extract (.osm/.osm.bz2/.osm.pbf) or a vector file.
+        labels: "osm" (Overpass), an OSM extract (.osm/.osm.bz2/.osm.pbf), a vector file, or a
+            mask raster (.tif, non-zero = the first non-background class).
+        imagery and labels may be `sample:REL` paths: files of the sample bundled with geolabel.
         overpass_url: Overpass endpoint used when labels is "osm".
         chip_size: training chip side in pixels.
         options: further keyword options passed unchanged to geolabel's fetch.
@@ -72,6 +79,8 @@ class SourceConfig:
                 raise InputError(f"{section}.bbox", f"{self.bbox} is not a valid EPSG:4326 box (west < east, south < north)")
         if not self.imagery:
             raise InputError(f"{section}.imagery", "an imagery source is required")
+        sample.resolve(self.imagery)  # a `sample:` path must name a file of the bundled sample
+        sample.resolve(self.labels)
         if self.chip_size <= 0 or self.chip_size % 16:
             raise InputError(f"{section}.chip_size", "must be a positive multiple of 16")
 
@@ -161,7 +170,8 @@ class KubeflowConfig:
     """Settings for the compiled KubeflowV2 / Vertex AI pipeline.
 
     Args:
-        image: container image with geolabel (and its `pipelines` extra) installed.
+        image: container image with geolabel and its pinned environment (the `Dockerfile`):
+            every step runs in it, and Dataflow workers use it as Beam's SDK container.
         pipeline_root: artifact root on shared storage (e.g. gs://bucket/geolabel).
         serving: TF Serving base path on shared storage for the Pusher.
         project, region, temp_location: Dataflow settings for the Beam-using steps.
@@ -185,6 +195,7 @@ class KubeflowConfig:
             f"--project={self.project}",
             f"--region={self.region}",
             f"--temp_location={self.temp_location}",
+            f"--sdk_container_image={self.image}",
             *self.beam_args,
         ]
 
@@ -256,8 +267,37 @@ class PipelineConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-def load_pipeline_config(path: str | os.PathLike | None = None, **overrides: Any) -> PipelineConfig:
-    """Read a pipeline YAML file (defaults for what it leaves out), check it and return it."""
+def load_pipeline_config(path: str | os.PathLike | None = None, settings: Sequence[str] = (), **overrides: Any) -> PipelineConfig:
+    """Read a pipeline YAML file (defaults for what it leaves out), apply `settings`, check it and return it.
+
+    Each setting is `KEY.PATH=VALUE` with a YAML value (`pretrain_budget.epochs=1`,
+    `model.options={depth: 2}`); keyword `overrides` replace whole top-level keys.
+    """
     config = load_config(PipelineConfig, path, **overrides)
+    if settings:
+        values = dataclasses.asdict(config)
+        for setting in settings:
+            _apply_setting(values, setting)
+        config = PipelineConfig(**values)
     config.check()
     return config
+
+
+def _apply_setting(values: dict[str, Any], setting: str) -> None:
+    """Set one `KEY.PATH=VALUE` in the config's dict; keys of the config and its sections must exist."""
+    key, sep, text = setting.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise InputError("--set", f"{setting!r}: expected KEY.PATH=VALUE (e.g. pretrain_budget.epochs=1)")
+    node = values
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or (depth < 2 and part not in node):  # free keys only inside `options`
+            known = ", ".join(sorted(node)) if isinstance(node, dict) else "none"
+            raise InputError("--set", f"{key}: no such option (known under {'.'.join(parts[:depth]) or 'the top level'}: {known})")
+        if depth == len(parts) - 1:
+            try:
+                node[part] = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise InputError("--set", f"{setting!r}: the value is not YAML ({err.problem})") from err
+        else:
+            node = node[part]

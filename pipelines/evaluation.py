@@ -29,10 +29,8 @@ def keras_model_path(model_uri: str | os.PathLike) -> Path:
 
 
 def load_keras_model(model_uri: str | os.PathLike):
-    """Load the Keras model stored in a TFX Model artifact."""
-    import keras
-
-    import geolabel.models  # noqa: F401  (registers the custom layers)
+    """Load the Keras model stored in a TFX Model artifact (local or remote URI)."""
+    from geolabel.models import load_model
 
     if is_remote(model_uri):
         import tensorflow as tf
@@ -41,11 +39,11 @@ def load_keras_model(model_uri: str | os.PathLike):
         if not tf.io.gfile.exists(uri):
             raise InputError(str(model_uri), f"Model artifact holds no {KERAS_DIR}/{KERAS_FILE}")
         with tempfile.TemporaryDirectory(prefix="geolabel-model-") as tmp:
-            return keras.saving.load_model(download_file(uri, Path(tmp) / KERAS_FILE), compile=False)
+            return load_model(download_file(uri, Path(tmp) / KERAS_FILE))
     path = keras_model_path(model_uri)
     if not path.is_file():
         raise InputError(str(model_uri), f"Model artifact holds no {KERAS_DIR}/{KERAS_FILE}")
-    return keras.saving.load_model(path, compile=False)
+    return load_model(path)
 
 
 def iou_counts(probabilities: np.ndarray, mask: np.ndarray, class_id: int) -> tuple[int, int]:

@@ -9,11 +9,11 @@ shared storage (`kubeflow.pipeline_root`, `kubeflow.serving`), every step runs i
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from geolabel.atomic import write_text_atomic
 from geolabel.errors import InputError
@@ -43,6 +43,31 @@ def _optional_components_as_types() -> Iterator[None]:
             setattr(tfx_components, name, None)
 
 
+class CompiledSpec(NamedTuple):
+    """A compiled KubeflowV2 JSON as KFP protos: the job, its pipeline spec and deployment (executors)."""
+
+    job: Any
+    spec: Any
+    deployment: Any
+
+
+def parse_spec(text: str, source: str = "spec") -> CompiledSpec:
+    """Parse compiled JSON into KFP's PipelineJob, PipelineSpec and PipelineDeploymentConfig protos.
+
+    Unknown or mistyped fields are errors (InputError naming `source`), as on the cluster.
+    """
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2 as kfp
+
+    try:
+        job = json_format.Parse(text, kfp.PipelineJob())
+        spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), kfp.PipelineSpec())
+        deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec), kfp.PipelineDeploymentConfig())
+    except json_format.ParseError as err:
+        raise InputError(source, f"not a valid KFP PipelineJob ({err})") from err
+    return CompiledSpec(job, spec, deployment)
+
+
 def compile_kubeflow(config: PipelineConfig, output: str | os.PathLike | None = None) -> Path:
     """Write the KubeflowV2 pipeline spec of `config` to `output` (default `kubeflow.output`); return its path."""
     try:
@@ -54,6 +79,8 @@ def compile_kubeflow(config: PipelineConfig, output: str | os.PathLike | None = 
     from geolabel.pipelines.pipeline import create_pipeline
 
     kf = config.kubeflow
+    if not kf.image or any(c.isspace() for c in kf.image):
+        raise InputError("kubeflow.image", f"{kf.image!r} is not a container image name (e.g. REGISTRY/geolabel:TAG)")
     output = Path(output or kf.output)
     tfx_pipeline = create_pipeline(
         config,
@@ -70,6 +97,6 @@ def compile_kubeflow(config: PipelineConfig, output: str | os.PathLike | None = 
         )
         runner.run(tfx_pipeline, write_out=True)
         text = Path(tmp, "pipeline.json").read_text()
-    json.loads(text)  # the runner writes JSON; fail here rather than on the cluster
+    parse_spec(text, "compiled spec")  # fail here rather than on the cluster
     write_text_atomic(output, text)
     return output

@@ -107,6 +107,7 @@ def export_serving(model: Any, serving_model_dir: str | os.PathLike, class_names
 
 def run_fn(fn_args: Any) -> None:
     """TFX Trainer entry point: train, keep the Keras model, export the SavedModel."""
+    from geolabel.models import load_model
     from geolabel.train import trainer
 
     stage = (fn_args.custom_config or {}).get("stage", "train")
@@ -124,7 +125,7 @@ def run_fn(fn_args: Any) -> None:
                 shutil.copy2(run_dir / name, keras_dir / name)
         if is_remote(model_uri):
             upload_dir(keras_dir, join(model_uri, KERAS_DIR))
-        model = trainer.load_run(run_dir)
+        model = load_model(run_dir)
         export_serving(model, fn_args.serving_model_dir, list(config.classes), f"{stage}:{fn_args.model_run_dir}")
         if remote_run:
             upload_dir(run_dir, fn_args.model_run_dir)

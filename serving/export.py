@@ -45,45 +45,6 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "geolabel.json"
 
 
-def load_keras_model(source: str | os.PathLike) -> Any:
-    """Load a model from a run folder (`geolabel.train.load_run`) or a `.keras` file."""
-    import keras
-
-    import geolabel.models  # noqa: F401  (registers the custom layers)
-
-    for module in ("geolabel.models.polycnn", "geolabel.models.align_update"):
-        try:  # register their serialisable classes when present
-            __import__(module)
-        except ImportError:  # pragma: no cover
-            pass
-    path = Path(source)
-    if path.is_dir():
-        try:
-            from geolabel.train import load_run
-        except ImportError:
-            load_run = None
-        if load_run is not None:
-            return load_run(path)
-        path = path / "model.keras"
-    if not path.is_file():
-        raise InputError(source, "not a run folder with model.keras nor a .keras file")
-    if path.suffix != ".keras":
-        raise InputError(source, "expected a run folder or a .keras file")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError, TypeError, KeyError) as err:
-        raise InputError(source, f"cannot load the model ({err})") from err
-
-
-def _model_stride(model: Any) -> int:
-    stride = getattr(model, "stride", None)
-    if isinstance(stride, int) and stride > 0:
-        return stride
-    from geolabel.models import stride_of
-
-    return int(stride_of(model))
-
-
 def _mirror_pad_to(x: Any, stride: int) -> tuple[Any, Any, Any]:
     """Pad (B, H, W, C) at the bottom/right to multiples of `stride` by mirroring (any size works)."""
     import tensorflow as tf
@@ -270,6 +231,8 @@ def _export(
     import numpy as np
     import tensorflow as tf
 
+    from geolabel.models import stride_of
+
     if int(version) < 0:
         raise InputError("--version", f"must be a non-negative integer, got {version}")
     base = Path(out_base)
@@ -278,7 +241,7 @@ def _export(
         raise InputError(final, "version folder already exists (pass overwrite=True / --overwrite)")
     base.mkdir(parents=True, exist_ok=True)
 
-    stride = _model_stride(model)
+    stride = stride_of(model)
     bands = int(model.input_shape[-1])
     num_classes = int(model.output_shape[-1])
     if bands not in (1, 3, 4):
@@ -327,7 +290,7 @@ def _export(
 
     if align_update is not None:
         archive.track(align_update)
-        align_stride = _model_stride(align_update)
+        align_stride = stride_of(align_update)
         align_min = min_input_size(
             lambda side: align_update(
                 (np.full((1, side, side, 3), 127, np.float32), np.zeros((1, side, side, 3), np.float32)), training=False
@@ -397,10 +360,12 @@ def export_run(
     model_name: str = "geolabel",
     overwrite: bool = False,
 ) -> Path:
-    """Load the runs (folders or `.keras` files) and export them; see `export_saved_model`."""
-    model = load_keras_model(run)
-    polycnn = load_keras_model(polycnn_run) if polycnn_run else None
-    align = load_keras_model(align_update_run) if align_update_run else None
+    """Load the runs (folders, `.keras` files or `pretrained`) and export them; see `export_saved_model`."""
+    from geolabel.models import load_model
+
+    model = load_model(run)
+    polycnn = load_model(polycnn_run) if polycnn_run else None
+    align = load_model(align_update_run) if align_update_run else None
     sources = {"segmentation": os.fspath(run)}
     if polycnn_run:
         sources["polygons"] = os.fspath(polycnn_run)
@@ -421,7 +386,9 @@ def export_run(
 
 def _run_class_names(run: str | os.PathLike) -> list[str] | None:
     """Class names from a run folder's config.yaml (`classes:` list), when it has one."""
-    path = Path(run)
+    from geolabel.pretrained import resolve_run
+
+    path = resolve_run(run)
     config = path / "config.yaml" if path.is_dir() else path.with_name("config.yaml")
     if not config.is_file():
         return None

@@ -16,6 +16,7 @@ from geolabel.align.data import rasterize_map
 from geolabel.align.fields import smooth_field, undisplace
 from geolabel.atomic import atomic_path
 from geolabel.errors import InputError
+from geolabel.models import stride_of
 from geolabel.predict.predictor import tta_predict
 from geolabel.predict.windows import predict_in_tiles
 
@@ -25,11 +26,6 @@ SMOOTH_PX = 24.0
 """Default width (pixels) of the Gaussian that pools the field over neighbouring buildings.
 With FACTORS, chosen on validation sets other than the benchmark's test city
 (benchmarks/results/alignment.md)."""
-
-
-def model_stride(model: keras.Model) -> int:
-    """The multiple the model's input H and W must be (32 when the model does not say)."""
-    return int(getattr(model, "stride", 32))
 
 
 def predict_field(
@@ -51,7 +47,7 @@ def predict_field(
         return keras.ops.convert_to_numpy(out["displacement"] if isinstance(out, dict) else out)
 
     predict = (lambda tiles: tta_predict(run, tiles, vectors=True)) if tta else run
-    return predict_in_tiles(predict, [image, amap], ("edge", "constant"), tile, margin, model_stride(model), desc="align")
+    return predict_in_tiles(predict, [image, amap], ("edge", "constant"), tile, margin, stride_of(model), desc="align")
 
 
 def map_support(amap: np.ndarray, radius: int = 4) -> np.ndarray:
@@ -100,16 +96,20 @@ def align_geometries(
 
 
 def load_alignment_model(path: str | os.PathLike) -> keras.Model:
-    """Load a saved MultiscaleAligner / AlignUpdateNet (.keras); InputError names a bad path."""
-    import geolabel.models.align_update  # noqa: F401  (registers the classes)
-    import geolabel.models.alignment  # noqa: F401
+    """Load a saved MultiscaleAligner / AlignUpdateNet (.keras); InputError names a bad path or another kind of model."""
+    from geolabel.models.align_update import AlignUpdateNet
+    from geolabel.models.alignment import MultiscaleAligner
 
     if not Path(path).is_file():
         raise InputError(path, "no such model file (expected a .keras file)")
     try:
-        return keras.models.load_model(path, compile=False)
+        model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for foreign files
         raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
+    if not isinstance(model, (MultiscaleAligner, AlignUpdateNet)):
+        raise InputError(path, f"is a {type(model).__name__} model, not an alignment model "
+                               "(a MultiscaleAligner from `geolabel align-train`, or an AlignUpdateNet)")
+    return model
 
 
 def align_file(
@@ -133,9 +133,9 @@ def align_file(
     from geolabel.align.data import read_image, read_polygons
     from geolabel.align.fields import to_crs, to_pixels, vertex_errors
 
-    model = load_alignment_model(model_path)
-    image, transform, crs = read_image(image_path, downsample)
+    image, transform, crs = read_image(image_path, downsample)  # the inputs first: they fail faster than a model loads
     frame, geoms = read_polygons(labels_path, crs)
+    model = load_alignment_model(model_path)
     source_crs = gpd.read_file(labels_path, rows=1).crs
     pixels = to_pixels(geoms, transform)
     aligned, _ = align_geometries(model, image, pixels, factors=factors, tile=tile, tta=tta, smooth=smooth)

@@ -47,10 +47,10 @@ class Scene:
 
 
 def read_image(path: str | os.PathLike, downsample: int = 1) -> tuple[np.ndarray, Affine, object]:
-    """Read the first 3 bands of a raster as (H, W, 3) uint8, averaged down by `downsample`."""
+    """Read the first 3 bands of a georeferenced raster as (H, W, 3) uint8, averaged down by `downsample`."""
     from geolabel.data.raster import open_raster
 
-    with open_raster(path) as src:
+    with open_raster(path, georeferenced=True) as src:
         if src.count < 3:
             raise InputError(path, f"needs 3 bands (RGB), has {src.count}")
         h, w = src.height // downsample, src.width // downsample

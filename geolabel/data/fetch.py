@@ -54,6 +54,7 @@ from geolabel.data.raster import open_raster
 from geolabel.data.rasterize import rasterize_labels
 from geolabel.data.tiles import TileCache, TileTemplate, download_bytes, fetch_tiles, mosaic_tiles, tile_range
 from geolabel.errors import InputError
+from geolabel.outputs import remove_stale_temporaries
 from geolabel.progress import logger, progress
 
 STATE = ".fetch-state.json"
@@ -375,8 +376,10 @@ def fetch_dataset(
     area = resolve_aoi(bbox=bbox, aoi=aoi, place=place, geocoder_url=geocoder_url)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder)
+    for place in (folder, folder / "chips"):  # one fetch per folder at a time: these are a killed run's
+        remove_stale_temporaries(place)
     state = _State(folder)
+    claim = _dataset_claim(state, out_dir, imagery, area, options)
     client = HttpClient(connections=options.connections, retries=options.retries, backoff=options.backoff, timeout=options.timeout)
     paths = {k: folder / f for k, f in (("imagery", "imagery.tif"), ("labels", "labels.gpkg"), ("raster", "labels.tif"), ("manifest", "manifest.json"))}
     name = options.name or folder.resolve().name
@@ -385,6 +388,7 @@ def fetch_dataset(
     img = state.done("imagery", k_img, paths["imagery"])
     if img is None:
         img = state.finish("imagery", k_img, fetch_imagery(imagery, area, paths["imagery"], options, client))
+    state.finish("dataset", *claim)  # claimed once its imagery is in: a failed first try claims nothing
 
     fetched = folder / "labels-source.gpkg" if align else paths["labels"]
     k_lab = _key(k_img, labels, list(classes.names), options.overpass_url, options.class_column, options.default_class,
@@ -440,16 +444,24 @@ def fetch_dataset(
     return json.loads(text)
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete the temporary files a killed run left beside its outputs (one fetch per folder at a time)."""
-    names = ("imagery.tif", "labels.tif", "labels.gpkg", "labels-source.gpkg", "manifest.json", STATE)
-    for path in folder.iterdir():
-        if path.is_file() and any(path.name.startswith(f".{n}.") for n in names):
-            path.unlink(missing_ok=True)
-    chips = folder / "chips"
-    if chips.is_dir():
-        for path in chips.glob(".*.tfrecord.gz*"):
-            path.unlink(missing_ok=True)
+def _dataset_claim(state: _State, out_dir: str | os.PathLike, imagery: str, area: AOI,
+                   options: FetchOptions) -> tuple[str, dict]:
+    """(key, description) of the dataset this fetch makes; InputError if the folder holds another one.
+
+    A re-run resumes the same dataset; fetching another area or imagery into the folder would
+    silently replace its imagery, labels and chips (and the runs trained on them would no
+    longer match their data).
+    """
+    key = _key(imagery, area.to_json()["geometry"], options.zoom, options.tile_px)
+    held = state.steps.get("dataset")
+    if held is not None and held["key"] != key:
+        old = held["result"]
+        bbox = ",".join(f"{v:.6f}" for v in old["bbox"])
+        zoom = f" at zoom {old['zoom']}" if old.get("zoom") is not None else ""
+        raise InputError(out_dir, f"holds the dataset of {old['imagery']} over {bbox}{zoom}; fetching "
+                                  f"{imagery} over {area.source} into it would replace its imagery, labels and chips: "
+                                  "give a new --out folder")
+    return key, {"imagery": imagery, "bbox": list(area.bbox), "zoom": options.zoom}
 
 
 def _bytes(count: int) -> str:

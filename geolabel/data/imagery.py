@@ -2,12 +2,15 @@
 
 The raster is read window by window in its own CRS and grid (any CRS, any band
 count, 8 or 16 bit) and written as a COG; pixels outside the AOI polygon become
-nodata. 16-bit imagery gets a per-band percentile stretch for uint8 training chips.
+nodata. 16-bit imagery gets a per-band percentile stretch for uint8 training chips, which a
+run records (`InputScaling`) so that predict stretches its input the same way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from rasterio.features import geometry_mask
@@ -33,11 +36,7 @@ def clip_raster(source: str | os.PathLike, aoi: AOI, out_path: str | os.PathLike
         InputError: unreadable raster, no CRS, or no overlap with the AOI.
     """
     name = os.fspath(source)
-    with open_raster(name) as src:
-        if src.crs is None:
-            raise InputError(name, "has no CRS (unknown coordinate reference system)")
-        if src.transform.is_identity:
-            raise InputError(name, "has no georeferencing (identity transform)")
+    with open_raster(name, georeferenced=True) as src:
         if src.dtypes[0] not in ("uint8", "uint16", "int16", "float32"):
             raise InputError(name, f"pixel type {src.dtypes[0]} is not supported (8 or 16 bit, or float32)")
         area = shape(transform_geom("EPSG:4326", src.crs, mapping(aoi.geometry)))
@@ -102,3 +101,45 @@ def to_uint8(array: np.ndarray, scaling: list[tuple[float, float]] | None) -> np
     for i, (lo, hi) in enumerate(scaling):
         out[i] = np.clip(np.round((array[i].astype(np.float64) - lo) / (hi - lo) * 254 + 1), 1, 255)
     return out
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """How training chips were made from their imagery, so that predict feeds a model the same pixels.
+
+    Args:
+        bands: 1-based imagery band of each model channel; grey imagery (1 or 2 bands) gives
+            band 1 to every channel, as decoding its grey chips for an RGB model did.
+        stretch: per imagery band, (low, high) of the linear stretch `to_uint8` gave 16-bit
+            (or float) imagery; None when the training imagery was 8-bit.
+    """
+
+    bands: tuple[int, ...]
+    stretch: tuple[tuple[float, float], ...] | None = None
+
+    @classmethod
+    def of_datasets(cls, manifests: Sequence[dict], channels: int) -> InputScaling | None:
+        """The scaling of training datasets from their manifests (the stretch averaged over the
+        16-bit ones); None without manifests or when their band counts differ."""
+        counts = {int(m["bands"]) for m in manifests}
+        if len(counts) != 1:
+            return None
+        count = counts.pop()
+        bands = tuple(1 if count < 3 else min(c + 1, count) for c in range(channels))
+        ranges = [m["chips"]["uint8_scaling"] for m in manifests if m.get("chips", {}).get("uint8_scaling")]
+        stretch = tuple(tuple(pair) for pair in np.mean(ranges, axis=0).tolist()) if ranges else None
+        return cls(bands, stretch)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputScaling:
+        stretch = data.get("stretch")
+        return cls(tuple(data["bands"]), tuple(tuple(p) for p in stretch) if stretch else None)
+
+    def to_dict(self) -> dict:
+        return {"bands": list(self.bands), "stretch": [list(p) for p in self.stretch] if self.stretch else None}
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """(len(bands), h, w) raw pixels of `bands` as training saw them: 16-bit ones stretched to uint8."""
+        if self.stretch is None or pixels.dtype == np.uint8:
+            return pixels
+        return to_uint8(pixels, [self.stretch[b - 1] for b in self.bands])

@@ -8,6 +8,7 @@ never has to hold a whole scene.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geolabel.atomic import atomic_path
+from geolabel.atomic import atomic_path, temporary_prefix
 from geolabel.errors import InputError
 
 PathLike = str | os.PathLike
@@ -68,8 +69,13 @@ class GeoBlock:
 
 
 @contextlib.contextmanager
-def open_raster(path: PathLike) -> Iterator[rasterio.io.DatasetReader]:
-    """Open a raster for reading; a missing, corrupt or non-raster file raises InputError."""
+def open_raster(path: PathLike, georeferenced: bool = False) -> Iterator[rasterio.io.DatasetReader]:
+    """Open a raster for reading; a missing, corrupt or non-raster file raises InputError.
+
+    So does a read of it that fails inside the `with` block (a truncated or damaged file: the
+    header opens, the pixels do not). With `georeferenced`, a raster without a CRS or without
+    georeferencing is refused: vectors, areas and resolutions cannot be placed on it.
+    """
     name = os.fspath(path)
     is_url = "://" in name
     if not is_url and not Path(name).exists():
@@ -81,7 +87,15 @@ def open_raster(path: PathLike) -> Iterator[rasterio.io.DatasetReader]:
     except RasterioError as err:
         raise InputError(name, f"not a readable raster ({_short(err)})") from err
     try:
+        if georeferenced and src.crs is None:
+            raise InputError(name, "has no CRS (unknown coordinate reference system)")
+        if georeferenced and src.transform.is_identity:
+            raise InputError(name, "has no georeferencing (identity transform)")
         yield src
+    except RasterioError as err:
+        if Path(src.name).name not in f"{err} {err.__cause__}":  # GDAL names the file: another's error is not ours
+            raise
+        raise InputError(name, f"cannot be read: truncated or damaged? ({_short(err.__cause__ or err)})") from err
     finally:
         src.close()
 
@@ -122,6 +136,32 @@ def iter_windows(width: int, height: int, size: int) -> Iterator[Window]:
     for row in range(0, height, size):
         for col in range(0, width, size):
             yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
+    """Ground metres per pixel (x, y) at the raster centre; CRS units as metres without a CRS."""
+    sx = math.hypot(transform.a, transform.d)
+    sy = math.hypot(transform.b, transform.e)
+    if crs is None:
+        return sx, sy
+    from pyproj import CRS, Geod, Transformer
+
+    crs = CRS.from_user_input(crs)
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    geod = Geod(ellps="WGS84")
+    cx, cy = width / 2, height / 2
+    lon0, lat0 = to_ll.transform(*(transform * (cx, cy)))
+    out = []
+    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
+        lon1, lat1 = to_ll.transform(*(transform * (cx + dx, cy + dy)))
+        out.append(geod.inv(lon0, lat0, lon1, lat1)[2])
+    if not all(math.isfinite(v) and v > 0 for v in out):
+        raise InputError("transform", f"cannot measure the ground size of a pixel in {crs.to_string()}")
+    if crs.is_projected:  # conformal metric grids (UTM...) keep their own units, as the other polygonisers do
+        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        if abs(out[0] / (sx * unit) - 1) < 0.01 and abs(out[1] / (sy * unit) - 1) < 0.01:
+            return sx * unit, sy * unit
+    return out[0], out[1]
 
 
 class RasterWriter:
@@ -194,7 +234,7 @@ class RasterWriter:
 
     def __enter__(self) -> RasterWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, stage = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".stage.tif", dir=self.path.parent)
+        fd, stage = tempfile.mkstemp(prefix=temporary_prefix(self.path), suffix=".stage.tif", dir=self.path.parent)
         os.close(fd)
         self._stage = Path(stage)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import shapely
@@ -111,3 +112,26 @@ def grid_window(transform: Affine, width: int, height: int, bounds: tuple[float,
     c0, c1 = max(0, math.floor(min(xs) + 1e-9)), min(width, math.ceil(max(xs) - 1e-9))
     r0, r1 = max(0, math.floor(min(ys) + 1e-9)), min(height, math.ceil(max(ys) - 1e-9))
     return Window(c0, r0, max(0, c1 - c0), max(0, r1 - r0))
+
+
+def mask_to_vectors(mask_path: str | os.PathLike, out_path: str | os.PathLike, class_name: str = "building") -> Path:
+    """Polygons of a one-class mask raster (non-zero, valid pixels) as GeoJSON in the mask's CRS.
+
+    The inverse of rasterising, for clean masks (e.g. Inria's 0/255) that fetch should read
+    as vector labels; every polygon gets `class_name` in a `class` column.
+    """
+    import geopandas as gpd
+    import rasterio.features
+    import shapely.geometry
+
+    from geolabel.atomic import atomic_path
+    from geolabel.data.raster import read_raster
+
+    block = read_raster(mask_path)
+    inside = ((block.array[0] != 0) & block.valid_mask()).astype("uint8")
+    shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(inside, mask=inside == 1, transform=block.transform) if v == 1]
+    frame = gpd.GeoDataFrame({"class": [class_name] * len(shapes)}, geometry=shapes, crs=block.crs)
+    with atomic_path(out_path, suffix=".tmp.geojson") as tmp:
+        tmp.unlink()
+        frame.to_file(tmp, driver="GeoJSON")
+    return Path(out_path)

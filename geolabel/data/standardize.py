@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geolabel.errors import InputError
+
+if TYPE_CHECKING:
+    from geolabel.data.imagery import InputScaling
 
 REFERENCE_MEAN = 128.0
 REFERENCE_STD = 48.0
@@ -61,8 +65,9 @@ def band_stats(image: np.ndarray, valid: np.ndarray | None = None) -> BandStats:
     return BandStats(tuple(pixels.mean(0).tolist()), tuple(np.maximum(pixels.std(0), 1.0).tolist()))
 
 
-def raster_band_stats(path: str | Path, bands: list[int] | None = None) -> BandStats:
-    """Statistics of a raster's valid pixels from a decimated read (about 4 Mpx, any raster size)."""
+def raster_band_stats(path: str | Path, bands: list[int] | None = None, scaling: InputScaling | None = None) -> BandStats:
+    """Statistics of a raster's valid pixels from a decimated read (about 4 Mpx, any raster size),
+    after `scaling` (`bands` then are its bands) when given."""
     import rasterio
     from rasterio.enums import Resampling
 
@@ -71,6 +76,7 @@ def raster_band_stats(path: str | Path, bands: list[int] | None = None) -> BandS
         shape = (max(1, int(src.height / factor)), max(1, int(src.width / factor)))
         indexes = bands or list(range(1, src.count + 1))
         image = src.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
+        image = scaling.apply(image) if scaling else image
         valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
     return band_stats(image.transpose(1, 2, 0), valid)
 

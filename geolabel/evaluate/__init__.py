@@ -1,18 +1,15 @@
 """Evaluation: Inria-protocol pixel metrics, polygon matching metrics, reports with overlays."""
 
 from geolabel.evaluate.metrics import (
-    confusion_matrix,
     match_polygons,
     pixel_scores,
     polis,
     polygon_scores,
-    vertex_count,
 )
 from geolabel.evaluate.report import city_of, evaluate, markdown_report, pair_inputs
 
 __all__ = [
     "city_of",
-    "confusion_matrix",
     "evaluate",
     "markdown_report",
     "match_polygons",
@@ -20,5 +17,4 @@ __all__ = [
     "pixel_scores",
     "polis",
     "polygon_scores",
-    "vertex_count",
 ]

@@ -12,21 +12,8 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from geolabel.classes import IGNORE
+from geolabel.vectorize.polygons import vertex_count
 
-
-def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """(K, K) int64 counts, rows = reference class, columns = predicted class; `ignore` in the reference is skipped.
-
-    Predicted values outside 0..K-1 (e.g. nodata) count as background.
-    """
-    truth = np.asarray(truth).ravel()
-    pred = np.asarray(pred).ravel()
-    keep = (truth != ignore) & (truth < num_classes)
-    t = truth[keep].astype(np.int64)
-    p = pred[keep].astype(np.int64)
-    p = np.where((p >= 0) & (p < num_classes), p, 0)
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def pixel_scores(confusion: np.ndarray, class_names: tuple[str, ...] | None = None, positive: int = 1) -> dict:
@@ -92,11 +79,6 @@ def polis(a, b) -> float:
     return float(0.5 * da + 0.5 * db)
 
 
-def vertex_count(geom) -> int:
-    """Distinct vertices of a (multi)polygon's rings."""
-    return int(len(_vertices(geom)))
-
-
 def polygon_scores(pred, truth, threshold: float = 0.5, found_threshold: float = 0.25) -> dict:
     """Precision, recall, F1 at IoU >= `threshold`, mean matched IoU, PoLiS and vertex counts, and
     the share of reference polygons found at IoU >= `found_threshold` (which a reference drawn a
@@ -111,8 +93,8 @@ def polygon_scores(pred, truth, threshold: float = 0.5, found_threshold: float =
     recall = n_match / n_true if n_true else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if n_match else 0.0
     distances = [polis(pred[i], truth[j]) for i, j, _ in matches]
-    pv = [vertex_count(g) for g in pred]
-    tv = [vertex_count(g) for g in truth]
+    pv = [vertex_count([g]) for g in pred]
+    tv = [vertex_count([g]) for g in truth]
     matched_pv = [pv[i] for i, _, _ in matches]
     matched_tv = [tv[j] for _, j, _ in matches]
     return {

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +26,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geolabel.atomic import atomic_path, write_text_atomic
-from geolabel.classes import IGNORE, ClassMap
-from geolabel.data.raster import open_raster
+from geolabel.classes import IGNORE, ClassMap, building_class
+from geolabel.data.raster import iter_windows, open_raster
 from geolabel.errors import InputError
-from geolabel.evaluate.metrics import confusion_matrix, pixel_scores, polygon_scores
+from geolabel.evaluate.metrics import pixel_scores, polygon_scores
+from geolabel.metrics import confusion_matrix
 from geolabel.progress import logger, progress
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
@@ -99,24 +100,27 @@ class _Reference:
         self.pred = pred_src
         self.class_map = class_map
         self.vector = path.suffix.lower() in VECTOR_SUFFIXES
-        self._stack = contextlib.ExitStack()
-        if self.vector:
-            self.frame = _read_vectors(path, pred_src.crs, class_map)
-        else:
-            src = self._stack.enter_context(open_raster(path))
-            same = (src.crs == pred_src.crs and src.transform.almost_equals(pred_src.transform)
-                    and (src.width, src.height) == (pred_src.width, pred_src.height))
-            if src.crs is None and pred_src.crs is not None or src.crs is not None and pred_src.crs is None:
-                same = (src.width, src.height) == (pred_src.width, pred_src.height)
-                if not same:
-                    raise InputError(path, "has no CRS in common with the prediction and a different size")
-            self.src = src if same else self._stack.enter_context(WarpedVRT(
-                src, crs=pred_src.crs, transform=pred_src.transform, width=pred_src.width,
-                height=pred_src.height, resampling=Resampling.nearest))
-            sample = src.read(1, out_shape=(min(src.height, 256), min(src.width, 256)), resampling=Resampling.nearest)
-            values = set(np.unique(sample).tolist())
-            self.binary_mask = src.nodata is None and values <= {0, 255} and 255 in values
-            self.nodata = src.nodata
+        with contextlib.ExitStack() as stack:  # a read failing here reaches open_raster, which names the file
+            if self.vector:
+                if pred_src.crs is None:
+                    raise InputError(pred_src.name, f"has no CRS, so the vectors of {path} cannot be placed on it")
+                self.frame = _read_vectors(path, pred_src.crs, class_map)
+            else:
+                src = stack.enter_context(open_raster(path))
+                same = (src.crs == pred_src.crs and src.transform.almost_equals(pred_src.transform)
+                        and (src.width, src.height) == (pred_src.width, pred_src.height))
+                if src.crs is None and pred_src.crs is not None or src.crs is not None and pred_src.crs is None:
+                    same = (src.width, src.height) == (pred_src.width, pred_src.height)
+                    if not same:
+                        raise InputError(path, "has no CRS in common with the prediction and a different size")
+                self.src = src if same else stack.enter_context(WarpedVRT(
+                    src, crs=pred_src.crs, transform=pred_src.transform, width=pred_src.width,
+                    height=pred_src.height, resampling=Resampling.nearest))
+                sample = src.read(1, out_shape=(min(src.height, 256), min(src.width, 256)), resampling=Resampling.nearest)
+                values = set(np.unique(sample).tolist())
+                self.binary_mask = src.nodata is None and values <= {0, 255} and 255 in values
+                self.nodata = src.nodata
+            self._stack = stack.pop_all()
 
     def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> np.ndarray:
         shape = out_shape or (int(window.height), int(window.width))
@@ -130,8 +134,12 @@ class _Reference:
             out[data == self.nodata] = IGNORE
         return out
 
-    def close(self) -> None:
-        self._stack.close()
+    def __enter__(self) -> _Reference:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Close the reference raster; its open_raster block sees the error, so a bad read names the file."""
+        self._stack.__exit__(*exc)
 
 
 def _read_vectors(path: Path, crs, class_map: ClassMap):
@@ -164,12 +172,6 @@ def _rasterize(frame, transform, shape: tuple[int, int], scale: float) -> np.nda
     t = transform * transform.scale(scale)
     return features.rasterize(zip(frame.geometry, frame["class_id"]), out_shape=shape, transform=t, fill=0,
                               dtype="uint8")
-
-
-def _windows(width: int, height: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
 # --------------------------------------------------------------------------- polygons
@@ -292,13 +294,12 @@ def evaluate(
             cmap = class_map or _tag_class_map(psrc)
             cmap_used = cmap
             k = cmap.num_classes
-            positive = cmap.names.index("building") if "building" in cmap.names else 1
-            ref = _Reference(pair.reference, psrc, cmap)
-            try:
+            positive = building_class(cmap)
+            with _Reference(pair.reference, psrc, cmap) as ref:
                 conf = np.zeros((k, k), np.int64)
-                for win in progress(list(_windows(psrc.width, psrc.height, block_size)), desc=f"evaluate {pair.name}",
+                for win in progress(list(iter_windows(psrc.width, psrc.height, block_size)), desc=f"evaluate {pair.name}",
                                     unit="block"):
-                    conf += confusion_matrix(psrc.read(1, window=win), ref.read(win), k)
+                    conf += confusion_matrix(ref.read(win), psrc.read(1, window=win), k)
                 entry = {"name": pair.name, "city": pair.city, "prediction": str(pair.classes),
                          "reference": str(pair.reference), "confusion": conf.tolist(),
                          **pixel_scores(conf, cmap.names, positive)}
@@ -311,12 +312,10 @@ def evaluate(
                 overlay = _overlay(pair, psrc, ref, out / f"overlay-{pair.name}.png",
                                    Path(image) if image is not None and len(pairs) == 1 else None, overlay_size)
                 entry["overlay"] = overlay.name
-            finally:
-                ref.close()
         files.append(entry)
         by_city.setdefault(pair.city, []).append(entry)
         total = conf.copy() if total is None else total + conf
-    positive = cmap_used.names.index("building") if "building" in cmap_used.names else 1
+    positive = building_class(cmap_used)
     cities = {}
     for name, entries in by_city.items():
         conf = sum(np.asarray(e["confusion"]) for e in entries)

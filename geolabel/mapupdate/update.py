@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,17 +19,18 @@ import numpy as np
 import shapely
 from PIL import Image, ImageDraw
 
-from geolabel.align.apply import model_stride
 from geolabel.align.data import Scene, rasterize_map
 from geolabel.align.fields import to_crs
 from geolabel.atomic import atomic_path, write_text_atomic
+from geolabel.classes import STATUS_COLORS
 from geolabel.data.osm import OsmBuilding, OsmNode
+from geolabel.data.vectors import write_vectors
 from geolabel.errors import InputError
+from geolabel.models import load_model, stride_of
 from geolabel.mapupdate.diff import Change, DiffParams, compare, counts
 from geolabel.mapupdate.osc import build_osc, build_review_osm, write_osc
 from geolabel.predict.windows import predict_in_tiles
 
-COLORS = {"new": (60, 180, 75), "missing": (230, 25, 75), "shifted": (255, 225, 25), "unchanged": (0, 130, 200)}
 OSC, JOSM, REVIEW = "changes.osc", "changes.osm", "review"
 
 
@@ -42,7 +44,7 @@ def building_probability(
     output is used: it segments the true buildings, including those the map misses.
     """
     two_inputs = len(getattr(model, "inputs", None) or []) == 2 or hasattr(model, "level_weights")
-    stride = model_stride(model) if hasattr(model, "stride") else _stride(model)
+    stride = stride_of(model)
 
     def run(tiles: list[np.ndarray]) -> np.ndarray:
         if two_inputs:
@@ -53,15 +55,6 @@ def building_probability(
     if two_inputs:
         arrays.append(rasterize_map(geoms if geoms is not None else np.array([]), *image.shape[:2]))
     return predict_in_tiles(run, arrays, ("edge", "constant"), tile, margin, stride)
-
-
-def _stride(model: keras.Model) -> int:
-    try:
-        from geolabel.models import stride_of
-
-        return int(stride_of(model))
-    except ImportError:  # pragma: no cover - registry always present in the package
-        return 32
 
 
 def load_map_scene(
@@ -139,7 +132,9 @@ def model_input(image: np.ndarray, valid: np.ndarray, model_path: str | os.PathL
     from geolabel.data.standardize import band_stats, standardize
     from geolabel.train.trainer import load_run_config
 
-    if not (Path(model_path) / "config.yaml").is_file() or not valid.any():
+    from geolabel.pretrained import resolve_run
+
+    if not (resolve_run(model_path) / "config.yaml").is_file() or not valid.any():
         return image
     config = load_run_config(model_path)
     if not config.scene_norm:
@@ -226,21 +221,31 @@ def _shifts_m(changes: list[Change], scene: Scene) -> np.ndarray:
 
 
 def preview(scene: Scene, changes: list[Change], path: str | os.PathLike, max_side: int = 1600) -> None:
-    """PNG of the image with each change outlined in its status colour (the original dashed-thin)."""
-    h, w = scene.shape
+    """PNG of the image, cropped to where it has data, with each change outlined in its status
+    colour inside a black halo (a shifted building's original thin white) and a legend."""
+    from geolabel.preview import HALO, data_extent, with_legend
+
+    rows, cols = data_extent(scene.image.any(axis=-1), margin=8)
+    h, w = rows.stop - rows.start, cols.stop - cols.start
     scale = min(1.0, max_side / max(h, w))
-    img = Image.fromarray(scene.image).convert("RGB")
+    img = Image.fromarray(scene.image[rows, cols]).convert("RGB")
     if scale < 1:
         img = img.resize((max(1, int(w * scale)), max(1, int(h * scale))))
     draw = ImageDraw.Draw(img)
+
+    def line(ring, fill, width: int) -> None:
+        draw.line([((x - cols.start) * scale, (y - rows.start) * scale) for x, y in ring], fill=fill, width=width)
+
     for c in changes:
         if c.status == "shifted" and c.original is not None:
             for ring in _exteriors(c.original):
-                draw.line([(x * scale, y * scale) for x, y in ring], fill=(255, 255, 255), width=1)
+                line(ring, (255, 255, 255), 1)
         for ring in _exteriors(c.geometry):
-            draw.line([(x * scale, y * scale) for x, y in ring], fill=COLORS[c.status], width=2)
+            line(ring, HALO, 4)
+            line(ring, STATUS_COLORS[c.status], 2)
+    entries = [*STATUS_COLORS.items(), ("before the shift", (255, 255, 255))]
     with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+        with_legend(img, entries, title="change").save(tmp, format="PNG")
 
 
 def _exteriors(geom) -> list:
@@ -257,9 +262,10 @@ def write_outputs(
     min_confidence: float = DiffParams.min_confidence,
     seen: list[Change] | None = None,
     extra: dict | None = None,
+    vector_formats: Sequence[str] = ("geojson",),
 ) -> dict:
-    """Write changes.geojson, changes.osc, changes.osm (when needed), summary.json and
-    preview.png; returns the summary.
+    """Write changes.geojson (and/or .gpkg, .parquet: `vector_formats`), changes.osc,
+    changes.osm (when needed), summary.json and preview.png; returns the summary.
 
     Args:
         changes: in the map's frame (pixel coordinates of the scene grid).
@@ -304,10 +310,9 @@ def write_outputs(
     frame.insert(4, "shift_north_m", np.round(shifts[:, 1], 3))
     frame.insert(5, "output", outputs)
     frame.insert(6, "note", notes)
-    with atomic_path(out / "changes.geojson") as tmp:
-        frame.to_file(tmp, driver="GeoJSON")
+    files = [p.name for p in write_vectors(frame, out, "changes", vector_formats).values()]
     write_osc(out / OSC, build_osc(new, moved, source=source))
-    files = ["changes.geojson", OSC]
+    files.append(OSC)
     if review:
         write_osc(out / JOSM, build_review_osm(review))
         files.append(JOSM)
@@ -343,6 +348,7 @@ def map_update(
     buildings: dict[object, OsmBuilding] | None = None,
     valid: np.ndarray | None = None,
     aligned: np.ndarray | None = None,
+    vector_formats: Sequence[str] = ("geojson",),
 ) -> tuple[list[Change], dict]:
     """Compare `prob` (on the scene's grid) with the scene's polygons and write all outputs.
 
@@ -360,30 +366,8 @@ def map_update(
     seen = compare(prob, judged[keep], keep, params, valid=valid)
     changes = to_map_frame(seen, scene, aligned)
     extra = {"aligned": aligned is not None}
-    return changes, write_outputs(scene, changes, out_dir, source, buildings, params.min_confidence, seen, extra)
-
-
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """A segmentation model or AlignUpdateNet from a .keras file or a `geolabel train` run folder."""
-    import geolabel.models.align_update  # noqa: F401  (registers the classes)
-    import geolabel.models.rnn_refine  # noqa: F401
-
-    p = Path(path)
-    if p.is_dir():
-        if (p / "model.keras").is_file():
-            p = p / "model.keras"
-        else:
-            raise InputError(path, "is a folder without model.keras (not a geolabel run folder)")
-    if not p.is_file():
-        raise InputError(path, "no such model file")
-    try:
-        import geolabel.models  # noqa: F401  (registers the segmentation models' layers)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        return keras.models.load_model(p, compile=False)
-    except Exception as err:  # Keras raises many types for foreign files
-        raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
+    return changes, write_outputs(scene, changes, out_dir, source, buildings, params.min_confidence, seen, extra,
+                                  vector_formats)
 
 
 def read_probability(path: str | os.PathLike, shape: tuple[int, int], band: int = 2) -> np.ndarray:
@@ -411,6 +395,7 @@ def map_update_files(
     source: str = "geolabel",
     tile: int = 512,
     align_path: str | os.PathLike | None = None,
+    vector_formats: Sequence[str] = ("geojson",),
 ) -> dict:
     """Run the whole map update from files: read the map (checking it lies on the image),
     optionally align it (`align_path`: a MultiscaleAligner / AlignUpdateNet .keras), predict
@@ -430,5 +415,5 @@ def map_update_files(
         image = model_input(scene.image, valid, model_path)
         geoms = scene.geoms if aligned is None else aligned
         prob = building_probability(load_model(model_path), image, geoms, tile=tile)
-    _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned)
+    _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned, vector_formats)
     return summary

@@ -15,6 +15,7 @@ import keras
 
 from geolabel.models import layers as _layers  # noqa: F401  (registers custom objects)
 from geolabel.models.fcn import build_fcn
+from geolabel.models.loading import load_model
 from geolabel.models.mlp import build_mlp
 from geolabel.models.ternaus import build_ternaus
 from geolabel.models.unet import build_unet
@@ -51,7 +52,11 @@ _STRIDED = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Average
 
 
 def stride_of(model: keras.Model) -> int:
-    """The factor the input H and W must be a multiple of: the product of all downsampling strides."""
+    """The factor the input H and W must be a multiple of: the model's own `stride` when it
+    declares one (the alignment networks), else the product of its downsampling strides."""
+    declared = getattr(model, "stride", None)
+    if isinstance(declared, int) and declared > 0:
+        return declared
     stride = 1
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, _STRIDED) and not isinstance(layer, keras.layers.Conv2DTranspose):

@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 from geolabel.atomic import atomic_path
 from geolabel.classes import IGNORE, ClassMap
+from geolabel.data.imagery import InputScaling
 from geolabel.data.raster import RasterWriter, open_raster
 from geolabel.data.standardize import raster_band_stats, standardize
 from geolabel.errors import InputError
@@ -109,31 +110,6 @@ class KerasPredictor:
 def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "auto") -> KerasPredictor:
     """A `predict_fn` for `predict_raster` from a Keras model (compiled once per window shape)."""
     return KerasPredictor(model, jit_compile=jit_compile, precision=precision)
-
-
-def load_model(path: str | os.PathLike) -> Any:
-    """The Keras model of a run folder (via `geolabel.train.load_run`) or of a `.keras` file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(path, "no such model (give a run folder or a .keras file)")
-    try:
-        from geolabel.train import load_run
-    except ImportError:
-        load_run = None
-    if p.is_dir():
-        if load_run is not None:
-            return load_run(p)
-        p = p / "model.keras"
-        if not p.is_file():
-            raise InputError(path, "not a run folder (no model.keras)")
-    import keras
-
-    import geolabel.models  # noqa: F401  (registers the custom layers)
-
-    try:
-        return keras.models.load_model(p, compile=False)
-    except Exception as err:  # Keras raises many exception types for foreign files
-        raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
 
 
 # --------------------------------------------------------------------------- D4 test-time augmentation
@@ -355,6 +331,8 @@ def predict_raster(
     compress_level: int | None = 3,
     gdal_cache_mb: int = 64,
     precision: str = "auto",
+    tags: dict[str, str] | None = None,
+    scaling: InputScaling | None = None,
 ) -> PredictResult:
     """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
 
@@ -389,6 +367,9 @@ def predict_raster(
         gdal_cache_mb: GDAL block cache while predicting (GDAL's default, 5 % of RAM, would
             let memory grow with the raster up to that size).
         precision: compute precision of a Keras model given as `predict_fn` (`keras_predict_fn`).
+        tags: extra metadata tags for both COGs (e.g. the model's attribution).
+        scaling: how the model's training chips were made from their imagery (`load_run_input`):
+            its bands are the default `bands`, and 16-bit input is stretched to uint8 as they were.
 
     Returns:
         PredictResult with the output paths and timings.
@@ -402,12 +383,12 @@ def predict_raster(
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
                         scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
                         preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress,
-                        compress_level=compress_level, precision=precision)
+                        compress_level=compress_level, precision=precision, tags=tags, scaling=scaling)
 
 
 def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster, batch_size, tta, classes, bands,
              scene_norm, scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
-             compress_level, precision) -> PredictResult:
+             compress_level, precision, tags, scaling) -> PredictResult:
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
     if batch_size < 1:
@@ -422,7 +403,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
     with open_raster(input_path) as src:
         width, height, crs, transform = src.width, src.height, src.crs, src.transform
         channels = getattr(predict_fn, "channels", None)
-        band_list = list(bands) if bands else list(range(1, (channels or min(src.count, 3)) + 1))
+        default = list(scaling.bands) if scaling else list(range(1, (channels or min(src.count, 3)) + 1))
+        band_list = list(bands) if bands else default
         if max(band_list) > src.count or min(band_list) < 1:
             raise InputError(input_path, f"has {src.count} bands; bands {band_list} were asked for")
         if channels is not None and len(band_list) != channels:
@@ -431,7 +413,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
         src_dtype = src.dtypes[0]
-    stats = raster_band_stats(input_path, band_list).with_contrast(scene_contrast) if scene_norm else None
+    stats = raster_band_stats(input_path, band_list, scaling).with_contrast(scene_contrast) if scene_norm else None
     weights = blend_weights(size, overlap)
     positions = list(plan)
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
@@ -481,7 +463,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                         valid[b] = ok
                         if canvas is not None:
                             canvas.add_image(row, col, block[:3])
-                        pixels = np.moveaxis(block, 0, -1)
+                        pixels = np.moveaxis(scaling.apply(block) if scaling else block, 0, -1)
                         x[b] = standardize(pixels, stats) if stats else pixels  # converted on assignment
                         if not ok.all():  # nodata (and NaN, never valid) pixels go in as 0
                             x[b][~ok] = 0.0
@@ -520,12 +502,12 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
         def open_writers(k: int) -> None:
             cmap = _class_map(classes, k)
             state["cmap"] = cmap
-            tags = {"classes": json.dumps(list(cmap.names)), "window": str(size), "overlap": str(overlap),
-                    "tta": str(bool(tta)), "software": "geolabel predict"}
+            file_tags = {**(tags or {}), "classes": json.dumps(list(cmap.names)), "window": str(size),
+                         "overlap": str(overlap), "tta": str(bool(tta)), "software": "geolabel predict"}
             if stats:
-                tags["scene_band_stats"] = json.dumps(stats.to_dict())
+                file_tags["scene_band_stats"] = json.dumps(stats.to_dict())
             common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
-                          compress=compress, compress_level=compress_level, tags=tags)
+                          compress=compress, compress_level=compress_level, tags=file_tags)
             cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
                                                      band_descriptions=["class"], colormap=cmap.colormap(),
                                                      overview_resampling="nearest", **common))
@@ -533,7 +515,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                 out / "probabilities.tif", count=k, dtype=probability_dtype,
                 nodata=None if probability_dtype == "uint8" else float("nan"),
                 band_descriptions=list(cmap.names), overview_resampling="average",
-                **{**common, "tags": {**tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}}))
+                **{**common, "tags": {**file_tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}}))
 
             def write_tile(row: int, col: int, planes: np.ndarray, valid: np.ndarray) -> None:
                 h, w = valid.shape
@@ -644,7 +626,7 @@ def write_preview(
     class_map: ClassMap,
     bands: Sequence[int] = (1, 2, 3),
     max_size: int = 1024,
-    alpha: float = 0.45,
+    alpha: float = 0.3,
 ) -> Path:
     """A PNG of the image (decimated to `max_size`) with the non-background classes overlaid."""
     with open_raster(image_path) as src:
@@ -658,12 +640,17 @@ def write_preview(
 
 
 def render_preview(image: np.ndarray, dtype: str, classes: np.ndarray, class_map: ClassMap,
-                   out_path: str | os.PathLike, alpha: float = 0.45) -> Path:
-    """Write (bands, h, w) `image` pixels of raster type `dtype` as a PNG with `classes` overlaid
-    (non-uint8 rasters are stretched between their 2nd and 98th percentiles)."""
+                   out_path: str | os.PathLike, alpha: float = 0.3) -> Path:
+    """Write (bands, h, w) `image` pixels of raster type `dtype` as a PNG with `classes` overlaid:
+    cropped to the pixels with data, each class filled lightly and outlined in its colour inside
+    a black halo (readable on any roof), with a legend (`geolabel.preview`). Non-uint8 rasters
+    are stretched between their 2nd and 98th percentiles."""
     from PIL import Image
 
-    img = image.astype(np.float32, copy=True)
+    from geolabel.preview import HALO, data_extent, outline_masks, with_legend
+
+    box = data_extent(classes != IGNORE)
+    img, classes = image[(slice(None), *box)].astype(np.float32), classes[box]
     if dtype != "uint8":
         finite = img[np.isfinite(img)]
         lo, hi = (np.percentile(finite, (2, 98)) if finite.size else (0.0, 1.0))
@@ -671,12 +658,18 @@ def render_preview(image: np.ndarray, dtype: str, classes: np.ndarray, class_map
     if img.shape[0] == 1:
         img = np.repeat(img, 3, axis=0)
     rgb = np.clip(np.nan_to_num(np.moveaxis(img[:3], 0, -1)), 0, 255)
-    colors = np.zeros((256, 3), np.float32)
-    for i, c in enumerate(class_map.colors):
-        colors[i] = c
-    overlay = (classes > 0) & (classes != IGNORE)
-    rgb[overlay] = (1 - alpha) * rgb[overlay] + alpha * colors[classes[overlay]]
     rgb[classes == IGNORE] *= 0.5
+    shown = [k for k in range(1, class_map.num_classes) if (classes == k).any()]
+    for k in shown:
+        mask = classes == k
+        edge, halo = outline_masks(mask)
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(class_map.colors[k], np.float32)
+        rgb[halo & (classes != IGNORE)] = HALO
+        rgb[edge] = class_map.colors[k]
+    entries = [(class_map.names[k], class_map.colors[k]) for k in range(1, class_map.num_classes)]
+    if (classes == IGNORE).any():
+        entries.append(("no data", (64, 64, 64)))
+    legend = with_legend(Image.fromarray(rgb.astype(np.uint8)), entries, title="predicted")
     with atomic_path(out_path) as tmp:
-        Image.fromarray(rgb.astype(np.uint8)).save(tmp, format="PNG")
+        legend.save(tmp, format="PNG")
     return Path(out_path)

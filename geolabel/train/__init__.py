@@ -3,11 +3,10 @@
 from geolabel.train.trainer import (
     DEFAULT_PRESET,
     TrainConfig,
-    load_run,
     load_run_config,
     preset_config,
     train,
     train_two_stage,
 )
 
-__all__ = ["DEFAULT_PRESET", "TrainConfig", "preset_config", "load_run", "load_run_config", "train", "train_two_stage"]
+__all__ = ["DEFAULT_PRESET", "TrainConfig", "preset_config", "load_run_config", "train", "train_two_stage"]

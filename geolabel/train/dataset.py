@@ -6,6 +6,7 @@ Deterministic for a given seed: every random choice uses stateless ops seeded by
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,26 @@ def dataset_shards(dataset: str | os.PathLike, split: str) -> list[Path]:
         if paths:
             return paths
     raise InputError(dataset, f"no {split}-*.tfrecord.gz chip shards in it or in its chips/ folder")
+
+
+def dataset_fingerprint(dataset: str | os.PathLike) -> str:
+    """A hash of a dataset's manifest and the names and sizes of its chip shards.
+
+    A re-fetched, re-cut or edited dataset gets another one, so a resumed run can tell that
+    its data changed under it (cheap: no chip is read).
+    """
+    root = Path(dataset)
+    digest = hashlib.sha256()
+    if (root / "manifest.json").is_file():
+        digest.update((root / "manifest.json").read_bytes())
+    for split in ("train", "val"):
+        try:
+            shards = dataset_shards(root, split)
+        except InputError:
+            continue
+        for path in shards:
+            digest.update(f"{split}/{path.name}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:24]
 
 
 def dihedral(image: tf.Tensor, mask: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

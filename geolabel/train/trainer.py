@@ -22,8 +22,10 @@ import numpy as np
 
 from geolabel.atomic import atomic_path, write_text_atomic
 from geolabel.config import dump_config, load_config
+from geolabel.data.imagery import InputScaling
 from geolabel.errors import InputError
 from geolabel.precision import PRECISIONS
+from geolabel.pretrained import resolve_run
 from geolabel.progress import logger, progress
 
 
@@ -136,14 +138,27 @@ def preset_path(name: str = DEFAULT_PRESET) -> Path:
     return path
 
 
+def _preset_values(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    import yaml
+
+    if name in seen:
+        raise InputError("--preset", f"preset {name!r} extends itself ({' -> '.join((*seen, name))})")
+    values = yaml.safe_load(preset_path(name).read_text(encoding="utf-8")) or {}
+    base = values.pop("extends", None)
+    return {**(_preset_values(base, (*seen, name)) if base else {}), **values}
+
+
 def preset_config(name: str | None = DEFAULT_PRESET, config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """`TrainConfig` of preset `name` (None or "none": the bare `TrainConfig` defaults), then the
-    fields set in `config_file`, then non-None `overrides`."""
+    fields set in `config_file`, then non-None `overrides`.
+
+    A preset may start from another with `extends: NAME` and change only what differs.
+    """
     import yaml
 
     values = {}
     if name not in (None, "none"):
-        values.update(yaml.safe_load(preset_path(name).read_text(encoding="utf-8")))
+        values.update(_preset_values(name))
     if config_file is not None:
         load_config(TrainConfig, config_file)  # names the file and the key of a bad option
         values.update(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})
@@ -192,24 +207,35 @@ def _validate(config: TrainConfig) -> None:
         raise InputError("--downsample", "give the factor either to the trainer or in model_config, not both")
 
 
-def load_run(run_dir: str | Path):
-    """The trained model of a run folder (its `model.keras`)."""
-    import keras
+INPUT_FILE = "input.json"
+"""Run file: how the training imagery became chips (`geolabel.data.imagery.InputScaling`)."""
 
-    import geolabel.losses  # noqa: F401  (register custom objects)
-    import geolabel.metrics  # noqa: F401
-    import geolabel.models  # noqa: F401
-    import geolabel.train.schedules  # noqa: F401
 
-    path = Path(run_dir) / "model.keras"
-    if not path.is_file():
-        raise InputError(run_dir, "not a finished run folder (no model.keras)")
-    return keras.models.load_model(path, compile=False)
+def load_run_input(run_dir: str | Path) -> InputScaling | None:
+    """The input scaling a run was trained with, for predict to apply; None for runs without one
+    (8-bit or chip-only training data, bare model files)."""
+    path = resolve_run(run_dir) / INPUT_FILE
+    return InputScaling.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def _input_scaling(datasets: list[str], channels: int) -> InputScaling | None:
+    """The scaling of the training datasets that have a manifest (`geolabel fetch` wrote them)."""
+    manifests = [json.loads(p.read_text()) for p in (Path(d) / "manifest.json" for d in datasets) if p.is_file()]
+    return InputScaling.of_datasets(manifests, channels) if manifests else None
+
+
+def _check_same_data(run_dir: Path, started: dict[str, str] | None, now: dict[str, str]) -> None:
+    """InputError unless the datasets hold what they held when the run started (`dataset_fingerprint`):
+    resuming on changed data would train one run on two datasets. Runs from before fingerprints pass."""
+    changed = [d for d in now if started is not None and started.get(d) != now[d]]
+    if changed:
+        raise InputError(run_dir, f"--resume on changed data: {', '.join(changed)} is not the dataset the run "
+                                  "started on (re-fetched or edited since); train into a new folder")
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
     """The `TrainConfig` a run folder was trained with."""
-    path = Path(run_dir) / "config.yaml"
+    path = resolve_run(run_dir) / "config.yaml"
     if not path.is_file():
         raise InputError(run_dir, "not a run folder (no config.yaml)")
     return load_config(TrainConfig, path)
@@ -293,20 +319,22 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from geolabel.data.standardize import BandStats, chips_band_stats
     from geolabel.precision import dtype_policy, resolve_precision
     from geolabel.losses import get_loss
-    from geolabel.models import build_model, encoder_layers, stride_of
-    from geolabel.train.dataset import dataset_shards, make_dataset
+    from geolabel.models import build_model, encoder_layers, load_model, stride_of
+    from geolabel.train.dataset import dataset_fingerprint, dataset_shards, make_dataset
     from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
 
     _validate(config)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     state_path = ckpt_dir / "state.json"
+    fingerprints = {str(d): dataset_fingerprint(d) for d in dict.fromkeys([*config.train, *config.val])}
     if resume:
         if not state_path.is_file():
             raise InputError(run_dir, "nothing to resume (no checkpoints/state.json)")
         saved = load_run_config(run_dir)
         if dump_config(replace(saved, time_limit_s=None)) != dump_config(replace(config, time_limit_s=None)):
             raise InputError(run_dir, "--resume with a different configuration than the run's config.yaml")
+        _check_same_data(run_dir, json.loads(state_path.read_text()).get("datasets"), fingerprints)
     elif (run_dir / "model.keras").exists() or state_path.exists():
         raise InputError(run_dir, "run folder already holds a run (use --resume or another folder)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +366,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     try:
         with strategy.scope():
             if config.init:
-                source = load_run(config.init)
+                source = load_model(config.init)
                 model = build_model(config.model, num_classes, **config.model_config)
                 if len(source.weights) != len(model.weights) or any(
                     tuple(a.shape) != tuple(b.shape) for a, b in zip(source.weights, model.weights)
@@ -378,6 +406,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if enc_optimizer is not None:
                 checkpoint.encoder_optimizer = enc_optimizer
         manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=2)
+        scaling = _input_scaling(config.train, int(model.input_shape[-1]))
+        if scaling is not None:
+            write_text_atomic(run_dir / INPUT_FILE, json.dumps(scaling.to_dict(), indent=1) + "\n")
 
         state: dict[str, Any] = {"best_iou": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_time_s": 0.0}
         if resume:
@@ -385,6 +416,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             state = json.loads(state_path.read_text())
             clock.assign(float(step_var.numpy()))
             logger.info("resumed %s at epoch %d", run_dir, int(epoch_var.numpy()))
+        state["datasets"] = fingerprints
         history = _History(run_dir, state["history"])
 
         replicas = strategy.num_replicas_in_sync
@@ -552,7 +584,7 @@ def train_two_stage(pretrain: TrainConfig, finetune: TrainConfig, run_dir: str |
     """Pretrain on noisy (OSM) datasets into `run_dir/pretrain`, then fine-tune into `run_dir`.
 
     The fine-tuning run starts from the pretrained model (`finetune.init`), so the
-    top-level run folder is the final model and `load_run(run_dir)` returns it.
+    top-level run folder is the final model and `geolabel.models.load_model(run_dir)` returns it.
     """
     run_dir = Path(run_dir)
     pre_dir = run_dir / "pretrain"

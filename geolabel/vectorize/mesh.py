@@ -54,10 +54,11 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from geolabel.classes import IGNORE, ClassMap
+from geolabel.classes import IGNORE, ClassMap, building_class
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
-from geolabel.vectorize.polygons import ground_pixel_size
+from geolabel.data.raster import ground_pixel_size
+from geolabel.vectorize.polygons import vertex_count
 
 DEFAULT_LAMBDA = 0.5
 """Default complexity weight, metres: a vertex must save lambda^2 of mislabelled area."""
@@ -1317,7 +1318,7 @@ def mesh_polygons(
     mx, my = ground_pixel_size(transform, crs, w, h)
     pixel = math.sqrt(mx * my)
     if regular_classes is None:
-        regular = {class_map.names.index("building")} if class_map and "building" in class_map.names else {1}
+        regular = {building_class(class_map)}
     else:
         regular = set(int(c) for c in regular_classes)
     skip = {int(background), IGNORE}
@@ -1383,12 +1384,3 @@ def _available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def vertex_count(geoms) -> int:
-    """Total number of distinct vertices of polygon rings (closing points not counted)."""
-    arr = np.asarray(list(geoms), dtype=object)
-    if len(arr) == 0:
-        return 0
-    rings = shapely.get_num_coordinates(arr) - shapely.get_num_interior_rings(arr) - shapely.get_num_geometries(arr)
-    return int(np.sum(rings))

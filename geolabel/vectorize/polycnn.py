@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from geolabel.atomic import atomic_path, write_text_atomic
+from geolabel.classes import building_class
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 
@@ -618,19 +619,9 @@ def load_polycnn(model: Any):
     """A PolyCNN from a keras.Model, a `model.keras` file or a run folder holding one."""
     import keras
 
-    import geolabel.models.polycnn  # noqa: F401  (registers the loss)
+    from geolabel.models import load_model
 
-    if isinstance(model, keras.Model):
-        return model
-    path = Path(model)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise InputError(str(model), "PolyCNN model not found (a model.keras file or a polycnn-train run folder)")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:  # noqa: BLE001 (keras raises many types on a bad file)
-        raise InputError(path, f"cannot load the PolyCNN model ({err})") from err
+    return model if isinstance(model, keras.Model) else load_model(model)
 
 
 def regress_components(
@@ -763,7 +754,7 @@ def polygonize_polycnn(
     pixels = _image_array(image, classes.shape, transform)
     names = tuple(class_map.names) if class_map is not None else ()
     if class_ids is None:
-        class_ids = [names.index("building")] if "building" in names else [1]
+        class_ids = [building_class(names)]
     prob = None
     if probabilities is not None:
         prob = np.asarray(probabilities, dtype="float32")

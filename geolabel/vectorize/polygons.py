@@ -32,8 +32,9 @@ from rasterio import features
 from rasterio.windows import Window
 from scipy import ndimage
 
-from geolabel.atomic import atomic_path
-from geolabel.classes import IGNORE, ClassMap
+from geolabel.classes import IGNORE, ClassMap, building_class
+from geolabel.data.raster import ground_pixel_size, iter_windows
+from geolabel.data.vectors import write_vectors
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
@@ -323,7 +324,7 @@ def polygonize_blocks(
     if regularize:
         if regular_classes is None:
             names = class_map.names if class_map else ()
-            regular = {names.index("building")} if "building" in names else {1}
+            regular = {building_class(names)}
         else:
             regular = {int(c) for c in regular_classes}
     else:
@@ -427,35 +428,13 @@ def regularized_polygons(
                              background=background)
 
 
-def ground_pixel_size(transform: Affine, crs, width: int, height: int) -> tuple[float, float]:
-    """Ground metres per pixel (x, y) at the raster centre; CRS units as metres without a CRS."""
-    sx = math.hypot(transform.a, transform.d)
-    sy = math.hypot(transform.b, transform.e)
-    if crs is None:
-        return sx, sy
-    from pyproj import CRS, Geod, Transformer
-
-    crs = CRS.from_user_input(crs)
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    geod = Geod(ellps="WGS84")
-    cx, cy = width / 2, height / 2
-    lon0, lat0 = to_ll.transform(*(transform * (cx, cy)))
-    out = []
-    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
-        lon1, lat1 = to_ll.transform(*(transform * (cx + dx, cy + dy)))
-        out.append(geod.inv(lon0, lat0, lon1, lat1)[2])
-    if not all(math.isfinite(v) and v > 0 for v in out):
-        raise InputError("transform", f"cannot measure the ground size of a pixel in {crs.to_string()}")
-    if crs.is_projected:  # conformal metric grids (UTM...) keep their own units, as the other polygonisers do
-        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
-        if abs(out[0] / (sx * unit) - 1) < 0.01 and abs(out[1] / (sy * unit) - 1) < 0.01:
-            return sx * unit, sy * unit
-    return out[0], out[1]
-
-
-def _building_class(class_map: ClassMap | None) -> int:
-    names = class_map.names if class_map else ()
-    return names.index("building") if "building" in names else 1
+def vertex_count(geoms) -> int:
+    """Total number of distinct vertices of polygon rings (closing points not counted)."""
+    arr = np.asarray(list(geoms), dtype=object)
+    if len(arr) == 0:
+        return 0
+    rings = shapely.get_num_coordinates(arr) - shapely.get_num_interior_rings(arr) - shapely.get_num_geometries(arr)
+    return int(np.sum(rings))
 
 
 def polygonize_raster(
@@ -490,7 +469,7 @@ def polygonize_raster(
         if class_map is None and "classes" in src.tags():
             names = tuple(json.loads(src.tags()["classes"]))
             class_map = ClassMap(names, tuple((0, 0, 0) for _ in names))
-        building = _building_class(class_map)
+        building = building_class(class_map)
         pixel_m = math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height)))
         with open_raster(probabilities_path) if probabilities_path else _null() as psrc:
             if psrc is not None and (psrc.width, psrc.height) != (src.width, src.height):
@@ -507,7 +486,7 @@ def polygonize_raster(
 
             if method in ("dp", "regularized"):
                 blocks = ((int(w.row_off), int(w.col_off), *read(w)) for w in progress(
-                    list(_windows(src.width, src.height, block_size)), desc="polygons", unit="block"))
+                    list(iter_windows(src.width, src.height, block_size)), desc="polygons", unit="block"))
                 frame = polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
                                           class_map=class_map, regularize=method == "regularized", **options)
             else:
@@ -528,24 +507,10 @@ class _null:
         return False
 
 
-def _windows(width: int, height: int, size: int) -> Iterator[Window]:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
-
-
-def write_polygons(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str = "polygons") -> dict[str, Path]:
-    """Write `NAME.gpkg` (source CRS) and `NAME.geojson` (EPSG:4326) atomically; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"gpkg": out / f"{name}.gpkg", "geojson": out / f"{name}.geojson"}
+def write_polygons(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str = "polygons",
+                   formats: Sequence[str] = ("gpkg", "geojson")) -> dict[str, Path]:
+    """Write valid geometries as `NAME.gpkg` / `NAME.parquet` (source CRS) and `NAME.geojson`
+    (EPSG:4326), the `formats` asked for (`geolabel.data.vectors`); returns {format: path}."""
     frame = frame.copy()
     frame["geometry"] = shapely.make_valid(frame.geometry.values) if len(frame) else frame.geometry
-    with atomic_path(paths["gpkg"], suffix=".tmp.gpkg") as tmp:
-        tmp.unlink()
-        frame.to_file(tmp, driver="GPKG", layer=name, engine="pyogrio")
-    wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
-    with atomic_path(paths["geojson"], suffix=".tmp.geojson") as tmp:
-        tmp.unlink()
-        wgs84.to_file(tmp, driver="GeoJSON", engine="pyogrio")
-    return paths
+    return write_vectors(frame, out_dir, name, formats)

@@ -12,7 +12,8 @@ import shapely
 
 from geolabel.data.raster import GeoBlock, write_raster
 from geolabel.errors import InputError
-from geolabel.evaluate import city_of, confusion_matrix, evaluate, pixel_scores, polis, polygon_scores
+from geolabel.evaluate import city_of, evaluate, pixel_scores, polis, polygon_scores
+from geolabel.metrics import confusion_matrix
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_cumulative_iou_is_not_a_mean_of_tiles():
     a_pred = np.array([[1, 0], [0, 0]])  # IoU 1/2
     b_true = np.ones((10, 10), int)
     b_pred = np.ones((10, 10), int)  # IoU 1
-    conf = confusion_matrix(a_pred, a_true, 2) + confusion_matrix(b_pred, b_true, 2)
+    conf = confusion_matrix(a_true, a_pred, 2) + confusion_matrix(b_true, b_pred, 2)
     scores = pixel_scores(conf, ("background", "building"))
     assert scores["iou"] == pytest.approx(101 / 102)  # cumulative, not (0.5 + 1) / 2
     assert scores["accuracy"] == pytest.approx(103 / 104)
@@ -43,7 +44,7 @@ def test_cumulative_iou_is_not_a_mean_of_tiles():
 def test_ignored_reference_pixels_do_not_count():
     truth = np.array([1, 255, 0, 0])
     pred = np.array([1, 1, 255, 0])  # predicted nodata counts as background
-    conf = confusion_matrix(pred, truth, 2)
+    conf = confusion_matrix(truth, pred, 2)
     assert conf.tolist() == [[2, 0], [0, 1]]
 
 

@@ -44,7 +44,8 @@ OPTIONS = dict(window=64, overlap=16, batch_size=4)
 @pytest.fixture(scope="module")
 def local(scene):
     """`geolabel predict`'s library call on the scene: the reference."""
-    from geolabel.predict.predictor import keras_predict_fn, load_model, predict_raster
+    from geolabel.models import load_model
+    from geolabel.predict.predictor import keras_predict_fn, predict_raster
 
     predict_raster(keras_predict_fn(load_model(scene / "model.keras")), scene / "image.tif", scene / "local", **OPTIONS)
     return scene / "local"

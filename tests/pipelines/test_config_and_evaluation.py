@@ -19,7 +19,8 @@ def test_example_config_loads_and_checks():
     import geolabel.pipelines
 
     config = load_pipeline_config(Path(geolabel.pipelines.__file__).with_name("example.yaml"))
-    assert config.pretrain.labels == "osm" and config.finetune.labels != "osm"
+    sources = (config.pretrain.imagery, config.pretrain.labels, config.finetune.imagery, config.finetune.labels)
+    assert all(value.startswith("sample:") for value in sources)  # offline: the bundled sample only
     assert config.beam_args == LOCAL_BEAM_ARGS
 
 

@@ -75,9 +75,9 @@ def test_export_cli_and_existing_version(tiny_runs, tmp_path):
     again = runner.invoke(cli, ["export", str(tiny_runs["seg"]), "--out", str(tmp_path / "base"), "--version", "3"])
     assert isinstance(again.exception, InputError) and "already exists" in str(again.exception)
     with pytest.raises(InputError, match="run folder"):
-        from geolabel.serving.export import load_keras_model
+        from geolabel.models import load_model
 
-        load_keras_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_version_policies_select_versions():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from click.testing import CliRunner
 
 from geolabel.cli import cli
-from geolabel.train import load_run, load_run_config
+from geolabel.models import load_model
+from geolabel.train import load_run_config
 
 
 def invoke(args):
@@ -33,7 +36,7 @@ def test_train_command_writes_a_run(austin_dataset, tmp_path):
     assert "run folder" in out
     config = load_run_config(run)
     assert config.model_config == {"depth": 2, "width": 4} and config.schedule == "triangular"
-    assert load_run(run).name == "unet"
+    assert load_model(run).name == "unet"
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2
 
 
@@ -103,3 +106,20 @@ def test_bad_model_option_is_a_one_line_error(austin_dataset, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "unet", "--model-option", "width", "--train", str(austin_dataset), "--out", str(tmp_path / "r")])
     assert exit_info.value.code == 2
+
+
+def test_init_pretrained_fine_tunes_the_shipped_model_with_the_finetune_preset(austin_dataset, tmp_path):
+    from geolabel.train import preset_config
+
+    run = tmp_path / "run"
+    invoke(["train", "--init", "pretrained", "--train", str(austin_dataset), "--out", str(run),
+            "--epochs", "1", "--steps-per-epoch", "2"])
+    config = load_run_config(run)
+    assert config == preset_config("finetune", init="pretrained", train=[str(austin_dataset)], epochs=1, steps_per_epoch=2)
+    buildings = preset_config("buildings")
+    assert (config.lr, config.time_limit_s) == (0.001, 300) and buildings.lr > config.lr
+    assert (config.model, config.downsample, config.crop) == (buildings.model, buildings.downsample, buildings.crop)
+    tuned, shipped = load_model(run).get_weights(), load_model("pretrained").get_weights()
+    assert all(a.shape == b.shape for a, b in zip(tuned, shipped))
+    assert any(not np.array_equal(a, b) for a, b in zip(tuned, shipped))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(tuned, shipped)) < 0.05  # adjusted, not relearnt

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from geolabel.errors import InputError
-from geolabel.train import TrainConfig, load_run, load_run_config, train, train_two_stage
+from geolabel.models import load_model
+from geolabel.train import TrainConfig, load_run_config, train, train_two_stage
 
 
 def tiny(dataset: Path, **overrides) -> TrainConfig:
@@ -24,7 +25,7 @@ def tiny(dataset: Path, **overrides) -> TrainConfig:
     return replace(base, **overrides)
 
 
-def test_run_folder_contents_and_load_run(austin_dataset, tmp_path):
+def test_run_folder_contents_and_load_model(austin_dataset, tmp_path):
     run = tmp_path / "run"
     metrics = train(tiny(austin_dataset), run)
     for name in ("config.yaml", "model.keras", "history.csv", "curves.png", "metrics.json"):
@@ -36,7 +37,7 @@ def test_run_folder_contents_and_load_run(austin_dataset, tmp_path):
     assert rows[0].startswith("epoch,step,lr,loss,iou") and len(rows) == 3
     assert metrics["steps"] == 4 and 0 <= metrics["val_iou"] <= 1
     assert json.loads((run / "metrics.json").read_text())["best_epoch"] in (1, 2)
-    model = load_run(run)
+    model = load_model(run)
     out = np.asarray(model(np.zeros((1, 32, 64, 3), "float32")))
     assert out.shape == (1, 32, 64, 2)
     assert load_run_config(run) == tiny(austin_dataset)
@@ -48,11 +49,11 @@ def test_resume_continues_from_the_last_epoch(austin_dataset, tmp_path):
     run = tmp_path / "run"
     config = tiny(austin_dataset, epochs=1, schedule="constant")
     train(config, run)
-    first = load_run(run).get_weights()
+    first = load_model(run).get_weights()
     # resuming needs the same configuration: a finished 1-epoch run resumes to no new epoch
     metrics = train(config, run, resume=True)
     assert metrics["steps"] == 2 and metrics["epochs_run"] == 1
-    for a, b in zip(first, load_run(run).get_weights()):
+    for a, b in zip(first, load_model(run).get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(InputError, match="different configuration"):
         train(replace(config, lr=1.0), run, resume=True)
@@ -80,7 +81,7 @@ def test_two_stage_freezes_encoder_then_finetunes(austin_dataset, tmp_path):
     fine = tiny(austin_dataset, epochs=1, freeze_encoder_steps=100, encoder_lr_scale=0.1, lr=1e-2)
     metrics = train_two_stage(pre, fine, tmp_path / "run")
     assert "pretrain" in metrics and (tmp_path / "run" / "pretrain" / "model.keras").is_file()
-    before, after = load_run(tmp_path / "run" / "pretrain"), load_run(tmp_path / "run")
+    before, after = load_model(tmp_path / "run" / "pretrain"), load_model(tmp_path / "run")
     for layer in before.layers:
         if not layer.weights:
             continue
@@ -92,7 +93,7 @@ def test_two_stage_freezes_encoder_then_finetunes(austin_dataset, tmp_path):
 def test_mixed_precision_and_downsampled_training_save_a_float32_full_resolution_model(austin_dataset, tmp_path):
     config = tiny(austin_dataset, epochs=1, precision="bfloat16", downsample=2, crop=32, cache=True)
     train(config, tmp_path / "run")
-    model = load_run(tmp_path / "run")
+    model = load_model(tmp_path / "run")
     out = np.asarray(model(np.full((1, 64, 64, 3), 90.0, "float32")))
     assert out.dtype == np.float32 and out.shape == (1, 64, 64, 2)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -15,7 +15,8 @@ from rasterio.windows import Window
 
 from geolabel.classes import BUILDINGS_ROADS
 from geolabel.errors import InputError
-from geolabel.vectorize.mesh import LabelMesh, _lobe_areas, _regions, mesh_polygons, vertex_count
+from geolabel.vectorize.mesh import LabelMesh, _lobe_areas, _regions, mesh_polygons
+from geolabel.vectorize.polygons import vertex_count
 
 PIXEL = Affine(0.3, 0, 500000.0, 0, -0.3, 4000000.0)  # 0.3 m, north-up
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # as the shared_data fixture
