@@ -36,15 +36,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geolabel.atomic import write_text_atomic  # noqa: E402
-from geolabel.vectorize import polycnn as pc  # noqa: E402
+from geolabel.vectorize.polycnn.geometry import QuadScores, polygon_iou, quad_polygon, score_quads  # noqa: E402
+from geolabel.vectorize.polycnn.inference import load_polycnn, polygonize_polycnn, regress_scene  # noqa: E402
+from geolabel.vectorize.polycnn.samples import Crop, Scene, SceneQuads, crop_window, load_scene, quad_crop, sample_crop  # noqa: E402
+from geolabel.vectorize.polycnn.training import PolyCNNConfig, train_polycnn  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "oam-osm"
+TRAIN_CITIES = ("zanzibar-tz", "kampala-ug")
+VAL_CITY = "virac-ph"
 RESULTS = ROOT / "benchmarks" / "results"
 THRESHOLDS = (1, 2, 4, 8, 16)
 UNET_PATCH = 64
 
 
-def crop_mask(quad: np.ndarray, crop: pc.Crop, patch: int) -> np.ndarray:
+def city_scene(name: str) -> Scene:
+    """A shared OAM/OSM city as a PolyCNN scene: its XYZ tile folder and its OSM buildings."""
+    return Scene(str(DATA / name / "tiles"), str(DATA / name / "osm-buildings.geojson"))
+
+
+def crop_mask(quad: np.ndarray, crop: Crop, patch: int) -> np.ndarray:
     """The quadrilateral rasterised into the crop's (patch, patch) grid."""
     from rasterio.features import rasterize
     from shapely.geometry import Polygon
@@ -101,12 +111,12 @@ def train_unet(x: np.ndarray, y: np.ndarray, steps: int, batch: int, width: int,
     return model, losses
 
 
-def unet_examples(city: pc.CityQuads, copies: int, jitter: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def unet_examples(city: SceneQuads, copies: int, jitter: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for quad in city.quads:
         for _ in range(copies):
-            crop = pc.sample_crop(city.image, pc.crop_window((*quad.min(0), *quad.max(0)), 0.25, jitter, rng), UNET_PATCH)
+            crop = sample_crop(city.image, crop_window((*quad.min(0), *quad.max(0)), 0.25, jitter, rng), UNET_PATCH)
             xs.append(crop.image)
             ys.append(crop_mask(quad, crop, UNET_PATCH))
     return np.stack(xs).astype("float32"), np.stack(ys).astype("uint8")
@@ -129,7 +139,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 2000)
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summary(scores: pc.QuadScores, res_m: float, vertices: list[int] | None = None) -> dict:
+def summary(scores: QuadScores, res_m: float, vertices: list[int] | None = None) -> dict:
     out = scores.summary(THRESHOLDS)
     out["median_vertex_m"] = out["median_vertex_px"] * res_m
     if vertices is not None:
@@ -148,8 +158,9 @@ def main() -> None:
     from geolabel.config import dump_config
 
     steps = 30 if args.quick else 800
-    config = pc.PolyCNNConfig(
-        data_root=str(DATA),
+    config = PolyCNNConfig(
+        train=[city_scene(c) for c in TRAIN_CITIES],
+        val=[city_scene(VAL_CITY)],
         zoom=20,
         width=32,
         batch_size=32,
@@ -164,32 +175,32 @@ def main() -> None:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        metrics = pc.train_polycnn(config, tmp)
+        metrics = train_polycnn(config, tmp)
         polycnn_s = time.perf_counter() - t0
-        model = pc.load_polycnn(tmp)
+        model = load_polycnn(tmp)
         history = (Path(tmp) / "history.csv").read_text()
     scratch_model, scratch_s = None, 0.0
     if not args.no_ablation:  # same real schedule, no artificial pre-training
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            pc.train_polycnn(dataclasses.replace(config, pretrain_steps=0), tmp)
+            train_polycnn(dataclasses.replace(config, pretrain_steps=0), tmp)
             scratch_s = time.perf_counter() - t0
-            scratch_model = pc.load_polycnn(tmp)
+            scratch_model = load_polycnn(tmp)
 
-    train = [pc.load_city(DATA / c, config.zoom, config.tolerance_m) for c in config.train_cities]
-    val = pc.load_city(DATA / config.val_city, config.zoom, config.tolerance_m)
+    train = [load_scene(s, config.zoom, config.tolerance_m) for s in config.train]
+    val = load_scene(config.val[0], config.zoom, config.tolerance_m)
     lat = 13.58  # Virac; ground metres per EPSG:3857 metre = cos(latitude)
     res_m = val.transform.a * math.cos(math.radians(lat))
 
     # PolyCNN on ground-truth crops
     t0 = time.perf_counter()
-    poly_rings = pc.regress_city(model, val, config.margin)
+    poly_rings = regress_scene(model, val, config.margin)
     polycnn_infer_s = time.perf_counter() - t0
-    poly_scores = pc.score_quads(val.quads, poly_rings)
+    poly_scores = score_quads(val.quads, poly_rings)
     results: dict[str, dict] = {"PolyCNN": summary(poly_scores, res_m, [4] * len(poly_rings))}
     per_building = {"PolyCNN": poly_scores.iou}
     if scratch_model is not None:
-        scores = pc.score_quads(val.quads, pc.regress_city(scratch_model, val, config.margin))
+        scores = score_quads(val.quads, regress_scene(scratch_model, val, config.margin))
         per_building["PolyCNN, no artificial pre-training"] = scores.iou
         results["PolyCNN, no artificial pre-training"] = summary(scores, res_m, [4] * len(poly_rings))
 
@@ -200,7 +211,7 @@ def main() -> None:
     t0 = time.perf_counter()
     unet, unet_losses = train_unet(x_u, y_u, steps, config.batch_size, 8, args.seed)
     unet_s = time.perf_counter() - t0
-    crops = [pc.sample_crop(val.image, pc.crop_window((*q.min(0), *q.max(0)), config.margin), UNET_PATCH) for q in val.quads]
+    crops = [quad_crop(val.image, q, config.margin, UNET_PATCH) for q in val.quads]
     probs = np.asarray(unet.predict(np.stack([c.image for c in crops]), batch_size=64, verbose=0))
     pred_masks = (probs.argmax(-1) == 1).astype("uint8")
     oracle_masks = [crop_mask(q, c, UNET_PATCH) for q, c in zip(val.quads, crops, strict=True)]
@@ -219,7 +230,7 @@ def main() -> None:
                     continue
                 rings.append(crop.to_source(ring / UNET_PATCH))
                 counts.append(len(ring))
-            scores = pc.score_quads(val.quads, rings)
+            scores = score_quads(val.quads, rings)
             per_building[f"{label} (tol {tol:g} crop px)"] = scores.iou
             results[f"{label} (tol {tol:g} crop px)"] = summary(scores, res_m, counts)
             if regularize is not None and label == "U-Net + DP" and tol <= 2:
@@ -229,7 +240,7 @@ def main() -> None:
                     np.asarray(regularize(_P(r)).exterior.coords)[:-1] if len(r) >= 3 else r for r in rings
                 ]
                 name = f"U-Net + DP + regularised (tol {tol:g} crop px)"
-                scores = pc.score_quads(val.quads, reg)
+                scores = score_quads(val.quads, reg)
                 per_building[name] = scores.iou
                 results[name] = summary(scores, res_m, [len(r) for r in reg])
 
@@ -238,14 +249,14 @@ def main() -> None:
     from shapely.geometry import Polygon
 
     classes = rasterize([(Polygon(q), 1) for q in val.quads], out_shape=val.image.shape[:2], fill=0, dtype="uint8")
-    frame = pc.polygonize_polycnn(classes, val.transform, "EPSG:3857", image=val.image, model=model)
+    frame = polygonize_polycnn(classes, val.transform, "EPSG:3857", image=val.image, model=model)
     inv = ~val.transform
     found = [np.array([inv * xy for xy in np.asarray(g.exterior.coords)[:-1]]) for g in frame.geometry]
     matched = []
     for q in val.quads:
-        ious = [pc.polygon_iou(Polygon(q), pc.quad_polygon(f)) for f in found]
+        ious = [polygon_iou(Polygon(q), quad_polygon(f)) for f in found]
         matched.append(found[int(np.argmax(ious))] if ious else np.zeros((0, 2)))
-    results["PolyCNN on connected components (GT raster)"] = summary(pc.score_quads(val.quads, matched), res_m, [4] * len(matched))
+    results["PolyCNN on connected components (GT raster)"] = summary(score_quads(val.quads, matched), res_m, [4] * len(matched))
     results["PolyCNN on connected components (GT raster)"]["objects_found"] = len(frame)
 
     total_s = time.perf_counter() - t_start
@@ -256,7 +267,8 @@ def main() -> None:
         "command": command,
         "keras_backend": keras.backend.backend(),
         "config": dataclass_dict(config),
-        "held_out_city": val.name,
+        "held_out_city": VAL_CITY,
+        "train_cities": list(TRAIN_CITIES),
         "held_out_quadrilaterals": len(val.quads),
         "train_quadrilaterals": metrics["train_quadrilaterals"],
         "train_examples": metrics["train_examples"],
@@ -305,7 +317,7 @@ def render(p: dict, history: str, config_yaml: str) -> str:
 
 Command: `{p['command']}` (Keras backend {p['keras_backend']}, CPU, shared 2-core machine).
 
-Train: {', '.join(p['config']['train_cities'])} ({p['train_quadrilaterals']} quadrilateral OSM buildings,
+Train: {', '.join(p['train_cities'])} ({p['train_quadrilaterals']} quadrilateral OSM buildings,
 {p['train_examples']} jittered crops, dihedral augmentation); test: {p['held_out_city']}
 ({p['held_out_quadrilaterals']} quadrilateral buildings, never seen). Zoom-20 OAM tiles
 ({p['resolution_m']:.3f} m/px on the ground). Ground truth = the OSM outline after Douglas-Peucker

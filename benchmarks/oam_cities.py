@@ -18,21 +18,16 @@ SHARED = ROOT.parent / "shared" / "data" / "oam-osm"
 FETCHED = ROOT / "benchmarks" / "data" / "oam"
 CACHE = ROOT / "benchmarks" / "out" / "oam-cache"
 CITIES = ("zanzibar-tz", "kampala-ug", "virac-ph")
-HALF_WORLD = 20037508.342789244
 
 
 def _tile_grid(city: str, zoom: int):
     """(tiles [(x, y)], x0, y0, width, height, transform) of a city's XYZ tile mosaic."""
-    from rasterio.transform import from_origin
+    from geolabel.data.tiles import local_tile_range
 
-    folder = SHARED / city / "tiles" / str(zoom)
-    tiles = [(int(x.name), int(y.stem)) for x in folder.iterdir() for y in x.glob("*.jpg")]
-    xs, ys = [t[0] for t in tiles], [t[1] for t in tiles]
-    x0, y0 = min(xs), min(ys)
-    width, height = (max(xs) - x0 + 1) * 256, (max(ys) - y0 + 1) * 256
-    size = 2 * HALF_WORLD / 2**zoom
-    transform = from_origin(-HALF_WORLD + x0 * size, HALF_WORLD - y0 * size, size / 256, size / 256)
-    return tiles, x0, y0, width, height, transform
+    folder = SHARED / city / "tiles"
+    trange = local_tile_range(folder, zoom)
+    tiles = [(int(x.name), int(y.stem)) for x in (folder / str(zoom)).iterdir() for y in x.glob("*.jpg")]
+    return tiles, trange.x0, trange.y0, trange.columns * 256, trange.rows * 256, trange.transform()
 
 
 def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:

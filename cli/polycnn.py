@@ -6,13 +6,15 @@ import json
 
 import click
 
+SCENE = dict(nargs=2, multiple=True, type=click.Path(), metavar="IMAGERY LABELS")
+
 
 @click.command("polycnn-train")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML file of PolyCNNConfig options.")
-@click.option("--data-root", help="Folder of city folders (each with tiles/{z}/{x}/{y}.jpg and osm-buildings.geojson).")
-@click.option("--train-city", "train_cities", multiple=True, help="Training city folder name (repeat for several).")
-@click.option("--val-city", help="Held-out city folder name.")
-@click.option("--zoom", type=int, help="Tile zoom level to read.")
+@click.option("--train", **SCENE, help="A training scene: an RGB raster or XYZ tile folder, and its building outlines "
+              "(a `geolabel fetch` dataset: DIR/imagery.tif DIR/labels.gpkg); repeatable.")
+@click.option("--val", **SCENE, help="A held-out scene the run is scored on, as --train; repeatable.")
+@click.option("--zoom", type=int, help="Zoom level read from tile-folder imagery (needed when it holds several).")
 @click.option("--width", type=int, help="Channels of the feature extractor's first stage.")
 @click.option("--batch-size", type=int)
 @click.option("--pretrain-steps", type=int, help="Steps on the artificial quadrilaterals (0 to skip).")
@@ -24,14 +26,23 @@ import click
 @click.option("--feature-weights", type=click.Path(dir_okay=False), help="Local weights file for the feature extractor.")
 @click.option("--seed", type=int)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
-def polycnn_train(config_path: str | None, train_cities: tuple[str, ...], out_dir: str, **options) -> None:
-    """Train PolyCNN (4-vertex polygon regression) and score it on a held-out city."""
+def polycnn_train(
+    config_path: str | None,
+    train: tuple[tuple[str, str], ...],
+    val: tuple[tuple[str, str], ...],
+    out_dir: str,
+    **options,
+) -> None:
+    """Train PolyCNN (4-vertex polygon regression) and score it on held-out scenes."""
     from geolabel.cli import output
     from geolabel.config import load_config
-    from geolabel.vectorize.polycnn import PolyCNNConfig, train_polycnn
+    from geolabel.vectorize.polycnn.samples import Scene
+    from geolabel.vectorize.polycnn.training import PolyCNNConfig, train_polycnn
 
-    config = load_config(PolyCNNConfig, config_path, train_cities=list(train_cities) or None, **options)
-    output(out_dir, command="polycnn-train", marks=("config.yaml",), inputs=(config_path,))
+    scenes = {name: [Scene(*pair) for pair in pairs] or None for name, pairs in (("train", train), ("val", val))}
+    config = load_config(PolyCNNConfig, config_path, **scenes, **options)
+    output(out_dir, command="polycnn-train", marks=("config.yaml",),
+           inputs=(config_path, *(path for s in (*config.train, *config.val) for path in (s.imagery, s.labels))))
     metrics = train_polycnn(config, out_dir)
     click.echo(json.dumps(metrics["val"], indent=2))
     click.echo(f"wrote {out_dir}/model.keras")

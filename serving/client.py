@@ -12,20 +12,19 @@ import base64
 import io
 import json
 import re
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import requests
 
+from geolabel.data.http import HttpClient
 from geolabel.errors import FetchError, InputError
 from geolabel.serving.json_tensor import array_json
 
 ENDPOINT_RE = re.compile(r"/v1/models/[^/:]+(?:/versions/\d+|/labels/[^/:]+)?")
-RETRY_STATUS = {429, 502, 503, 504}
+RETRY_STATUS = frozenset({429, 502, 503, 504})  # TF Serving's "busy"/"restarting" answers; a 500 is the model's error
 
 
 class ServingClient:
@@ -40,7 +39,8 @@ class ServingClient:
         rows_per_request: windows per request (small requests batch on the server).
         encoding: `json` (float values) or `png` (uint8 windows as `{"b64"}` PNGs to the
             `serving_bytes` signature: ~10x smaller requests; values are rounded to uint8).
-        timeout: seconds per request; retries: attempts on connection errors and 429/5xx.
+        timeout: seconds to connect and between bytes read; retries: attempts after the first
+            on connection errors, cut bodies and 429/502/503/504 (`geolabel.data.http.HttpClient`).
     """
 
     def __init__(
@@ -53,7 +53,7 @@ class ServingClient:
         rows_per_request: int = 2,
         encoding: str = "json",
         timeout: float = 120.0,
-        retries: int = 3,
+        retries: int = 2,
     ):
         url = endpoint.strip()
         if url.endswith(":predict"):
@@ -71,9 +71,9 @@ class ServingClient:
         self.concurrency = max(1, int(concurrency))
         self.rows_per_request = max(1, int(rows_per_request))
         self.encoding = encoding
-        self.timeout = timeout
-        self.retries = max(1, int(retries))
-        self._local = threading.local()
+        self.http = HttpClient(
+            connections=self.concurrency, retries=max(0, int(retries)), backoff=0.1, timeout=timeout, retry_status=RETRY_STATUS
+        )
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="geolabel-client")
 
     # -- what predict_raster asks a predict_fn
@@ -95,44 +95,17 @@ class ServingClient:
         return self._channels
 
     # -- plumbing
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            self._local.session = session
-        return session
-
-    def _request(
-        self, method: str, url: str, payload: dict[str, Any] | None = None, body: bytes | None = None
-    ) -> Any:
-        delay = 0.2
-        last = ""
-        for attempt in range(self.retries):
-            try:
-                response = self._session().request(
-                    method,
-                    url,
-                    json=payload,
-                    data=body,
-                    headers={"Content-Type": "application/json"} if body is not None else None,
-                    timeout=self.timeout,
-                )
-            except requests.RequestException as err:
-                last = f"{type(err).__name__}: {err}"
-            else:
-                if response.status_code == 200:
-                    return response.json()
-                try:
-                    message = response.json().get("error", response.text)
-                except ValueError:
-                    message = response.text
-                if response.status_code not in RETRY_STATUS:
-                    raise InputError(url, f"HTTP {response.status_code}: {message}")
-                last = f"HTTP {response.status_code}: {message}"
-            if attempt + 1 < self.retries:
-                time.sleep(delay)
-                delay *= 2
-        raise FetchError(f"{url}: failed after {self.retries} attempts ({last})")
+    def _request(self, method: str, url: str, payload: dict[str, Any] | None = None, body: bytes | None = None) -> Any:
+        """The JSON answer of one request (retried by `self.http`); InputError naming `url` on an error answer."""
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        response = self.http.send(method, url, json=payload, data=body, headers=headers)
+        if response.status_code == 200:
+            return response.json()
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise InputError(url, f"HTTP {response.status_code}: {message}")
 
     # -- API
     def status(self) -> dict[str, Any]:
@@ -148,10 +121,10 @@ class ServingClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                states = self._session().get(self.endpoint, timeout=5).json().get("model_version_status", [])
+                states = self.http.send("GET", self.endpoint, timeout=5).json().get("model_version_status", [])
                 if any(s.get("state") == "AVAILABLE" for s in states):
                     return
-            except (requests.RequestException, ValueError):
+            except (FetchError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise FetchError(f"{self.endpoint}: no AVAILABLE version after {timeout} s")

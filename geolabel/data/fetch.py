@@ -388,7 +388,8 @@ def fetch_dataset(
     img = state.done("imagery", k_img, paths["imagery"])
     if img is None:
         img = state.finish("imagery", k_img, fetch_imagery(imagery, area, paths["imagery"], options, client))
-    state.finish("dataset", *claim)  # claimed once its imagery is in: a failed first try claims nothing
+    if state.steps.get("dataset", {}).get("key") != claim[0]:  # claimed once its imagery is in (a failed
+        state.finish("dataset", *claim)  # first try claims nothing); a re-run writes nothing
 
     fetched = folder / "labels-source.gpkg" if align else paths["labels"]
     k_lab = _key(k_img, labels, list(classes.names), options.overpass_url, options.class_column, options.default_class,

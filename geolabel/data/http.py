@@ -1,28 +1,28 @@
-"""Retrying HTTP for tile servers, Overpass and geocoders.
+"""Retrying HTTP for tile servers, Overpass, geocoders and TF Serving, on urllib3's `Retry`.
 
-Bounded concurrency (one pooled session per thread, at most `connections` threads),
-exponential backoff on timeouts, connection errors (also a body cut off mid-transfer),
-429 and 5xx (a `Retry-After` header wins over the computed delay), and on a 2xx body
-that the caller's `check` rejects (a truncated image, an HTML error page); 404/410 are
-reported as "missing" (None) rather than as a failure.
-
-The retries live in `HttpClient.request`, not in urllib3's `Retry`: requests reads the
-body after urllib3 has returned the response, so a `Retry` mounted on the adapter
-never sees a transfer cut mid-body.
+One `Retry` policy, mounted on each thread's requests session (`HTTPAdapter`), retries
+connection errors, read timeouts (`timeout` is the most seconds between two bytes, so a
+stalled server fails too) and 429/5xx answers of any method, with exponential backoff; a
+`Retry-After` header (seconds or an HTTP date, capped at `max_backoff`) wins over the
+computed delay. requests reads a body only after urllib3 has handed over the response, so
+`HttpClient.send` reads it under the same budget: a body cut or stalled mid-transfer, or one
+the caller's `check` rejects (a truncated image, an HTML error page), is one more attempt
+(`Retry.increment`). `HttpClient.request` reports 404/410 as "missing" (None).
 """
 
 from __future__ import annotations
 
-import email.utils
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader, MaxRetryError
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 import geolabel
 from geolabel.errors import FetchError
@@ -36,35 +36,34 @@ MISSING_STATUS = frozenset({404, 410})
 USER_AGENT = f"geolabel/{geolabel.__version__} (+https://github.com/geolabel)"
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+class BadBody(Exception):
+    """A 2xx/3xx body that the caller's `check` rejected (retried like a transient error)."""
+
+
+class _Retry(Retry):
+    """urllib3's `Retry`, except that a malformed Retry-After falls back to the backoff
+    (urllib3 raises InvalidHeader), as a misbehaving server must not end the job."""
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:
+            return None
 
 
 @dataclass
 class HttpClient:
-    """A small retrying HTTP client that is safe to share between threads.
+    """A retrying HTTP client that is safe to share between threads.
 
     Args:
-        connections: most requests in flight at once (threads in `map`).
+        connections: most requests in flight at once (threads in `map`, pooled connections).
         retries: attempts after the first one before giving up with FetchError.
-        backoff: first retry delay in seconds; doubles each attempt.
+        backoff: urllib3's backoff factor: the first retry goes at once, then 2, 4, 8...
+            times `backoff` seconds.
         max_backoff: cap of one delay (also caps a server's Retry-After).
         timeout: seconds to connect and seconds between bytes read.
         headers: extra request headers (a User-Agent naming geolabel is always sent).
+        retry_status: answers retried like a transient error.
     """
 
     connections: int = 8
@@ -73,77 +72,103 @@ class HttpClient:
     max_backoff: float = 30.0
     timeout: float = 20.0
     headers: dict[str, str] | None = None
+    retry_status: frozenset[int] = RETRY_STATUS
+    policy: Retry = field(init=False, repr=False)  # the whole budget of one request
+    stats: dict[str, int] = field(init=False)  # attempts, retries and 404/410 answers so far
 
     def __post_init__(self) -> None:
         if self.connections < 1:
             raise ValueError("connections must be >= 1")
-        self._local = threading.local()
+        self.policy = _Retry(
+            total=self.retries, connect=None, read=None, status=None, other=None, redirect=None,
+            allowed_methods=None, status_forcelist=self.retry_status, backoff_factor=self.backoff,
+            backoff_max=self.max_backoff, retry_after_max=self.max_backoff, raise_on_status=False,
+        )
         self.stats = {"requests": 0, "retries": 0, "missing": 0}
+        self._local = threading.local()
         self._lock = threading.Lock()
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
+    def _session(self) -> tuple[requests.Session, HTTPAdapter]:
+        """This thread's session and its adapter (whose `max_retries` carries one request's budget)."""
+        if not hasattr(self._local, "session"):
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.connections, max_retries=0)
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.connections, max_retries=self.policy)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = USER_AGENT
             session.headers.update(self.headers or {})
-            self._local.session = session
-        return session
+            self._local.session, self._local.adapter = session, adapter
+        return self._local.session, self._local.adapter
 
-    def _count(self, key: str) -> None:
+    def _tally(self, retries: int, missing: bool = False) -> None:
         with self._lock:
-            self.stats[key] += 1
+            self.stats["requests"] += retries + 1
+            self.stats["retries"] += retries
+            self.stats["missing"] += missing
 
-    def request(self, method: str, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs) -> requests.Response | None:
-        """One request with retries; the response (2xx/3xx), or None when the resource is missing.
+    def send(self, method: str, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs: Any) -> requests.Response:
+        """One request under the retry policy; the final response, its body read.
 
         Args:
             check: says why a 2xx/3xx body is unusable (None when it is fine); such a body
                 is retried like a transient error, since servers under load answer 200 with
                 a cut or an error page.
+            kwargs: passed to `requests.Session.request` (`timeout` defaults to the client's).
 
         Raises:
-            FetchError: a non-retryable error status, or still failing after all retries.
+            FetchError: a `retry_status` answer or a network error after all attempts, or a
+                request that cannot be sent at all.
         """
-        last = ""
-        for attempt in range(self.retries + 1):
-            self._count("requests")
-            wait = None
+        session, adapter = self._session()
+        kwargs.setdefault("timeout", self.timeout)
+        retry = self.policy
+        while True:
+            adapter.max_retries = retry  # this thread's adapter: the budget left for this request
             try:
-                response = self._session().request(method, url, timeout=self.timeout, **kwargs)
-                if response.status_code in MISSING_STATUS:
-                    self._count("missing")
-                    return None
-                if response.status_code < 400:
-                    # Read the body inside the retry loop: a stalled or cut body is retried too.
-                    problem = check(response.content) if check else None
-                    if problem is None:
-                        return response
-                    last = f"bad body ({problem})"
-                else:
-                    last = f"HTTP {response.status_code}"
-                    if response.status_code not in RETRY_STATUS:
-                        raise FetchError(f"{url}: {last} {response.reason or ''}".strip())
-                    wait = retry_after_seconds(response.headers.get("Retry-After"))
-            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-                # ChunkedEncodingError: the connection broke while the body was read (IncompleteRead, reset)
-                last = type(err).__name__
+                response = session.request(method, url, stream=True, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as err:  # urllib3 used up every attempt
+                self._tally(self.retries)
+                raise FetchError(f"{url}: failed after {self.retries + 1} attempts (last: {_reason(err)})") from err
             except requests.RequestException as err:
                 raise FetchError(f"{url}: {err}") from err
-            if attempt == self.retries:
-                break
-            delay = self.backoff * 2**attempt if wait is None else wait
-            delay = min(delay, self.max_backoff)
-            self._count("retries")
-            logger.debug("retry %d of %s after %s, waiting %.2fs", attempt + 1, url, last, delay)
-            time.sleep(delay)
-        raise FetchError(f"{url}: failed after {self.retries + 1} attempts (last: {last})")
+            retry = response.raw.retries or retry
+            if response.status_code in self.retry_status:  # urllib3 gave up on it (raise_on_status=False)
+                response.close()
+                self._tally(len(retry.history))
+                raise FetchError(f"{url}: failed after {len(retry.history) + 1} attempts (last: HTTP {response.status_code})")
+            try:
+                body = response.content
+                problem = check(body) if check and response.status_code < 400 else None
+                if problem is None:
+                    self._tally(len(retry.history), missing=response.status_code in MISSING_STATUS)
+                    return response
+                error: Exception = BadBody(problem)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                error = err  # the body was cut (IncompleteRead, reset) or stalled past the timeout
+            response.close()
+            try:
+                retry = retry.increment(method, url, error=error)
+            except MaxRetryError:
+                self._tally(self.retries)
+                raise FetchError(f"{url}: failed after {self.retries + 1} attempts (last: {_reason(error)})") from error
+            logger.debug("retry %d of %s after %s", len(retry.history), url, _reason(error))
+            retry.sleep()
 
-    def get_bytes(self, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs) -> bytes | None:
-        """GET `url`: its body (accepted by `check`, see `request`), or None for 404/410."""
+    def request(self, method: str, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs: Any) -> requests.Response | None:
+        """`send`, for a resource that must be there: the 2xx/3xx response, or None for 404/410.
+
+        Raises:
+            FetchError: another error status, or still failing after all retries.
+        """
+        response = self.send(method, url, check=check, **kwargs)
+        if response.status_code in MISSING_STATUS:
+            return None
+        if response.status_code >= 400:
+            raise FetchError(f"{url}: HTTP {response.status_code} {response.reason or ''}".strip())
+        return response
+
+    def get_bytes(self, url: str, check: Callable[[bytes], str | None] | None = None, **kwargs: Any) -> bytes | None:
+        """GET `url`: its body (accepted by `check`, see `send`), or None for 404/410."""
         response = self.request("GET", url, check=check, **kwargs)
         return None if response is None else response.content
 
@@ -165,3 +190,11 @@ class HttpClient:
                     yield pending.pop(0).result()
             for future in pending:
                 yield future.result()
+
+
+def _reason(err: BaseException) -> str:
+    """A short name for why an attempt failed: the error urllib3 gave up on, or the bad body."""
+    cause = err.args[0] if err.args and isinstance(err.args[0], MaxRetryError) else None
+    if cause is not None and cause.reason is not None:
+        err = cause.reason
+    return f"bad body ({err})" if isinstance(err, BadBody) else type(err).__name__

@@ -1,4 +1,7 @@
-"""XYZ/TMS/WMS tile sources: Web-Mercator tile math, a disk tile cache, and block-wise mosaics.
+"""XYZ/TMS/WMS tile sources: tile ranges, a disk tile cache, and block-wise mosaics.
+
+The Web-Mercator tile geometry (bounds, quadkeys, the tile under a point) is morecantile's
+`WebMercatorQuad` TileMatrixSet, the grid rio-tiler serves `geolabel view` tiles on.
 
 A tile source is a URL template. Placeholders: `{z}`, `{x}`, `{y}` (XYZ, Google scheme),
 `{-y}` (TMS, flipped rows), `{s}` (subdomain, chosen from `subdomains` by tile), `{q}`
@@ -25,8 +28,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import morecantile
 import numpy as np
 from affine import Affine
+from morecantile.models import LL_EPSILON
 from PIL import Image, UnidentifiedImageError
 from rasterio.windows import Window
 
@@ -36,40 +41,11 @@ from geolabel.data.raster import RasterWriter
 from geolabel.errors import FetchError, InputError
 from geolabel.progress import logger, progress
 
-HALF_WORLD = 20037508.342789244  # pi * 6378137: half the Web-Mercator world width in metres
-MAX_LAT = 85.0511287798066
 WEB_MERCATOR = "EPSG:3857"
-_SNAP = 1e-7  # fractional tile coordinates this close to an integer are that integer
+WEB_MERCATOR_QUAD = morecantile.tms.get("WebMercatorQuad")  # the XYZ grid of web maps (OGC TileMatrixSet)
 TILE_BYTES = 24_000  # mean size of a 256 px aerial JPEG tile (the OpenAerialMap tiles at z19-z21: 19-29 kB)
 
 Tile = tuple[int, int, int]  # (z, x, y), XYZ scheme
-
-
-def tile_size_m(z: int) -> float:
-    """Side of a tile at zoom `z`, in Web-Mercator metres."""
-    return 2 * HALF_WORLD / 2**z
-
-
-def lonlat_to_tile_fraction(lon: float, lat: float, z: int) -> tuple[float, float]:
-    """Fractional XYZ tile coordinates (x to the east, y to the south) of a point."""
-    lat = max(-MAX_LAT, min(MAX_LAT, lat))
-    n = 2**z
-    x = (lon + 180.0) / 360.0 * n
-    y = (1.0 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2.0 * n
-    return x, y
-
-
-def tile_to_lonlat(x: float, y: float, z: int) -> tuple[float, float]:
-    """Longitude and latitude of (fractional) tile coordinates (a tile's north-west corner for ints)."""
-    n = 2**z
-    lon = x / n * 360.0 - 180.0
-    lat = math.degrees(math.atan(math.sinh(math.pi * (1 - 2 * y / n))))
-    return lon, lat
-
-
-def _snap(value: float) -> float:
-    nearest = round(value)
-    return float(nearest) if abs(value - nearest) < _SNAP else value
 
 
 @dataclass(frozen=True)
@@ -101,56 +77,40 @@ class TileRange:
 
     def bounds_3857(self) -> tuple[float, float, float, float]:
         """(left, bottom, right, top) in EPSG:3857 metres."""
-        size = tile_size_m(self.z)
-        return (
-            -HALF_WORLD + self.x0 * size,
-            HALF_WORLD - (self.y1 + 1) * size,
-            -HALF_WORLD + (self.x1 + 1) * size,
-            HALF_WORLD - self.y0 * size,
-        )
+        left, _, _, top = WEB_MERCATOR_QUAD.xy_bounds(self.x0, self.y0, self.z)
+        _, bottom, right, _ = WEB_MERCATOR_QUAD.xy_bounds(self.x1, self.y1, self.z)
+        return left, bottom, right, top
 
     def bounds_lonlat(self) -> tuple[float, float, float, float]:
         """(west, south, east, north) in EPSG:4326."""
-        west, north = tile_to_lonlat(self.x0, self.y0, self.z)
-        east, south = tile_to_lonlat(self.x1 + 1, self.y1 + 1, self.z)
+        west, north = WEB_MERCATOR_QUAD.ul(self.x0, self.y0, self.z)
+        east, south = WEB_MERCATOR_QUAD.lr(self.x1, self.y1, self.z)
         return west, south, east, north
 
     def transform(self, tile_px: int = 256) -> Affine:
         """The exact pixel -> EPSG:3857 transform of a mosaic of this range."""
-        res = tile_size_m(self.z) / tile_px
         left, _, _, top = self.bounds_3857()
+        matrix = WEB_MERCATOR_QUAD.matrix(self.z)
+        res = matrix.cellSize * matrix.tileWidth / tile_px
         return Affine(res, 0.0, left, 0.0, -res, top)
 
 
 def tile_range(bbox: tuple[float, float, float, float], z: int) -> TileRange:
     """The tiles at zoom `z` that cover an EPSG:4326 bbox (W, S, E, N); edges on a tile
-    boundary do not pull in the neighbouring tile."""
+    boundary do not pull in the neighbouring tile (morecantile's `tiles` rule, without
+    listing the tiles: a job may hold millions)."""
     if not 0 <= z <= 30:
         raise InputError("zoom", f"{z} is not a zoom level in 0..30")
     west, south, east, north = bbox
-    fx0, fy0 = (_snap(v) for v in lonlat_to_tile_fraction(west, north, z))
-    fx1, fy1 = (_snap(v) for v in lonlat_to_tile_fraction(east, south, z))
-    last = 2**z - 1
-    x0, y0 = int(math.floor(fx0)), int(math.floor(fy0))
-    x1, y1 = int(math.ceil(fx1)) - 1, int(math.ceil(fy1)) - 1
-    x0, y0 = min(max(x0, 0), last), min(max(y0, 0), last)
-    x1, y1 = min(max(x1, x0), last), min(max(y1, y0), last)
-    return TileRange(z, x0, y0, x1, y1)
+    nw = WEB_MERCATOR_QUAD.tile(west + LL_EPSILON, north - LL_EPSILON, z, truncate=True)
+    se = WEB_MERCATOR_QUAD.tile(east - LL_EPSILON, south + LL_EPSILON, z, truncate=True)
+    return TileRange(z, nw.x, nw.y, max(se.x, nw.x), max(se.y, nw.y))
 
 
 def download_bytes(trange: TileRange, tile_px: int = 256) -> int:
     """Rough download size of a tile range (`TILE_BYTES` per 256 px tile, scaled by tile area),
     to size a job before it starts."""
     return round(len(trange) * TILE_BYTES * (tile_px / 256) ** 2)
-
-
-def quadkey(x: int, y: int, z: int) -> str:
-    """Bing Maps quadkey of a tile."""
-    digits = []
-    for i in range(z, 0, -1):
-        mask = 1 << (i - 1)
-        digits.append(str((1 if x & mask else 0) + (2 if y & mask else 0)))
-    return "".join(digits)
 
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -189,19 +149,16 @@ class TileTemplate:
 
     def url_for(self, z: int, x: int, y: int) -> str:
         """The URL of one tile."""
-        size = tile_size_m(z)
         values = {
             "z": str(z),
             "x": str(x),
             "y": str(y),
             "-y": str(2**z - 1 - y),
             "s": self.subdomains[(x + y) % len(self.subdomains)] if self.subdomains else "",
-            "q": quadkey(x, y, z),
+            "q": WEB_MERCATOR_QUAD.quadkey(x, y, z),
             "width": str(self.tile_px),
             "height": str(self.tile_px),
-            "bbox-epsg-3857": ",".join(
-                repr(v) for v in (-HALF_WORLD + x * size, HALF_WORLD - (y + 1) * size, -HALF_WORLD + (x + 1) * size, HALF_WORLD - y * size)
-            ),
+            "bbox-epsg-3857": ",".join(repr(v) for v in WEB_MERCATOR_QUAD.xy_bounds(x, y, z)),
         }
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.url)
 

@@ -15,7 +15,7 @@ _ENTRIES: dict[str, str] = {
     "dp": "geolabel.vectorize.polygons:dp_polygons",
     "regularized": "geolabel.vectorize.polygons:regularized_polygons",
     "mesh": "geolabel.vectorize.mesh:mesh_polygons",
-    "polycnn": "geolabel.vectorize.polycnn:polygonize_polycnn",
+    "polycnn": "geolabel.vectorize.polycnn.inference:polygonize_polycnn",
 }
 
 

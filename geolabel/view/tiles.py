@@ -21,7 +21,7 @@ from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
-from geolabel.classes import IGNORE, ClassMap
+from geolabel.classes import IGNORE, ClassMap, building_class
 from geolabel.view.layers import Layer
 
 TILE_SIZE = 256
@@ -47,7 +47,7 @@ def _style(path: str, kind: str) -> tuple[dict, object]:
             return {"indexes": 1}, palette
         if kind == "probability":
             names = json.loads(src.tags().get("classes", "[]"))
-            band = names.index("building") + 1 if "building" in names else min(2, src.count)
+            band = min(building_class(names) + 1, src.count)
             ramp = cmap.get("magma")
             scale = 1.0 if src.dtypes[band - 1] == "uint8" else 255.0
             return {"indexes": band, "scale": scale}, {v: (*ramp[v][:3], v) for v in range(256)}

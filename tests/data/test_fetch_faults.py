@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import http.server
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from geolabel.data.fetch import FetchOptions, fetch_dataset
-from geolabel.data.http import HttpClient, retry_after_seconds
+from geolabel.data.http import HttpClient
 from geolabel.data.tiles import TileCache, TileRange, TileTemplate, fetch_tiles, mosaic_tiles
 from geolabel.data.tileserver import TileServer
 from geolabel.errors import FetchError
@@ -53,10 +54,19 @@ class _StatusServer:
         self.httpd.server_close()
 
 
-def test_retry_after_parsing():
-    assert retry_after_seconds("3") == 3.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 5) == pytest.approx(5.0)
-    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+def test_retry_after_as_a_date_is_honoured_and_a_malformed_one_falls_back_to_the_backoff():
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds: 2-3 s from now
+    for value, least, most in ((when, 1.5, 3.5), ("soon", 0.0, 1.0)):
+        server = _StatusServer(503, retry_after=value)
+        client = HttpClient(connections=1, retries=1, backoff=0.01)
+        start = time.perf_counter()
+        try:
+            with pytest.raises(FetchError, match="after 2 attempts"):
+                client.get_bytes(server.url)
+        finally:
+            server.close()
+        assert least <= time.perf_counter() - start < most, value
+        assert server.hits == 2
 
 
 def test_404_is_missing_and_4xx_fails_fast_and_5xx_gives_up():

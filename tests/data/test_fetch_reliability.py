@@ -28,9 +28,10 @@ HTML = b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head><body
 
 
 class _BodyFaultHandler(_FaultyHandler):
-    """FaultyTileServer's faults plus three in the body of a 200 answer: "truncated" (the first half
+    """FaultyTileServer's faults plus four in the body of a 200 answer: "truncated" (the first half
     of the JPEG, Content-Length to match), "html" (an HTML error page), "cut" (the whole tile's
-    Content-Length, then the connection closed halfway through the body)."""
+    Content-Length, then the connection closed halfway through the body), "stall" (half the body,
+    then silence for the server's `stall` seconds before the rest)."""
 
     def send_body(self, status: int, body: bytes, content_type: str, head: bool = False, headers: dict | None = None) -> None:
         path = urlsplit(self.path).path
@@ -39,11 +40,19 @@ class _BodyFaultHandler(_FaultyHandler):
             body = body[: len(body) // 2]
         elif fault == "html":
             body, content_type = HTML, "text/html"
-        super().send_body(status, body, content_type, head or fault == "cut", headers)
+        super().send_body(status, body, content_type, head or fault in ("cut", "stall"), headers)
         if fault == "cut" and not head:
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_WR)
+        if fault == "stall" and not head:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(self.server.stall)
+            try:
+                self.wfile.write(body[len(body) // 2 :])
+            except OSError:  # the client gave up on this answer
+                self.close_connection = True
 
 
 class BodyFaultTileServer(FaultyTileServer):
@@ -100,6 +109,19 @@ def test_a_body_cut_halfway_is_retried_by_the_http_client(shared_data):
         client = HttpClient(connections=1, retries=2, backoff=0.01)
         body = client.get_bytes(TileTemplate(server.template("jpg")).url_for(*tile))
         assert server.attempts(tile) == 2 and server.faults == {"cut": 1}
+    assert body == _served(tiles, tile)
+    assert client.stats["retries"] == 1
+
+
+def test_a_body_that_stalls_midway_times_out_and_is_retried(shared_data):
+    tiles = shared_data / "oam-osm" / "virac-ph" / "tiles"
+    tile = next(VIRAC.tiles())
+    with BodyFaultTileServer(tiles, fraction=1.0, failures=1, kinds=("stall",), stall=2.0) as server:
+        client = HttpClient(connections=1, retries=2, backoff=0.01, timeout=0.3)
+        start = time.perf_counter()
+        body = client.get_bytes(TileTemplate(server.template("jpg")).url_for(*tile))
+        assert time.perf_counter() - start < 1.5  # the timeout between bytes cut the stall short
+        assert server.attempts(tile) == 2 and server.faults == {"stall": 1}
     assert body == _served(tiles, tile)
     assert client.stats["retries"] == 1
 

@@ -68,8 +68,8 @@ def test_predict_cli_endpoint_matches_local(rest_url, tiny_runs, shared_data, tm
         assert a.crs == b.crs and a.transform == b.transform and a.shape == (160, 200)
         agree = (a.read(1) == b.read(1)).mean()
     assert agree > 0.999
-    missing = runner.invoke(cli, ["predict", str(crop), "-o", str(tmp_path / "x")])
-    assert missing.exit_code != 0
+    missing = runner.invoke(cli, ["predict", "-o", str(tmp_path / "x")])  # no INPUT (one argument = the shipped model's input)
+    assert missing.exit_code != 0 and "INPUT" in missing.output
 
 
 def test_mapupdate_cli_endpoint_matches_local_probabilities(rest_url, tiny_runs, shared_data, tmp_path):
