@@ -7,7 +7,7 @@ REQS := requirements/requirements.txt requirements/requirements-nodeps.txt requi
         requirements/constraints.txt requirements/constraints-lock.txt
 export PIP_CACHE_DIR ?= $(HOME)/.cache/geolabel-pip
 
-.PHONY: setup deps test demo clean
+.PHONY: setup deps browser test demo clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,13 @@ $(STAMP): $(DEPS_STAMP) setup.cfg
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: setup
+# Debian's chromium: the test of `geolabel view` loads the page in a headless browser.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: setup browser
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 demo: setup

@@ -1,5 +1,5 @@
 """`geolabel view` on real predict and mapupdate folders: the served page, tiles and vectors over
-loopback, the self-contained export, bad input, and (where Debian's chromium is installed) what a
+loopback, the self-contained export, bad input, and (in Debian's chromium, which `make test` installs) what a
 browser draws."""
 
 from __future__ import annotations
@@ -113,7 +113,6 @@ def test_view_refuses_what_it_cannot_show(tmp_path, capsys):
         assert capsys.readouterr().err.count("\n") == 1
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_a_browser_draws_the_imagery_polygons_and_legend(served, tmp_path):
     shot = tmp_path / "view.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
