@@ -192,9 +192,10 @@ def run_demo(out: Path, budget: str = "full") -> dict:
 
     def predict_city_pretrained():
         factor, tags = model_resampling(PRETRAINED, city_image)
+        trained = load_run_config(PRETRAINED)
         result = predict_resampled(keras_predict_fn(load_model(PRETRAINED)), city_image, out / "predict-city-pretrained",
-                                   factor=factor, scene_norm=load_run_config(PRETRAINED).scene_norm,
-                                   scene_contrast=load_run_config(PRETRAINED).scene_contrast, tags=tags)
+                                   factor=factor, scene_norm=trained.scene_norm, scene_contrast=trained.scene_contrast,
+                                   tags=tags)
         report = evaluate(out / "predict-city-pretrained", city_osm, out / "evaluate-city-pretrained", polygons=None)
         iou = report["overall"]["iou"]
         summary["city_iou_vs_osm_shipped_model"] = iou

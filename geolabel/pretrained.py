@@ -75,13 +75,9 @@ def pretrained_names() -> list[str]:
     return sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{CARD_FILE}"))
 
 
-def is_pretrained(ref: str | os.PathLike | None) -> bool:
-    return isinstance(ref, str) and (ref == PRETRAINED or ref.startswith(PRETRAINED + ":"))
-
-
 def resolve_run(ref: str | os.PathLike) -> Path:
     """The folder of a model reference: `pretrained[:NAME]` -> the shipped run folder, else the path."""
-    if not is_pretrained(ref):
+    if not (isinstance(ref, str) and (ref == PRETRAINED or ref.startswith(PRETRAINED + ":"))):
         return Path(ref)
     name = str(ref).partition(":")[2] or DEFAULT_PRETRAINED
     folder = WEIGHTS_DIR / name

@@ -60,8 +60,8 @@ def model_resampling(model: str | os.PathLike | None, input_path: str | os.PathL
     return factor, tags
 
 
-def write_resampled_vrt(input_path: str | os.PathLike, factor: float, vrt_path: Path) -> tuple[int, int]:
-    """Write a VRT of `input_path` with pixels `factor` times smaller (factor > 1 = finer); its (width, height)."""
+def write_resampled_vrt(input_path: str | os.PathLike, factor: float, vrt_path: Path) -> None:
+    """Write a VRT of `input_path` with pixels `factor` times smaller (factor > 1 = finer)."""
     with open_raster(input_path) as src:
         if src.crs is None:
             raise InputError(input_path, "has no CRS, so it cannot be resampled to the model's resolution")
@@ -71,7 +71,6 @@ def write_resampled_vrt(input_path: str | os.PathLike, factor: float, vrt_path: 
         with WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height,
                        resampling=resampling) as vrt:
             rasterio.shutil.copy(vrt, vrt_path, driver="VRT")
-    return width, height
 
 
 def _warp_back(stage: Path, out: Path, input_path: str | os.PathLike, tile: int, compress: str,
