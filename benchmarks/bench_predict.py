@@ -36,11 +36,14 @@ BASELINE_MPX_S = 0.57  # the PyTorch baseline pipeline's end-to-end throughput
 # models are built with random weights; "unet-x4" is the architecture of the generalisation
 # recipe (benchmarks/results/generalisation.md), whose unseen-city IoU the README reports.
 MODELS = {
+    "shipped": ("pretrained", {}),  # the building model inside the package (geolabel/weights/buildings)
     "fcn": ("fcn", {}),
     "unet": ("unet", {"width": 16}),
     "unet-x4": ("unet", {"width": 16, "downsample": 4}),
 }
+Z21_CITY, Z21_BLOCK = "kampala-ug", (0, 6144, 2048)  # a fully imaged 2048 px block of real z21 imagery (row, col, side)
 REAL_RASTER = ROOT / "benchmarks" / "data" / "oam" / "zanzibar-tz" / "imagery.tif"  # z21 OAM, made by make_oam_datasets.py
+CLI = "cli"  # rows that run `geolabel predict IMAGE --out OUT --polygons` itself (`cli_run`)
 WINDOW, OVERLAP, BATCH = 1024, 64, 1  # defaults; --window / --batch change them
 MODEL_ONLY_CALLS = 5  # back-to-back model calls timed for the "model only" rate
 
@@ -78,18 +81,49 @@ def build_raster(mpx: int) -> Path:
     return path
 
 
+def build_z21_raster(mpx: int) -> Path:
+    """A square ~`mpx` Mpx z21 (7.5 cm) GeoTIFF mirroring a real, fully imaged Kampala block: the
+    imagery the shipped model was trained for, so `geolabel predict` runs it without resampling."""
+    import rasterio
+    from rasterio.windows import Window
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from oam_cities import _tile_grid, load_city
+
+    side = int(round(np.sqrt(mpx * 1024 * 1024) / 512)) * 512
+    path = DATA / f"kampala-z21-mosaic-{side}.tif"
+    if path.exists():
+        return path
+    r0, c0, n = Z21_BLOCK
+    block = load_city(Z21_CITY)[0][r0 : r0 + n, c0 : c0 + n].transpose(2, 0, 1)
+    transform = _tile_grid(Z21_CITY, 21)[-1] * rasterio.Affine.translation(c0, r0)
+    DATA.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.tif")
+    profile = dict(driver="GTiff", width=side, height=side, count=3, dtype="uint8", crs="EPSG:3857",
+                   transform=transform, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
+                   BIGTIFF="IF_SAFER", interleave="pixel", photometric="RGB")
+    mirrored = np.concatenate([np.concatenate([block, block[:, :, ::-1]], 2),
+                               np.concatenate([block[:, ::-1], block[:, ::-1, ::-1]], 2)], 1)  # seamless 2n tile
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for r in range(0, side, 512):
+            rows = mirrored[:, (np.arange(r, r + 512) % (2 * n))]
+            dst.write(np.tile(rows, (1, 1, side // (2 * n) + 1))[:, :, :side], window=Window(0, r, side, 512))
+    tmp.rename(path)
+    return path
+
+
 def child(model_name: str, raster: str, out: str, window: int, batch: int, precision: str) -> None:
     """Run one prediction end to end; print a JSON line with time and peak RSS."""
     import keras
 
     import rasterio
 
-    from geolabel.models import build_model, stride_of
+    from geolabel.models import build_model, load_model, stride_of
     from geolabel.predict import keras_predict_fn, predict_raster, window_geometry
 
     keras.utils.set_random_seed(0)
     name, config = MODELS[model_name]
-    model = build_model(name, 2, **config)
+    model = load_model(name) if name == "pretrained" else build_model(name, 2, **config)
     fn = keras_predict_fn(model, precision=precision)
     with rasterio.open(raster) as src:  # the window side predict_raster will run
         side, _ = window_geometry(src.width, src.height, window, OVERLAP, stride_of(model))
@@ -110,6 +144,31 @@ def child(model_name: str, raster: str, out: str, window: int, batch: int, preci
                       "data_mpx": data_pixels(result.classes) / 1e6, "window_run": result.window,
                       "mpx_s": result.megapixels_per_second, "model_only_window_mpx_s": model_only,
                       "peak_rss_mb": rss_mb, "windows": result.windows, "timings": result.timings}))
+
+
+def cli_run(raster: Path, out: Path) -> dict:
+    """`geolabel predict RASTER --out OUT --polygons` as a user runs it (shipped model, default
+    polygoniser, separation and filters, precision auto): wall clock from process start to the
+    last file written, and the process's peak RSS."""
+    import pyogrio
+    import rasterio
+
+    cmd = [str(Path(sys.executable).with_name("geolabel")), "predict", str(raster), "--out", str(out), "--polygons"]
+    log = OUT / f"{out.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GEOLABEL_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log, "w") as sink:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{log.read_text()[-3000:]}")
+    with rasterio.open(out / "classes.tif") as src:
+        mpx = src.width * src.height / 1e6
+    return {"seconds": seconds, "mpx": mpx, "data_mpx": data_pixels(out / "classes.tif") / 1e6, "mpx_s": mpx / seconds,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "objects": pyogrio.read_info(out / "polygons.gpkg")["features"],
+            "cli": " ".join(["geolabel", *cmd[1:3], "--out OUT --polygons"])}
 
 
 def data_pixels(classes: Path) -> int:
@@ -134,7 +193,7 @@ def measure_reference(precision: str) -> dict:
     """Conv peak of this machine in `precision` (in a child, to keep the parent small)."""
     code = (
         "import json; from geolabel.perf import measure_conv_peak; from geolabel.precision import resolve_precision; "
-        f"print(json.dumps({{'peak': measure_conv_peak(dtype=resolve_precision({precision!r}))}}))"
+        f"p = resolve_precision({precision!r}); print(json.dumps({{'peak': measure_conv_peak(dtype=p), 'precision': p}}))"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}", "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -162,44 +221,57 @@ def main() -> None:
     command = " ".join(["cd /work/main && .venv/bin/python benchmarks/bench_predict.py", *sys.argv[1:]])
     sizes = args.sizes.split(",")
     limits = {k: int(v) for k, v in (item.split(":") for item in args.max_mpx.split(",") if item)}
-    rasters = {s: REAL_RASTER if s == "real" else build_raster(int(s)) for s in sizes}
+    rasters = {s: REAL_RASTER if s == "real" else build_z21_raster(int(s[1:])) if s.startswith("z")
+               else build_raster(int(s)) for s in sizes}
     if "real" in rasters and not REAL_RASTER.exists():
         raise SystemExit(f"{REAL_RASTER} is missing: run benchmarks/make_oam_datasets.py first, or leave 'real' out")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GEOLABEL_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     runs = json.loads((RESULTS / "predict.json").read_text())["runs"] if args.append else []
+    shipped_flops = {}  # window side -> FLOPs per pixel of the shipped model, from its own rows
     for model_name, precision in [(m, p) for m in args.models.split(",") for p in args.precisions.split(",")]:
-        ref = measure_reference(precision)
+        if model_name == CLI and precision != args.precisions.split(",")[0]:
+            continue  # the CLI picks its precision itself (auto)
+        ref = measure_reference("auto" if model_name == CLI else precision)
         for size in sizes:
-            if size != "real" and int(size) > limits.get(model_name, 10**9):
+            if size[0] != "z" and size != "real" and int(size) > limits.get(model_name, 10**9):
                 continue
             out = OUT / f"{model_name}-{size}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, __file__, "--child", model_name, str(rasters[size]), str(out), str(args.window),
-                   str(args.batch), precision]
             load_before = os.getloadavg()[0]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"{model_name} {size} Mpx failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            if model_name == CLI:
+                row = cli_run(rasters[size], out)
+                row.update({"precision": f"auto ({ref['precision']})", "window_run": None, "windows": None,
+                            "flops_per_pixel": shipped_flops.get(size), "model_only_window_mpx_s": None})
+            else:
+                cmd = [sys.executable, __file__, "--child", model_name, str(rasters[size]), str(out), str(args.window),
+                       str(args.batch), precision]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{model_name} {size} Mpx failed:\n{proc.stderr[-3000:]}")
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                if model_name == "shipped":
+                    shipped_flops[size] = row["flops_per_pixel"]
             shutil.rmtree(out, ignore_errors=True)
             fpp = row["flops_per_pixel"]
             peak = ref["peak"]["best_gflops"]
-            # every window the model ran is run at full size (edges padded); all-nodata ones are skipped
-            computed_px = (row["windows"] - row["timings"].get("windows_skipped", 0)) * row["window_run"] ** 2
             row.update({
-                "model": model_name, "model_config": MODELS[model_name][1], "raster": rasters[size].name,
+                "model": model_name, "model_config": MODELS.get(model_name, ("", {}))[1], "raster": rasters[size].name,
                 "commit": git_commit(),
                 "window": args.window, "batch": args.batch, "command": command,
                 "size_mpx_nominal": size, "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
                 "conv_peak_gflops_best": peak,
                 "conv_peak_gflops_median": ref["peak"]["median_gflops"],
-                "flop_bound_mpx_s": peak * 1e9 / fpp / 1e6,
-                # useful work: the pixels holding data (the z21 rasters are mostly nodata, never run)
-                "utilisation_end_to_end": row["data_mpx"] / row["seconds"] * fpp / (peak * 1e3),
-                "utilisation_predict_stage": computed_px * fpp / row["timings"]["predict"] / (peak * 1e9),
-                "utilisation_model_only": row["model_only_window_mpx_s"] * fpp / (peak * 1e3),
                 "vs_baseline": row["mpx_s"] / BASELINE_MPX_S,
             })
+            if fpp:
+                # useful work: the pixels holding data (the z21 rasters are mostly nodata, never run)
+                row.update({"flop_bound_mpx_s": peak * 1e9 / fpp / 1e6,
+                            "utilisation_end_to_end": row["data_mpx"] / row["seconds"] * fpp / (peak * 1e3)})
+            if row.get("window_run"):
+                # every window the model ran is run at full size (edges padded); all-nodata ones are skipped
+                computed_px = (row["windows"] - row["timings"].get("windows_skipped", 0)) * row["window_run"] ** 2
+                row.update({"utilisation_predict_stage": computed_px * fpp / row["timings"]["predict"] / (peak * 1e9),
+                            "utilisation_model_only": row["model_only_window_mpx_s"] * fpp / (peak * 1e3)})
             runs.append(row)
             print(json.dumps(row), flush=True)
             write_results(runs)  # after every run, so a cut-short run still reports
@@ -230,14 +302,20 @@ def write_results(runs: list[dict]) -> None:
         "| kFLOP/px | conv peak GFLOP/s | utilisation end-to-end | predict stage | model only | load avg | code |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def pct(r: dict, key: str) -> str:
+        return f"{r[key]:.0%}" if r.get(key) is not None else ""
+
     for r in runs:
-        lines.append(f"| {r['model']} {r['model_config'] or ''} | {r.get('precision', 'float32')} | {r['raster']} | {r['mpx']:.1f} | "
-                     f"{r.get('data_mpx', r['mpx']):.1f} | {r['window']} x {r['batch']} "
-                     f"({r.get('window_run', r['window'])}) | {r['seconds']:.1f} | "
+        cli = r["model"] == CLI
+        label = f"`{r['cli']}` (shipped model)" if cli else f"{r['model']} {r['model_config'] or ''}"
+        window = "default" if cli else f"{r['window']} x {r['batch']} ({r.get('window_run', r['window'])})"
+        kflops = f"{r['flops_per_pixel'] / 1e3:.1f}" if r.get("flops_per_pixel") else ""
+        lines.append(f"| {label} | {r.get('precision', 'float32')} | {r['raster']} | {r['mpx']:.1f} | "
+                     f"{r.get('data_mpx', r['mpx']):.1f} | {window} | {r['seconds']:.1f} | "
                      f"{r['mpx_s']:.3f} | {r['vs_baseline']:.2f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['flops_per_pixel'] / 1e3:.1f} | {r['conv_peak_gflops_best']:.0f} | "
-                     f"{r['utilisation_end_to_end']:.0%} | {r['utilisation_predict_stage']:.0%} | "
-                     f"{r['utilisation_model_only']:.0%} | {r['load_avg_before']:.1f} | {r.get('commit', '')} |")
+                     f"{kflops} | {r['conv_peak_gflops_best']:.0f} | "
+                     f"{pct(r, 'utilisation_end_to_end')} | {pct(r, 'utilisation_predict_stage')} | "
+                     f"{pct(r, 'utilisation_model_only')} | {r['load_avg_before']:.1f} | {r.get('commit', '')} |")
     lines += ["", NOTES, ""]
     write_text_atomic(RESULTS / "predict.md", "\n".join(lines))
 

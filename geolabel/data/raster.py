@@ -131,6 +131,16 @@ def read_raster(path: PathLike) -> GeoBlock:
         return read_block(src)
 
 
+STREAMING_CACHE_MB = 64
+"""GDAL block cache for rasters read or written once, block by block: GDAL's default (5 % of
+RAM) would let memory grow with the raster up to that size while caching blocks never read again."""
+
+
+def streaming_env(cache_mb: int = STREAMING_CACHE_MB) -> rasterio.Env:
+    """A rasterio environment with a small GDAL block cache, for streamed whole-raster passes."""
+    return rasterio.Env(GDAL_CACHEMAX=int(cache_mb) * 2**20)
+
+
 def iter_windows(width: int, height: int, size: int) -> Iterator[Window]:
     """Row-major windows of at most `size` x `size` covering a width x height grid."""
     for row in range(0, height, size):

@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from geolabel.atomic import atomic_path
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.data.imagery import InputScaling
-from geolabel.data.raster import RasterWriter, open_raster
+from geolabel.data.raster import STREAMING_CACHE_MB, RasterWriter, open_raster, streaming_env
 from geolabel.data.standardize import raster_band_stats, standardize
 from geolabel.errors import InputError
 from geolabel.predict.windows import blend_weights, plan_windows, window_geometry
@@ -85,9 +85,9 @@ class KerasPredictor:
             import tensorflow as tf
 
             from geolabel.precision import with_precision
-            from geolabel.predict.fused import with_fused_group_norm
+            from geolabel.predict.fused import with_coarse_ends, with_fused_group_norm
 
-            model = with_fused_group_norm(with_precision(model, self.precision))
+            model = with_coarse_ends(with_fused_group_norm(with_precision(model, self.precision)))
 
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
@@ -329,7 +329,7 @@ def predict_raster(
     queue_size: int = 3,
     compress: str = "deflate",
     compress_level: int | None = 3,
-    gdal_cache_mb: int = 64,
+    gdal_cache_mb: int = STREAMING_CACHE_MB,
     precision: str = "auto",
     tags: dict[str, str] | None = None,
     scaling: InputScaling | None = None,
@@ -364,8 +364,7 @@ def predict_raster(
         compress: compression of the COGs.
         compress_level: its level; 3 writes the COGs ~2.3x faster than GDAL's default 6
             (deflate) for files ~15% larger.
-        gdal_cache_mb: GDAL block cache while predicting (GDAL's default, 5 % of RAM, would
-            let memory grow with the raster up to that size).
+        gdal_cache_mb: GDAL block cache while predicting (`geolabel.data.raster.streaming_env`).
         precision: compute precision of a Keras model given as `predict_fn` (`keras_predict_fn`).
         tags: extra metadata tags for both COGs (e.g. the model's attribution).
         scaling: how the model's training chips were made from their imagery (`load_run_input`):
@@ -377,7 +376,7 @@ def predict_raster(
     Outputs have the input's CRS, transform and size; `classes.tif` is uint8 with 255
     (geolabel.classes.IGNORE) on nodata. On any error nothing appears under the output names.
     """
-    with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20):
+    with streaming_env(gdal_cache_mb):
         return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap,
                         fit_to_raster=fit_to_raster, batch_size=batch_size,
                         tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,

@@ -46,6 +46,8 @@ import math
 import multiprocessing
 import os
 from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import geopandas as gpd
@@ -59,6 +61,7 @@ from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 from geolabel.data.raster import ground_pixel_size
 from geolabel.vectorize.polygons import vertex_count
+from geolabel.vectorize.separate import separate_buildings
 
 DEFAULT_LAMBDA = 0.5
 """Default complexity weight, metres: a vertex must save lambda^2 of mislabelled area."""
@@ -1220,7 +1223,27 @@ def _block_polygons(
 
 
 def _block_polygons_args(args: tuple) -> list[tuple[int, float, float, shapely.Geometry]]:
-    return _block_polygons(*args)
+    labels, probabilities, instances, lam_px, mu_px, skip, regular, separation = args
+    if separation is not None:  # (building class, pixel metres, core metres): in the worker, in parallel
+        labels = separate_buildings(labels, *separation)
+    if probabilities is not None and probabilities.dtype == np.uint8:
+        probabilities = probabilities.astype(np.float32) / 255.0
+    return _block_polygons(labels, probabilities, instances, lam_px, mu_px, skip, regular)
+
+
+def _bounded_map(fn, items, pool: ProcessPoolExecutor | None, ahead: int):
+    """`map(fn, items)` in order; with a pool, at most `ahead` items read and in flight at once
+    (`Executor.map` would read every block of the raster before the first result)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _merge_seams(pieces: list[tuple[int, float, float, shapely.Geometry]], seam_lines: list[shapely.Geometry]):
@@ -1312,51 +1335,78 @@ def mesh_polygons(
         raise InputError("block_size", "must be at least 16 pixels")
     if workers is not None and workers < 1:
         raise InputError("workers", "must be >= 1")
-    if probabilities is not None and probabilities.dtype == np.uint8:
-        probabilities = probabilities.astype(np.float32) / 255.0
     h, w = arr.shape
-    mx, my = ground_pixel_size(transform, crs, w, h)
-    pixel = math.sqrt(mx * my)
-    if regular_classes is None:
-        regular = {building_class(class_map)}
-    else:
-        regular = set(int(c) for c in regular_classes)
-    skip = {int(background), IGNORE}
-    pieces: list[tuple[int, float, float, shapely.Geometry]] = []
-    seams: list[shapely.Geometry] = []
-    windows = [(r, c) for r in range(0, h, block_size) for c in range(0, w, block_size)]
-    if workers is None:
-        workers = _available_cores() if h * w >= AUTO_PARALLEL_PIXELS else 1
-    def jobs():
-        for r0, c0 in windows:
-            r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
-            probs = None if probabilities is None else probabilities[:, r0:r1, c0:c1]
-            inst = None if instances is None else instances[r0:r1, c0:c1]
-            yield arr[r0:r1, c0:c1], probs, inst, lam / pixel, mu / pixel, skip, regular
 
-    if workers > 1 and len(windows) > 1:
+    def blocks():
+        for r0 in range(0, h, block_size):
+            for c0 in range(0, w, block_size):
+                r1, c1 = min(r0 + block_size, h), min(c0 + block_size, w)
+                yield (r0, c0, arr[r0:r1, c0:c1], None if probabilities is None else probabilities[:, r0:r1, c0:c1],
+                       None if instances is None else instances[r0:r1, c0:c1])
+
+    return mesh_blocks(blocks(), w, h, transform, crs, class_map=class_map, lam=lam, mu=mu, block_size=block_size,
+                       min_area=min_area, regular_classes=regular_classes, background=background, workers=workers)
+
+
+def mesh_blocks(
+    blocks: Iterable[tuple[int, int, np.ndarray, np.ndarray | None, np.ndarray | None]],
+    width: int,
+    height: int,
+    transform: Affine,
+    crs=None,
+    *,
+    class_map: ClassMap | None = None,
+    lam: float = DEFAULT_LAMBDA,
+    mu: float = DEFAULT_MU,
+    block_size: int = DEFAULT_BLOCK,
+    min_area: float = 0.0,
+    regular_classes: Sequence[int] | None = None,
+    background: int = 0,
+    workers: int | None = None,
+    separate_core_m: float | None = None,
+) -> gpd.GeoDataFrame:
+    """`mesh_polygons` of a raster given as its `block_size` blocks, read as they are meshed:
+    (row, col, classes, probabilities (uint8 x 255 or float) or None, instances or None) in
+    row-major order. At most two blocks per worker are held at once, so memory does not grow
+    with the raster. With `separate_core_m`, touching buildings are split in each block first
+    (`geolabel.vectorize.separate`), in the workers."""
+    mx, my = ground_pixel_size(transform, crs, width, height)
+    pixel = math.sqrt(mx * my)
+    regular = {building_class(class_map)} if regular_classes is None else {int(c) for c in regular_classes}
+    skip = {int(background), IGNORE}
+    separation = None if separate_core_m is None else (building_class(class_map), pixel, separate_core_m)
+    n_blocks = math.ceil(height / block_size) * math.ceil(width / block_size)
+    if workers is None:
+        workers = _available_cores() if height * width >= AUTO_PARALLEL_PIXELS else 1
+    workers = min(workers, n_blocks)
+    pool = None
+    if workers > 1:
         # forkserver: never fork a parent that may hold TensorFlow's threads; the server imports
         # this module once, so the workers start without importing it again
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(windows)), mp_context=context)
-        results = pool.map(_block_polygons_args, jobs())
-    else:
-        pool = None
-        results = map(_block_polygons_args, jobs())
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    corners: list[tuple[int, int]] = []
+
+    def jobs() -> Iterator[tuple]:
+        for r0, c0, cls, probs, inst in blocks:
+            corners.append((r0, c0))
+            yield cls, probs, inst, lam / pixel, mu / pixel, skip, regular, separation
+
+    pieces: list[tuple[int, float, float, shapely.Geometry]] = []
     try:
-        for (r0, c0), block in zip(windows, progress(results, desc="mesh polygons", total=len(windows), unit="block")):
+        results = _bounded_map(_block_polygons_args, jobs(), pool, ahead=2 * workers)
+        for i, block in enumerate(progress(results, desc="mesh polygons", total=n_blocks, unit="block")):
             if block:
+                r0, c0 = corners[i]
                 moved = shapely.transform(np.array([g for *_, g in block], dtype=object),
                                           lambda p, dx=c0, dy=r0: p + (dx, dy))
                 pieces.extend((cls, conf, count, g) for (cls, conf, count, _), g in zip(block, moved))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    for r in range(block_size, h, block_size):
-        seams.append(shapely.LineString([(0, r), (w, r)]))
-    for c in range(block_size, w, block_size):
-        seams.append(shapely.LineString([(c, 0), (c, h)]))
+    seams = [shapely.LineString([(0, r), (width, r)]) for r in range(block_size, height, block_size)]
+    seams += [shapely.LineString([(c, 0), (c, height)]) for c in range(block_size, width, block_size)]
     pieces = _merge_seams(pieces, seams)
     geoms = np.array([p[3] for p in pieces], dtype=object)
     if len(geoms):

