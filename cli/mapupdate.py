@@ -30,16 +30,18 @@ from geolabel.data.vectors import VECTOR_FORMATS
 @click.option("--source", default="geolabel", show_default=True, help="Value of the source tag in the .osc.")
 @click.option("--vector-format", "vector_formats", multiple=True, type=click.Choice(VECTOR_FORMATS), default=("geojson",),
               show_default=True, help="Format(s) of the changes review layer (repeat for several).")
+@click.option("--pmtiles", is_flag=True, help="Also write changes.pmtiles: the review layer as vector tiles for web maps.")
 def mapupdate(
     image: str, osm_path: str, model_path: str | None, prob_path: str | None, endpoint: str | None, out_dir: str,
     downsample: int, max_shift: int, threshold: float, min_confidence: float | None, align_path: str | None,
-    source: str, vector_formats: tuple[str, ...] = ("geojson",),
+    source: str, vector_formats: tuple[str, ...] = ("geojson",), pmtiles: bool = False,
 ) -> None:
     """Compare predictions on IMAGE with --osm; write changes.geojson (every change, for review), changes.osc
     (confident, uploadable changes), changes.osm (confident corrections that are not uploadable), summary.json,
     preview.png and item.json (STAC)."""
     from geolabel.mapupdate.diff import DiffParams
     from geolabel.cli import output
+    from geolabel.data.stac import imagery_attribution, write_item
     from geolabel.mapupdate.update import map_update_files
 
     output(out_dir, command="mapupdate", marks=("changes.*",), inputs=(image, osm_path, model_path, prob_path, align_path))
@@ -59,10 +61,10 @@ def mapupdate(
             # 256 px windows keep each JSON request within servers' default body limits
             prob_path = predict_raster(client, image, Path(out_dir) / "predict", window=256, overlap=32,
                                        preview=False).probabilities
+    imagery_credit = imagery_attribution(image)
     summary = map_update_files(image, osm_path, out_dir, model_path, prob_path, downsample, params, source,
-                               align_path=align_path, vector_formats=vector_formats)
-    from geolabel.data.stac import imagery_attribution, write_item
-
+                               align_path=align_path, vector_formats=vector_formats, pmtiles=pmtiles,
+                               attribution=imagery_credit)
     write_item(out_dir, image, model=endpoint or model_path or prob_path, sources=[image, osm_path],
-               attribution=imagery_attribution(image), osm=True)
+               attribution=imagery_credit, osm=True)
     click.echo(json.dumps(summary["counts"]))

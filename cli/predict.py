@@ -55,13 +55,14 @@ def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
 @click.option("--endpoint", default=None, help="TF Serving REST URL http://HOST:8501/v1/models/NAME instead of MODEL.")
 @click.option("--vector-format", "vector_formats", multiple=True, type=click.Choice(VECTOR_FORMATS),
               default=("gpkg", "geojson"), show_default=True, help="Format(s) of the --polygons file (repeat for several).")
+@click.option("--pmtiles", is_flag=True, help="With --polygons, also write polygons.pmtiles: vector tiles for web maps.")
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample INPUT to the resolution MODEL was trained at when its model card says it differs.")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
     bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, min_confidence: float, separate: bool,
     precision: str, endpoint: str | None, resample: bool = True,
-    beam: bool = False, beam_args: str = "", vector_formats: tuple[str, ...] = ("gpkg", "geojson"),
+    beam: bool = False, beam_args: str = "", vector_formats: tuple[str, ...] = ("gpkg", "geojson"), pmtiles: bool = False,
 ) -> None:
     """Run MODEL over INPUT; write classes.tif, probabilities.tif, preview.png.
 
@@ -87,6 +88,8 @@ def predict(
             raise InputError("--polygons", f"unknown polygoniser {polygonizer!r}; available: {', '.join(sorted(POLYGONIZERS))}")
         if polygonizer == "polycnn" and polycnn_model is None:
             raise InputError("--polycnn-model", "--polygons polycnn needs the PolyCNN model (geolabel polycnn-train writes one)")
+    elif pmtiles:
+        raise InputError("--pmtiles", "needs --polygons: the archive holds the polygons")
     if input_path is None and model is not None:  # one argument: the input (`--endpoint URL`, or the shipped model)
         model, input_path = (None if endpoint else PRETRAINED), model
     if input_path is None or (model is None and not endpoint):
@@ -105,6 +108,8 @@ def predict(
             raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
         if factor != 1.0:
             raise click.UsageError("--beam predicts at the input's resolution; resample INPUT first or pass --no-resample")
+        if pmtiles:
+            raise click.UsageError("--beam writes polygons.gpkg and polygons.geojson only; drop --pmtiles")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
                                           tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
                                           min_confidence=min_confidence, separate=separate)))
@@ -123,6 +128,9 @@ def predict(
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3),
                **({"resampled": round(factor, 4)} if factor != 1.0 else {}), **tags}
+    from geolabel.data.stac import imagery_attribution, write_item
+
+    imagery_credit = imagery_attribution(input_path)
     if polygonizer is not None:
         from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
@@ -133,10 +141,9 @@ def predict(
             options.update(image=input_path, model=polycnn_model)
         frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, separate=separate,
                                   min_confidence=min_confidence, **options)
-        paths = write_polygons(frame, out_dir, "polygons", vector_formats)
+        credit = [*imagery_credit, *([tags["attribution"]] if "attribution" in tags else [])]  # the model card's line
+        paths = write_polygons(frame, out_dir, "polygons", vector_formats, pmtiles=pmtiles, attribution=credit)
         summary.update({"polygons": str(next(iter(paths.values()))), **{f: str(p) for f, p in paths.items()}, "objects": len(frame)})
-    from geolabel.data.stac import imagery_attribution, write_item
-
     summary["item"] = str(write_item(out_dir, result.classes, model=endpoint or model, sources=[input_path],
-                                     attribution=imagery_attribution(input_path)))
+                                     attribution=imagery_credit))
     click.echo(json.dumps(summary))

@@ -1,8 +1,9 @@
-"""Vector outputs in the formats users open: GeoPackage, GeoJSON and GeoParquet.
+"""Vector outputs in the formats users open: GeoPackage, GeoJSON and GeoParquet, and PMTiles for web maps.
 
 One writer for every vector layer geolabel produces (polygons, map-update changes), so the
 `--vector-format` choice means the same thing everywhere: `NAME.gpkg` and `NAME.parquet` keep
-the frame's CRS, `NAME.geojson` is EPSG:4326 (RFC 7946). Each file is written atomically.
+the frame's CRS, `NAME.geojson` is EPSG:4326 (RFC 7946); `--pmtiles` adds `NAME.pmtiles`
+(`geolabel.data.vectortiles`). Each file is written atomically.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ VECTOR_FORMATS = ("gpkg", "geojson", "parquet")
 
 
 def write_vectors(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str,
-                  formats: Sequence[str] = ("gpkg", "geojson")) -> dict[str, Path]:
-    """Write `frame` as `out_dir/NAME.EXT` for each format; returns {format: path}."""
+                  formats: Sequence[str] = ("gpkg", "geojson"), *, pmtiles: bool = False,
+                  attribution: Sequence[str] = ()) -> dict[str, Path]:
+    """Write `frame` as `out_dir/NAME.EXT` for each format, and with `pmtiles` as `NAME.pmtiles` (one
+    vector-tile layer NAME, crediting `attribution`); returns {format: path}."""
     unknown = sorted(set(formats) - set(VECTOR_FORMATS))
     if unknown or not formats:
         raise InputError("--vector-format", f"expected some of {', '.join(VECTOR_FORMATS)}, got {', '.join(unknown) or 'none'}")
@@ -39,6 +42,10 @@ def write_vectors(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str
             else:
                 wgs84 = frame.to_crs("EPSG:4326") if frame.crs is not None else frame
                 wgs84.to_file(tmp, driver="GeoJSON", engine="pyogrio")
+    if pmtiles:
+        from geolabel.data.vectortiles import write_pmtiles
+
+        paths["pmtiles"] = write_pmtiles(frame, out / f"{name}.pmtiles", name, attribution=attribution)
     return paths
 
 

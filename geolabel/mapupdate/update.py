@@ -23,7 +23,7 @@ from geolabel.align.data import Scene, rasterize_map
 from geolabel.align.fields import to_crs
 from geolabel.atomic import atomic_path, write_text_atomic
 from geolabel.classes import STATUS_COLORS
-from geolabel.data.osm import OsmBuilding, OsmNode
+from geolabel.data.osm import OSM_ATTRIBUTION, OsmBuilding, OsmNode
 from geolabel.data.vectors import write_vectors
 from geolabel.errors import InputError
 from geolabel.models import load_model, stride_of
@@ -263,15 +263,19 @@ def write_outputs(
     seen: list[Change] | None = None,
     extra: dict | None = None,
     vector_formats: Sequence[str] = ("geojson",),
+    pmtiles: bool = False,
+    attribution: Sequence[str] = (),
 ) -> dict:
-    """Write changes.geojson (and/or .gpkg, .parquet: `vector_formats`), changes.osc,
-    changes.osm (when needed), summary.json and preview.png; returns the summary.
+    """Write changes.geojson (and/or .gpkg, .parquet: `vector_formats`; with `pmtiles` also
+    changes.pmtiles), changes.osc, changes.osm (when needed), summary.json and preview.png;
+    returns the summary.
 
     Args:
         changes: in the map's frame (pixel coordinates of the scene grid).
         buildings: the map's OSM objects by id (from OSM XML), for node modifies.
         seen: the changes as drawn over the image (default `changes`; differs after alignment).
         extra: more entries for the summary.
+        attribution: the imagery's credit lines, for changes.pmtiles (OpenStreetMap's is added).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +314,8 @@ def write_outputs(
     frame.insert(4, "shift_north_m", np.round(shifts[:, 1], 3))
     frame.insert(5, "output", outputs)
     frame.insert(6, "note", notes)
-    files = [p.name for p in write_vectors(frame, out, "changes", vector_formats).values()]
+    files = [p.name for p in write_vectors(frame, out, "changes", vector_formats, pmtiles=pmtiles,
+                                           attribution=[*attribution, OSM_ATTRIBUTION]).values()]
     write_osc(out / OSC, build_osc(new, moved, source=source))
     files.append(OSC)
     if review:
@@ -349,6 +354,8 @@ def map_update(
     valid: np.ndarray | None = None,
     aligned: np.ndarray | None = None,
     vector_formats: Sequence[str] = ("geojson",),
+    pmtiles: bool = False,
+    attribution: Sequence[str] = (),
 ) -> tuple[list[Change], dict]:
     """Compare `prob` (on the scene's grid) with the scene's polygons and write all outputs.
 
@@ -357,6 +364,7 @@ def map_update(
         valid: (H, W) True where there is imagery (default: pixels not 0 on every band).
         aligned: the scene's polygons aligned to the image (`align_geometries`): statuses are
             judged against them, so a misregistration of the whole map is not a change.
+        vector_formats, pmtiles, attribution: the changes files to write (`write_outputs`).
     Returns the changes in the map's frame and the summary.
     """
     params = params or DiffParams()
@@ -367,7 +375,7 @@ def map_update(
     changes = to_map_frame(seen, scene, aligned)
     extra = {"aligned": aligned is not None}
     return changes, write_outputs(scene, changes, out_dir, source, buildings, params.min_confidence, seen, extra,
-                                  vector_formats)
+                                  vector_formats, pmtiles, attribution)
 
 
 def read_probability(path: str | os.PathLike, shape: tuple[int, int], band: int = 2) -> np.ndarray:
@@ -396,10 +404,13 @@ def map_update_files(
     tile: int = 512,
     align_path: str | os.PathLike | None = None,
     vector_formats: Sequence[str] = ("geojson",),
+    pmtiles: bool = False,
+    attribution: Sequence[str] = (),
 ) -> dict:
     """Run the whole map update from files: read the map (checking it lies on the image),
     optionally align it (`align_path`: a MultiscaleAligner / AlignUpdateNet .keras), predict
-    (or read) probabilities, compare, write."""
+    (or read) probabilities, compare, write (`vector_formats`, `pmtiles`, `attribution`: see
+    `write_outputs`)."""
     if (model_path is None) == (probabilities_path is None):
         raise InputError("--model/--probabilities", "give exactly one of them")
     scene, buildings = load_map_scene(image_path, osm_path, downsample)
@@ -415,5 +426,6 @@ def map_update_files(
         image = model_input(scene.image, valid, model_path)
         geoms = scene.geoms if aligned is None else aligned
         prob = building_probability(load_model(model_path), image, geoms, tile=tile)
-    _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned, vector_formats)
+    _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned, vector_formats,
+                            pmtiles, attribution)
     return summary

@@ -456,7 +456,7 @@ class LabelMesh:
         n_direct = int(jj.sum())
         open_g = np.flatnonzero(~is_loop)
         loop_g = np.flatnonzero(is_loop)
-        n_open, n_loop = len(open_g), len(loop_g)
+        n_open = len(open_g)
         lens = np.concatenate([glens[open_g] + 2, np.full(n_direct, 2, np.int64), glens[loop_g]]).astype(np.int64)
         nch = len(lens)
         sstart = (np.cumsum(lens) - lens).astype(np.int64)

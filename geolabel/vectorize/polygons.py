@@ -517,9 +517,11 @@ class _null:
 
 
 def write_polygons(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str = "polygons",
-                   formats: Sequence[str] = ("gpkg", "geojson")) -> dict[str, Path]:
+                   formats: Sequence[str] = ("gpkg", "geojson"), *, pmtiles: bool = False,
+                   attribution: Sequence[str] = ()) -> dict[str, Path]:
     """Write valid geometries as `NAME.gpkg` / `NAME.parquet` (source CRS) and `NAME.geojson`
-    (EPSG:4326), the `formats` asked for (`geolabel.data.vectors`); returns {format: path}."""
+    (EPSG:4326), the `formats` asked for, and with `pmtiles` `NAME.pmtiles` crediting `attribution`
+    (`geolabel.data.vectors`); returns {format: path}."""
     frame = frame.copy()
     frame["geometry"] = shapely.make_valid(frame.geometry.values) if len(frame) else frame.geometry
-    return write_vectors(frame, out_dir, name, formats)
+    return write_vectors(frame, out_dir, name, formats, pmtiles=pmtiles, attribution=attribution)

@@ -49,20 +49,20 @@ def virac_dataset(virac, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
 
 @pytest.fixture(scope="session")
 def predict_folder(virac_dataset, tmp_path_factory) -> Path:
-    """`geolabel predict --polygons dp --vector-format parquet --vector-format geojson` on the crop."""
+    """`geolabel predict --polygons dp --vector-format parquet --vector-format geojson --pmtiles` on the crop."""
     root = tmp_path_factory.mktemp("view")
     bright_roof_model().save(root / "model.keras")
     out = root / "predict"
     main(["predict", str(root / "model.keras"), str(virac_dataset[0]), "--out", str(out), "--window", "512",
-          "--polygons", "dp", "--no-separate", "--vector-format", "parquet", "--vector-format", "geojson"])
+          "--polygons", "dp", "--no-separate", "--vector-format", "parquet", "--vector-format", "geojson", "--pmtiles"])
     return out
 
 
 @pytest.fixture(scope="session")
 def mapupdate_folder(virac_dataset, predict_folder) -> Path:
-    """`geolabel mapupdate --probabilities` of the predict folder against Virac's OSM buildings."""
+    """`geolabel mapupdate --probabilities --pmtiles` of the predict folder against Virac's OSM buildings."""
     image, labels = virac_dataset
     out = predict_folder.parent / "mapupdate"
     main(["mapupdate", str(image), "--osm", str(labels), "--probabilities", str(predict_folder / "probabilities.tif"),
-          "--max-shift", "6", "-o", str(out), "--vector-format", "parquet", "--vector-format", "gpkg"])
+          "--max-shift", "6", "-o", str(out), "--vector-format", "parquet", "--vector-format", "gpkg", "--pmtiles"])
     return out

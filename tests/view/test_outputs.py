@@ -43,7 +43,8 @@ def test_predict_writes_geoparquet_and_a_stac_item(predict_folder, virac_dataset
     assert geo["primary_column"] == "geometry" and geo["version"].startswith("1.")  # GeoParquet metadata
 
     item = _valid_item(predict_folder / "item.json")
-    assert set(item.assets) == {"classes.tif", "probabilities.tif", "preview.png", "polygons.parquet", "polygons.geojson"}
+    assert set(item.assets) == {"classes.tif", "probabilities.tif", "preview.png", "polygons.parquet", "polygons.geojson",
+                                "polygons.pmtiles"}
     assert item.assets["classes.tif"].media_type == pystac.MediaType.COG and item.assets["preview.png"].roles == ["overview"]
     assert item.assets["polygons.parquet"].media_type == pystac.MediaType.VND_APACHE_PARQUET
     assert ProjectionExtension.ext(item.assets["classes.tif"]).shape == [384, 768]
