@@ -36,7 +36,9 @@ def write_vectors(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str
         with atomic_path(path, suffix=f".tmp.{fmt}") as tmp:
             tmp.unlink()  # OGR drivers refuse to write over the placeholder
             if fmt == "parquet":
-                frame.to_parquet(tmp, index=False)  # GeoParquet 1.x, WKB geometries: what every reader takes
+                # GeoParquet 1.1, WKB geometries (what every reader takes) with a bbox covering column:
+                # row-group statistics that let readers skip what a spatial filter excludes
+                frame.to_parquet(tmp, index=False, write_covering_bbox=True)
             elif fmt == "gpkg":
                 frame.to_file(tmp, driver="GPKG", layer=name, engine="pyogrio")
             else:

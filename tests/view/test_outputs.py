@@ -33,6 +33,16 @@ def _valid_item(path) -> pystac.Item:
     return item
 
 
+def _conforms_to_geoparquet(path) -> None:
+    """The file passes an independent GeoParquet validator's core conformance tests."""
+    import geoparquet_validator
+
+    report = geoparquet_validator.check(str(path))
+    failed = [o for o in report["outcomes"] if o["status"] == "fail"]
+    assert geoparquet_validator.conformant(report, "core") and not failed, failed
+    assert any(o["status"] == "pass" for o in report["outcomes"])
+
+
 def test_predict_writes_geoparquet_and_a_stac_item(predict_folder, virac_dataset):
     parquet = gpd.read_parquet(predict_folder / "polygons.parquet")
     geojson = gpd.read_file(predict_folder / "polygons.geojson")
@@ -41,6 +51,7 @@ def test_predict_writes_geoparquet_and_a_stac_item(predict_folder, virac_dataset
     assert {"class", "area", "confidence"} <= set(parquet.columns) and parquet.geometry.is_valid.all()
     geo = json.loads(pq.read_schema(predict_folder / "polygons.parquet").metadata[b"geo"])
     assert geo["primary_column"] == "geometry" and geo["version"].startswith("1.")  # GeoParquet metadata
+    _conforms_to_geoparquet(predict_folder / "polygons.parquet")
 
     item = _valid_item(predict_folder / "item.json")
     assert set(item.assets) == {"classes.tif", "probabilities.tif", "preview.png", "polygons.parquet", "polygons.geojson",
@@ -56,6 +67,7 @@ def test_predict_writes_geoparquet_and_a_stac_item(predict_folder, virac_dataset
 
 def test_mapupdate_writes_changes_in_the_asked_formats_and_an_odbl_item(mapupdate_folder, virac_dataset):
     parquet = gpd.read_parquet(mapupdate_folder / "changes.parquet")
+    _conforms_to_geoparquet(mapupdate_folder / "changes.parquet")
     gpkg = gpd.read_file(mapupdate_folder / "changes.gpkg")
     assert not (mapupdate_folder / "changes.geojson").exists()
     assert len(parquet) == len(gpkg) > 5 and set(parquet.status) <= set(STATUS_COLORS)
