@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 
 from geolabel.models.layers import GroupNorm, group_moments
 
@@ -136,5 +137,84 @@ def with_coarse_ends(model: Any) -> Any:
 
     try:
         return keras.models.clone_model(model, clone_function=clone, call_function=call)
+    except ValueError:  # subclassed models cannot be cloned layer by layer
+        return model
+
+
+class SubpixelConv2DTranspose(keras.layers.Layer):
+    """A `Conv2DTranspose` whose kernel is twice its stride s ('valid' padding) computed as a 2x2
+    convolution to s x s phases of the output, then `depth_to_space`: the same output, while
+    TensorFlow's transposed-convolution kernel is up to 10x slower on some input sizes (66 x 66
+    coarse cells, i.e. 1024 px windows of the FCN, take 6.5 ms instead of 0.6)."""
+
+    def __init__(self, filters: int, stride: int, use_bias: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.stride, self.use_bias = filters, stride, use_bias
+
+    def build(self, input_shape: tuple) -> None:
+        phases = self.stride * self.stride * self.filters
+        self.kernel = self.add_weight(shape=(2, 2, input_shape[-1], phases), initializer="zeros",
+                                      trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", trainable=False,
+                                    name="bias") if self.use_bias else None
+
+    def call(self, inputs):
+        import tensorflow as tf
+
+        padded = tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        phases = tf.nn.conv2d(padded, tf.cast(self.kernel, padded.dtype), 1, "VALID")
+        outputs = tf.nn.depth_to_space(phases, self.stride)
+        return outputs if self.bias is None else outputs + tf.cast(self.bias, outputs.dtype)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        grow = [None if n is None else (n + 1) * self.stride for n in input_shape[1:3]]
+        return (input_shape[0], *grow, self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride, "use_bias": self.use_bias}
+
+    @staticmethod
+    def phase_kernel(transposed: np.ndarray, stride: int) -> np.ndarray:
+        """The (2, 2, in, s*s*out) kernel of the 2x2 convolution from a (2s, 2s, out, in)
+        transposed-convolution kernel: output row s*q + r sums input rows q (tap r) and q - 1
+        (tap r + s), i.e. rows q - 1, q of the input padded by one."""
+        s = stride
+        out = transposed.shape[2]
+        kernel = np.zeros((2, 2, transposed.shape[3], s * s * out), transposed.dtype)
+        for ty in range(2):
+            for tx in range(2):
+                for ry in range(s):
+                    for rx in range(s):
+                        phase = (ry * s + rx) * out
+                        kernel[ty, tx, :, phase:phase + out] = transposed[ry + s * (1 - ty), rx + s * (1 - tx)].T
+        return kernel
+
+
+def with_subpixel_deconv(model: Any) -> Any:
+    """A copy of `model` with each `Conv2DTranspose` whose kernel is twice its stride ('valid'
+    padding, no dilation, channels last) replaced by `SubpixelConv2DTranspose` with the same
+    weights (same outputs); `model` itself when it has none or is not a functional model."""
+
+    def eligible(layer: keras.layers.Layer) -> bool:
+        return (type(layer) is keras.layers.Conv2DTranspose and layer.padding == "valid"
+                and layer.strides[0] == layer.strides[1] and tuple(layer.kernel_size) == (2 * layer.strides[0],) * 2
+                and tuple(layer.dilation_rate) == (1, 1) and layer.data_format == "channels_last"
+                and layer.activation is keras.activations.linear and getattr(layer, "output_padding", None) is None)
+
+    if not any(eligible(layer) for layer in getattr(model, "layers", [])):
+        return model
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if not eligible(layer):
+            return layer
+        fast = SubpixelConv2DTranspose(layer.filters, layer.strides[0], layer.use_bias, dtype=layer.dtype_policy,
+                                       name=layer.name)
+        fast.build(layer.input.shape)
+        weights = [SubpixelConv2DTranspose.phase_kernel(layer.get_weights()[0], layer.strides[0])]
+        fast.set_weights(weights + layer.get_weights()[1:])
+        return fast
+
+    try:
+        return keras.models.clone_model(model, clone_function=clone)
     except ValueError:  # subclassed models cannot be cloned layer by layer
         return model

@@ -85,9 +85,10 @@ class KerasPredictor:
             import tensorflow as tf
 
             from geolabel.precision import with_precision
-            from geolabel.predict.fused import with_coarse_ends, with_fused_group_norm
+            from geolabel.predict.fused import with_coarse_ends, with_fused_group_norm, with_subpixel_deconv
 
-            model = with_coarse_ends(with_fused_group_norm(with_precision(model, self.precision)))
+            model = with_precision(model, self.precision)
+            model = with_coarse_ends(with_subpixel_deconv(with_fused_group_norm(model)))
 
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.

@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from geolabel.atomic import temporary_prefix
 from geolabel.classes import IGNORE
-from geolabel.data.raster import RasterWriter, ground_pixel_size, open_raster
+from geolabel.data.raster import RasterWriter, ground_pixel_size, open_raster, streaming_env
 from geolabel.errors import InputError
 from geolabel.predict.predictor import PredictResult, argmax_planes, predict_raster
 from geolabel.progress import logger
@@ -78,8 +78,11 @@ def _warp_back(stage: Path, out: Path, input_path: str | os.PathLike, tile: int,
     """Warp stage/{probabilities,classes}.tif onto the input grid, tile by tile, as out/*.tif."""
     with open_raster(input_path) as src:
         grid = dict(crs=src.crs, transform=src.transform, width=src.width, height=src.height)
-    with rasterio.open(stage / "probabilities.tif") as probs_src, rasterio.open(stage / "classes.tif") as cls_src, \
-            WarpedVRT(probs_src, resampling=Resampling.bilinear, **grid) as probs_vrt, \
+        input_pixel = abs(src.res[0])
+    with streaming_env(), rasterio.open(stage / "probabilities.tif") as probs_src, \
+            rasterio.open(stage / "classes.tif") as cls_src, \
+            WarpedVRT(probs_src, resampling=Resampling.average if abs(probs_src.res[0]) < input_pixel
+                      else Resampling.bilinear, **grid) as probs_vrt, \
             WarpedVRT(cls_src, resampling=Resampling.nearest, nodata=IGNORE, **grid) as cls_vrt:
         tags = {**probs_src.tags(), "resampled_from": f"{probs_src.res[0]:.6g} {probs_src.crs.linear_units}"}
         common = dict(blocksize=tile, compress=compress, compress_level=compress_level, **grid)

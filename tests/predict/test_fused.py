@@ -84,3 +84,30 @@ def test_bfloat16_and_float32_predictions_agree_on_a_real_raster(kampala_z21):
     assert 0.05 < full.argmax(-1).mean() < 0.95  # buildings and background both present
     assert (half.argmax(-1) == full.argmax(-1)).mean() >= 0.995
     assert np.abs(half - full).mean() < 0.01
+
+
+@pytest.mark.parametrize("filters,stride,bias,size", [(2, 4, False, 66), (3, 2, True, 17)])
+def test_subpixel_deconv_equals_the_transposed_convolution(filters, stride, bias, size):
+    from geolabel.predict.fused import SubpixelConv2DTranspose, with_subpixel_deconv
+
+    inputs = keras.Input((None, None, 5))
+    deconv = keras.layers.Conv2DTranspose(filters, 2 * stride, strides=stride, use_bias=bias,
+                                          bias_initializer="random_normal")
+    model = keras.Model(inputs, deconv(inputs))
+    fast = with_subpixel_deconv(model)
+    assert isinstance(fast.layers[-1], SubpixelConv2DTranspose) and model.layers[-1] is deconv
+    x = np.random.default_rng(0).normal(size=(2, size, size + 3, 5)).astype("float32")
+    expected = np.asarray(model(x))
+    np.testing.assert_allclose(np.asarray(fast(x)), expected, atol=1e-5)
+
+
+def test_predictor_runs_the_shipped_model_exactly_at_every_window_side(kampala_z21):
+    """The predictor's rewrites (coarse ends, subpixel deconvolution) keep the model's outputs at the
+    window sides where TensorFlow's transposed convolution is slow (1024) and where it is not."""
+    from geolabel.models import load_model
+
+    model = load_model("pretrained")
+    predictor = keras_predict_fn(model, precision="float32")
+    for side in (880, 1024):
+        window = kampala_z21[:, :side, :side]
+        np.testing.assert_allclose(predictor(window), np.asarray(model(window, training=False)), atol=1e-5)

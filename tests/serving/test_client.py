@@ -102,5 +102,10 @@ def test_mapupdate_cli_endpoint_matches_local_probabilities(rest_url, tiny_runs,
     mapped = ("missing", "shifted", "unchanged")
     assert [c[s] for s in mapped for c in counts[:1]] == [c[s] for s in mapped for c in counts[1:]]
     assert sum(counts[1][s] for s in mapped) == 7
-    # "new" blobs of an untrained model hover at p = 0.5, where float noise between the doors flips a few
-    assert abs(counts[0]["new"] - counts[1]["new"]) <= 0.03 * max(counts[0]["new"], 1)
+    # the served probabilities are the local ones (same windows, same blending); the count of "new"
+    # blobs is not compared: an untrained model's blobs hover at p = 0.5, where one quantum flips them
+    here, there = (read_raster(tmp_path / d / "probabilities.tif").array for d in ("local", "served/predict"))
+    assert here.shape == there.shape
+    close = np.abs(here.astype(int) - there.astype(int)) <= 1
+    # the last windows are padded differently on each side of the wire (the client sends them cut)
+    assert close[:, :-100, :-100].mean() > 0.9999 and close.mean() > 0.99
