@@ -98,13 +98,18 @@ def timed_loop(fn, tiles: np.ndarray, seconds: float, concurrency: int = 1) -> d
     }
 
 
-def start_server(base: Path) -> tuple[subprocess.Popen, int, int]:
-    """`geolabel serve` in its own process on free ports; returns (process, rest port, grpc port)."""
+def start_server(
+    base: Path, extra_args: tuple[str, ...] = (), stderr=subprocess.DEVNULL
+) -> tuple[subprocess.Popen, int, int]:
+    """`geolabel serve` in its own process on free ports; returns (process, rest port, grpc port).
+
+    `extra_args` are more `geolabel serve` options (limits, timeouts, ...); `stderr` where its log goes.
+    """
     env = dict(os.environ, GEOLABEL_NO_PROGRESS="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "geolabel.cli", "serve", "--model_base_path", str(base), "--model_name", "seg",
-         "--rest_api_port", "0", "--port", "0", "--host", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+         "--rest_api_port", "0", "--port", "0", "--host", "127.0.0.1", *extra_args],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT,
     )
     rest = grpc_port = None
     assert proc.stdout is not None

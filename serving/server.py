@@ -885,6 +885,9 @@ class RestHandler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
+    # what an unparsable request line is answered as: http.server's "HTTP/0.9" would send the
+    # JSON error without a status line or headers
+    default_request_version = "HTTP/1.1"
     server_version = "geolabel-serving"
     core: ServerCore
     max_body_bytes: int

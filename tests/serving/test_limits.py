@@ -163,6 +163,25 @@ def test_short_body_times_out_with_408(limited):
         closed_within(sock, SLACK)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        bytes.fromhex("16030100c4010000c00303") + bytes(range(32)),  # a TLS ClientHello on the plain-HTTP port
+        b"GARBAGE",
+        b"\x16\x03\x01 x y z",  # three words, not an HTTP version
+    ],
+)
+def test_unparsable_request_line_gets_a_400_with_a_status_line(limited, line):
+    """Not HTTP at all: a 400 with a status line, headers and TF Serving's JSON error, then the connection is closed."""
+    with connect(limited) as sock:
+        sock.sendall(line + b"\r\n\r\n")
+        status, headers, body = read_response(sock)
+        assert status == 400 and headers["content-type"] == "application/json"
+        assert headers["connection"] == "close"
+        assert json.loads(body)["error"].startswith("Bad request")
+        closed_within(sock, 2.0 + SLACK)
+
+
 def test_idle_keep_alive_connection_is_closed(limited):
     """Keep-alive works between requests, and an idle connection is closed after the idle timeout."""
     with connect(limited) as sock:
