@@ -44,6 +44,7 @@ MODELS = {
 Z21_CITY, Z21_BLOCK = "kampala-ug", (0, 6144, 2048)  # a fully imaged 2048 px block of real z21 imagery (row, col, side)
 REAL_RASTER = ROOT / "benchmarks" / "data" / "oam" / "zanzibar-tz" / "imagery.tif"  # z21 OAM, made by make_oam_datasets.py
 CLI = "cli"  # rows that run `geolabel predict IMAGE --out OUT --polygons` itself (`cli_run`)
+CLI_RASTER = "cli-raster"  # the same without --polygons
 WINDOW, OVERLAP, BATCH = 1024, 64, 1  # defaults; --window / --batch change them
 MODEL_ONLY_CALLS = 5  # back-to-back model calls timed for the "model only" rate
 
@@ -146,14 +147,15 @@ def child(model_name: str, raster: str, out: str, window: int, batch: int, preci
                       "peak_rss_mb": rss_mb, "windows": result.windows, "timings": result.timings}))
 
 
-def cli_run(raster: Path, out: Path) -> dict:
-    """`geolabel predict RASTER --out OUT --polygons` as a user runs it (shipped model, default
+def cli_run(raster: Path, out: Path, polygons: bool = True) -> dict:
+    """`geolabel predict RASTER --out OUT [--polygons]` as a user runs it (shipped model, default
     polygoniser, separation and filters, precision auto): wall clock from process start to the
     last file written, and the process's peak RSS."""
     import pyogrio
     import rasterio
 
-    cmd = [str(Path(sys.executable).with_name("geolabel")), "predict", str(raster), "--out", str(out), "--polygons"]
+    cmd = [str(Path(sys.executable).with_name("geolabel")), "predict", str(raster), "--out", str(out)]
+    cmd += ["--polygons"] if polygons else []
     log = OUT / f"{out.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GEOLABEL_NO_PROGRESS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -167,8 +169,9 @@ def cli_run(raster: Path, out: Path) -> dict:
     with rasterio.open(out / "classes.tif") as src:
         mpx = src.width * src.height / 1e6
     return {"seconds": seconds, "mpx": mpx, "data_mpx": data_pixels(out / "classes.tif") / 1e6, "mpx_s": mpx / seconds,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "objects": pyogrio.read_info(out / "polygons.gpkg")["features"],
-            "cli": "geolabel predict IMAGE --out OUT --polygons"}
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "objects": pyogrio.read_info(out / "polygons.gpkg")["features"] if polygons else None,
+            "cli": "geolabel predict IMAGE --out OUT" + (" --polygons" if polygons else "")}
 
 
 def data_pixels(classes: Path) -> int:
@@ -229,17 +232,18 @@ def main() -> None:
     runs = json.loads((RESULTS / "predict.json").read_text())["runs"] if args.append else []
     shipped_flops = {}  # window side -> FLOPs per pixel of the shipped model, from its own rows
     for model_name, precision in [(m, p) for m in args.models.split(",") for p in args.precisions.split(",")]:
-        if model_name == CLI and precision != args.precisions.split(",")[0]:
+        cli = model_name in (CLI, CLI_RASTER)
+        if cli and precision != args.precisions.split(",")[0]:
             continue  # the CLI picks its precision itself (auto)
-        ref = measure_reference("auto" if model_name == CLI else precision)
+        ref = measure_reference("auto" if cli else precision)
         for size in sizes:
             if size[0] != "z" and size != "real" and int(size) > limits.get(model_name, 10**9):
                 continue
             out = OUT / f"{model_name}-{size}"
             shutil.rmtree(out, ignore_errors=True)
             load_before = os.getloadavg()[0]
-            if model_name == CLI:
-                row = cli_run(rasters[size], out)
+            if cli:
+                row = cli_run(rasters[size], out, polygons=model_name == CLI)
                 row.update({"precision": f"auto ({ref['precision']})", "window_run": None, "windows": None,
                             "flops_per_pixel": shipped_flops.get(size), "model_only_window_mpx_s": None})
             else:
@@ -306,7 +310,7 @@ def write_results(runs: list[dict]) -> None:
         return f"{r[key]:.0%}" if r.get(key) is not None else ""
 
     for r in runs:
-        cli = r["model"] == CLI
+        cli = r["model"] in (CLI, CLI_RASTER)
         label = f"`{r['cli']}` (shipped model)" if cli else f"{r['model']} {r['model_config'] or ''}"
         window = "default" if cli else f"{r['window']} x {r['batch']} ({r.get('window_run', r['window'])})"
         kflops = f"{r['flops_per_pixel'] / 1e3:.1f}" if r.get("flops_per_pixel") else ""
