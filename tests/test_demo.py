@@ -7,7 +7,7 @@ import geopandas as gpd
 import rasterio
 
 from geolabel.cli import main
-from geolabel.data.raster import cog_problems
+from tests.cog import cog_problems
 from geolabel.mapupdate.osc import osc_problems
 
 

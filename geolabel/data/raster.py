@@ -299,18 +299,3 @@ def write_raster(path: PathLike, block: GeoBlock, **options) -> Path:
     ) as writer:
         writer.write(block.array, Window(0, 0, width, height))
     return Path(path)
-
-
-def cog_problems(path: PathLike) -> list[str]:
-    """What keeps `path` from being a valid Cloud-Optimized GeoTIFF (empty list: it is one)."""
-    problems = []
-    with open_raster(path) as src:
-        if src.driver != "GTiff":
-            problems.append(f"driver is {src.driver}, not GTiff")
-        if src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
-            problems.append("IFD layout is not COG (not written by GDAL's COG driver)")
-        if not src.profile.get("tiled", False) and max(src.width, src.height) > 512:
-            problems.append("not internally tiled")
-        if max(src.width, src.height) > 2 * max(src.block_shapes[0]) and not src.overviews(1):
-            problems.append("no overviews")
-    return problems

@@ -15,7 +15,7 @@ from pyproj import Transformer
 from geolabel.data.chips import read_chips, shard_paths
 from geolabel.data.fetch import FetchOptions, fetch_dataset
 from geolabel.data.http import HttpClient
-from geolabel.data.raster import cog_problems
+from tests.cog import cog_problems
 from geolabel.data.tiles import TileCache, TileRange, TileTemplate, fetch_tiles, mosaic_tiles, tile_range
 from geolabel.data.tileserver import TileServer
 from geolabel.errors import InputError

@@ -3,8 +3,9 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from geolabel.data.raster import RasterWriter, cog_problems, iter_windows, open_raster, read_block, read_raster, write_raster
+from geolabel.data.raster import RasterWriter, iter_windows, open_raster, read_block, read_raster, write_raster
 from geolabel.errors import InputError
+from tests.cog import cog_problems
 
 
 def test_round_trip_preserves_georeferencing(shared_data, tmp_path):
@@ -65,3 +66,22 @@ def test_interrupted_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
             raise KeyboardInterrupt
     assert target.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif"]
+
+
+def test_cog_validation_is_rio_cogeo_less_only_its_one_block_wide_false_alarm(shared_data, tmp_path):
+    """A tiled COG one 512 px block wide passes (rio-cogeo alone calls it "not tiled"); the same
+    pixels as a striped GeoTIFF fail for what they are."""
+    from rio_cogeo.cogeo import cog_validate
+
+    with open_raster(shared_data / "inria-austin" / "image.tif") as src:
+        pixels = src.read(window=Window(0, 0, 512, 1000))
+        crs, transform = src.crs, src.transform
+    with RasterWriter(tmp_path / "narrow.tif", width=512, height=1000, count=3, dtype="uint8", crs=crs,
+                      transform=transform, blocksize=512) as writer:
+        writer.write(pixels, Window(0, 0, 512, 1000))
+    assert not cog_validate(tmp_path / "narrow.tif", quiet=True)[0]  # the library's false alarm
+    assert cog_problems(tmp_path / "narrow.tif") == []
+    with rasterio.open(tmp_path / "striped.tif", "w", driver="GTiff", width=512, height=1000, count=3,
+                       dtype="uint8", crs=crs, transform=transform) as dst:
+        dst.write(pixels)
+    assert any("not tiled" in p for p in cog_problems(tmp_path / "striped.tif"))

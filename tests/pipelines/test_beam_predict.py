@@ -55,7 +55,7 @@ def test_beam_prediction_equals_local_predict(scene, local):
     import geopandas as gpd
     import rasterio
 
-    from geolabel.data.raster import cog_problems
+    from tests.cog import cog_problems
     from geolabel.vectorize.polygons import polygonize_raster
     from geolabel.pipelines.beam_predict import PolygonSpec, predict_raster_beam
     options = OPTIONS

@@ -12,7 +12,7 @@ import rasterio
 from rasterio.windows import Window
 
 from geolabel.classes import IGNORE
-from geolabel.data.raster import cog_problems
+from tests.cog import cog_problems
 from geolabel.errors import InputError
 from geolabel.predict import (
     blend_weights,
