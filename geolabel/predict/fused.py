@@ -1,9 +1,14 @@
-"""TensorFlow inference kernels for layers of geolabel's models (the models stay pure Keras).
+"""TensorFlow inference rewrites of geolabel's models: same weights, same outputs, less time.
 
-`with_fused_group_norm(model)` returns a copy of a functional model whose `GroupNorm` layers
-normalise one image at a time with two fused batch-norm kernels (the channel moments, then the
-per-channel affine): ~2x faster than the generic `keras.ops` form on a full-resolution
-activation on CPU, with the same weights and outputs (to ~1e-4). The copy is for inference.
+The models stay pure Keras; the predictor and the SavedModel exports run copies:
+- `with_fused_group_norm`: `GroupNorm` normalises one image at a time with two fused batch-norm
+  kernels (the channel moments, then the per-channel affine): ~2x faster on a full-resolution
+  activation on CPU (outputs equal to ~1e-4).
+- `with_subpixel_deconv`: a transposed convolution whose kernel is twice its stride becomes a 2x2
+  convolution + `depth_to_space` (TensorFlow's transposed-convolution kernel is up to 10x slower
+  on some input sizes).
+- `with_coarse_ends`: models trained at a coarser resolution pool their input before normalising
+  it and upsample only the two-class logit difference, so less work runs at full resolution.
 """
 
 from __future__ import annotations

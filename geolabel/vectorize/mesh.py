@@ -45,9 +45,8 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import geopandas as gpd
@@ -1231,7 +1230,7 @@ def _block_polygons_args(args: tuple) -> list[tuple[int, float, float, shapely.G
     return _block_polygons(labels, probabilities, instances, lam_px, mu_px, skip, regular)
 
 
-def _bounded_map(fn, items, pool: ProcessPoolExecutor | None, ahead: int):
+def _bounded_map(fn: Callable, items: Iterable, pool: ProcessPoolExecutor | None, ahead: int) -> Iterator:
     """`map(fn, items)` in order; with a pool, at most `ahead` items read and in flight at once
     (`Executor.map` would read every block of the raster before the first result)."""
     if pool is None:
