@@ -109,12 +109,13 @@ def run_demo(out: Path, budget: str = "full") -> dict:
     from geolabel.mapupdate.update import map_update_files
     from geolabel.predict.predictor import keras_predict_fn, predict_raster
     from geolabel.predict.resample import model_resampling, predict_resampled
+    from geolabel.predict.run_inputs import RunInputs
     from geolabel.pretrained import PRETRAINED
     from geolabel.serving.client import ServingClient
     from geolabel.serving.export import export_run
     from geolabel.serving.server import ModelServer
     from geolabel.models import load_model
-    from geolabel.train.trainer import TrainConfig, load_run_config, train_two_stage
+    from geolabel.train.trainer import TrainConfig, train_two_stage
     from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
     pretrain_s, finetune_s = BUDGETS[budget]
@@ -191,10 +192,10 @@ def run_demo(out: Path, budget: str = "full") -> dict:
     city = demo.run(f"predict the unseen city ({sample.HELD_OUT_CITY})", predict_city)
 
     def predict_city_pretrained():
-        factor, tags = model_resampling(PRETRAINED, city_image)
-        trained = load_run_config(PRETRAINED)
+        expects = RunInputs.of(PRETRAINED)
+        factor, tags = model_resampling(expects.card, city_image)
         result = predict_resampled(keras_predict_fn(load_model(PRETRAINED)), city_image, out / "predict-city-pretrained",
-                                   factor=factor, scene_norm=trained.scene_norm, scene_contrast=trained.scene_contrast,
+                                   factor=factor, scene_norm=expects.scene_norm, scene_contrast=expects.scene_contrast,
                                    tags=tags)
         report = evaluate(out / "predict-city-pretrained", city_osm, out / "evaluate-city-pretrained", polygons=None)
         iou = report["overall"]["iou"]

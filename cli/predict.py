@@ -12,18 +12,6 @@ from geolabel.precision import PRECISIONS
 from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 
 
-def _run_scene_norm(model: str | None) -> tuple[bool, bool]:
-    """(scene_norm, scene_contrast) of MODEL's run folder; (False, True) for a bare model."""
-    from geolabel.pretrained import resolve_run
-
-    if model is None or not (resolve_run(model) / "config.yaml").is_file():
-        return False, True
-    from geolabel.train.trainer import load_run_config
-
-    config = load_run_config(model)
-    return config.scene_norm, config.scene_contrast
-
-
 @click.command("predict")
 @click.argument("model", type=click.Path(), required=False)
 @click.argument("input_path", metavar="INPUT", type=click.Path(), required=False)
@@ -73,6 +61,7 @@ def predict(
     from geolabel.models import load_model
     from geolabel.predict import keras_predict_fn
     from geolabel.predict.resample import model_resampling, predict_resampled
+    from geolabel.predict.run_inputs import RunInputs
     from geolabel.pretrained import PRETRAINED
 
     band_list = None
@@ -95,10 +84,10 @@ def predict(
     if input_path is None or (model is None and not endpoint):
         raise click.UsageError("give MODEL and INPUT, or --endpoint URL and INPUT")
     output(out_dir, command="predict", marks=("classes.tif",), inputs=(input_path, model, polycnn_model))
-    factor, tags = model_resampling(model, input_path, resample) if not endpoint else (1.0, {})
-    trained_norm, trained_contrast = _run_scene_norm(model)
-    scene_norm = trained_norm if scene_norm is None else scene_norm
-    scene_contrast = trained_contrast if scene_contrast is None else scene_contrast
+    expects = RunInputs.of(model)  # scene normalisation, 16-bit scaling, resolution: read once
+    factor, tags = model_resampling(expects.card, input_path, resample) if not endpoint else (1.0, {})
+    scene_norm = expects.scene_norm if scene_norm is None else scene_norm
+    scene_contrast = expects.scene_contrast if scene_contrast is None else scene_contrast
     if beam:
         from geolabel.pipelines.beam_predict import predict_cli
 
@@ -120,11 +109,9 @@ def predict(
         predict_fn = ServingClient(endpoint)
     else:
         predict_fn = keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
-    from geolabel.train.trainer import load_run_input
-
     result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
                                batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,
-                               scene_contrast=scene_contrast, tags=tags, scaling=load_run_input(model) if model else None)
+                               scene_contrast=scene_contrast, tags=tags, scaling=expects.scaling)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3),
                **({"resampled": round(factor, 4)} if factor != 1.0 else {}), **tags}

@@ -130,16 +130,12 @@ def model_input(image: np.ndarray, valid: np.ndarray, model_path: str | os.PathL
     """The image as the model expects it: colour-standardised when MODEL is a run folder trained
     with `scene_norm` (as `geolabel predict` does), else unchanged."""
     from geolabel.data.standardize import band_stats, standardize
-    from geolabel.train.trainer import load_run_config
+    from geolabel.predict.run_inputs import RunInputs
 
-    from geolabel.pretrained import resolve_run
-
-    if not (resolve_run(model_path) / "config.yaml").is_file() or not valid.any():
+    expects = RunInputs.of(model_path)
+    if not expects.scene_norm or not valid.any():
         return image
-    config = load_run_config(model_path)
-    if not config.scene_norm:
-        return image
-    return standardize(image, band_stats(image, valid).with_contrast(config.scene_contrast), np.uint8)
+    return standardize(image, band_stats(image, valid).with_contrast(expects.scene_contrast), np.uint8)
 
 
 def to_map_frame(changes: list[Change], scene: Scene, aligned: np.ndarray | None) -> list[Change]:

@@ -30,19 +30,18 @@ from geolabel.classes import IGNORE
 from geolabel.data.raster import RasterWriter, ground_pixel_size, open_raster, streaming_env
 from geolabel.errors import InputError
 from geolabel.predict.predictor import PredictResult, argmax_planes, predict_raster
+from geolabel.pretrained import ModelCard
 from geolabel.progress import logger
 
 
-def model_resampling(model: str | os.PathLike | None, input_path: str | os.PathLike,
+def model_resampling(card: ModelCard | None, input_path: str | os.PathLike,
                      resample: bool = True) -> tuple[float, dict[str, str]]:
-    """(factor for `predict_resampled`, attribution tags for the outputs) from MODEL's model card.
+    """(factor for `predict_resampled`, attribution tags for the outputs) from a model's card
+    (`RunInputs.card`).
 
     Models without a card (a user's run) predict at the input's resolution and add no tags.
     Raises InputError for inputs far coarser than the model can use.
     """
-    from geolabel.pretrained import model_card
-
-    card = model_card(model) if model is not None else None
     if card is None:
         return 1.0, {}
     tags = {"model": card.name, "model_license": card.license, "attribution": card.attribution}
