@@ -232,7 +232,7 @@ def _export(
     import tensorflow as tf
 
     from geolabel.models import stride_of
-    from geolabel.predict.fused import with_coarse_ends, with_subpixel_deconv
+    from geolabel.predict.fused import with_portable_rewrites
 
     if int(version) < 0:
         raise InputError("--version", f"must be a non-negative integer, got {version}")
@@ -245,8 +245,7 @@ def _export(
     stride = stride_of(model)
     bands = int(model.input_shape[-1])
     num_classes = int(model.output_shape[-1])
-    # the predictor's exact inference rewrites (plain TensorFlow ops, so TF Serving runs them too)
-    model = with_coarse_ends(with_subpixel_deconv(model))
+    model = with_portable_rewrites(model)  # the predictor's exact rewrites; TF Serving runs their ops
     if bands not in (1, 3, 4):
         logger.warning("model has %d bands: the serving_bytes signature decodes only 1, 3 or 4", bands)
     min_size = min_input_size(

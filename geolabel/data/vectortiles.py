@@ -120,11 +120,11 @@ def _encode(tile: Tile, tree: shapely.STRtree, geoms: np.ndarray, ids: np.ndarra
     """The MVT of one tile (features clipped to it plus `BUFFER`), or None when no feature touches it."""
     z, x, y = tile
     left, bottom, right, top = WEB_MERCATOR_QUAD.xy_bounds(x, y, z)
-    if not len(tree.query(shapely.box(left, bottom, right, top), predicate="intersects")):
-        return None
     pad = (right - left) * BUFFER / EXTENT
     around = shapely.box(left - pad, bottom - pad, right + pad, top + pad)
     near = np.sort(tree.query(around, predicate="intersects"))
+    if not shapely.intersects(geoms[near], shapely.box(left, bottom, right, top)).any():
+        return None  # only the buffer holds features: no tile
     parts = _top_dimension(shapely.intersection(geoms[near], around))  # (GEOS' clip_by_rect fails on some polygons)
     units = shapely.transform(parts, lambda xy: np.rint((xy - (left, bottom)) * (EXTENT / (right - left))))
     features = [{"geometry": part, "properties": rows[i], "id": int(ids[i])} for i, part in zip(near, units)]

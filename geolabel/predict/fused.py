@@ -9,6 +9,8 @@ The models stay pure Keras; the predictor and the SavedModel exports run copies:
   on some input sizes).
 - `with_coarse_ends`: models trained at a coarser resolution pool their input before normalising
   it and upsample only the two-class logit difference, so less work runs at full resolution.
+`with_portable_rewrites` applies the last two, which use plain TensorFlow ops: the predictor and
+the SavedModel exports (TF Serving) both run them.
 """
 
 from __future__ import annotations
@@ -223,3 +225,9 @@ def with_subpixel_deconv(model: Any) -> Any:
         return keras.models.clone_model(model, clone_function=clone)
     except ValueError:  # subclassed models cannot be cloned layer by layer
         return model
+
+
+def with_portable_rewrites(model: Any) -> Any:
+    """`model` with every exact rewrite made of plain TensorFlow ops (`with_subpixel_deconv`, then
+    `with_coarse_ends`): the one chain the predictor and the SavedModel exports share."""
+    return with_coarse_ends(with_subpixel_deconv(model))

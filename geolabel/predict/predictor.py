@@ -85,10 +85,9 @@ class KerasPredictor:
             import tensorflow as tf
 
             from geolabel.precision import with_precision
-            from geolabel.predict.fused import with_coarse_ends, with_fused_group_norm, with_subpixel_deconv
+            from geolabel.predict.fused import with_fused_group_norm, with_portable_rewrites
 
-            model = with_precision(model, self.precision)
-            model = with_coarse_ends(with_subpixel_deconv(with_fused_group_norm(model)))
+            model = with_portable_rewrites(with_fused_group_norm(with_precision(model, self.precision)))
 
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
