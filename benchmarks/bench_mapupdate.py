@@ -64,11 +64,21 @@ def city_probability(city: str, run: str, image: np.ndarray, valid: np.ndarray, 
         prob = np.load(saved)
         if prob.shape == valid.shape:
             return prob, f"{saved} (the run's whole-city prediction saved by bench_generalisation.py)"
-    from geolabel.mapupdate.update import building_probability, model_input
-    from geolabel.models import load_model
+    import tempfile
 
-    prob = building_probability(load_model(run_dir), model_input(image, valid, run_dir), tile=1024, margin=64)
-    return np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), f"{run_dir} predicted here (mapupdate's tiler)"
+    import rasterio
+
+    from geolabel.mapupdate.update import predict_probabilities
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mosaic = Path(tmp) / "city.tif"
+        with rasterio.open(mosaic, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=3,
+                           dtype="uint8", crs="EPSG:3857", transform=transform, tiled=True) as dst:
+            dst.write(np.moveaxis(image, -1, 0))
+            dst.write_mask(valid.astype(np.uint8) * 255)
+        with rasterio.open(predict_probabilities(mosaic, tmp, run_dir)) as src:
+            prob = src.read(2)
+    return prob, f"{run_dir} predicted here (mapupdate's path: geolabel predict's)"
 
 
 def osm_probability(city: str, valid: np.ndarray, transform, seed: int = 123) -> np.ndarray:

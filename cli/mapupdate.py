@@ -48,19 +48,13 @@ def mapupdate(
     params = DiffParams(threshold=threshold, max_shift=max_shift)
     if min_confidence is not None:
         params.min_confidence = min_confidence
-    if endpoint:  # the served model labels the image through the same tiling as `geolabel predict`
-        from pathlib import Path
-
+    if endpoint:  # the served model labels the image through the same path as `geolabel predict`
         from geolabel.errors import InputError
-        from geolabel.predict import predict_raster
-        from geolabel.serving.client import ServingClient
+        from geolabel.mapupdate.update import predict_probabilities
 
         if model_path or prob_path:
             raise InputError("--endpoint", "give one of --endpoint, --model and --probabilities")
-        with ServingClient(endpoint) as client:
-            # 256 px windows keep each JSON request within servers' default body limits
-            prob_path = predict_raster(client, image, Path(out_dir) / "predict", window=256, overlap=32,
-                                       preview=False).probabilities
+        prob_path = predict_probabilities(image, out_dir, endpoint=endpoint)
     imagery_credit = imagery_attribution(image)
     summary = map_update_files(image, osm_path, out_dir, model_path, prob_path, downsample, params, source,
                                align_path=align_path, vector_formats=vector_formats, pmtiles=pmtiles,

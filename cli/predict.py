@@ -86,13 +86,17 @@ def predict(
     output(out_dir, command="predict", marks=("classes.tif",), inputs=(input_path, model, polycnn_model))
     expects = RunInputs.of(model)  # scene normalisation, 16-bit scaling, resolution: read once
     factor, tags = model_resampling(expects.card, input_path, resample) if not endpoint else (1.0, {})
+    client = None
+    if endpoint:
+        from geolabel.serving.client import ServingClient
+
+        client = ServingClient(endpoint)  # an export carries its run's contract: it says if it standardises
+        expects = RunInputs(scene_norm=client.standardizes_scenes)
     scene_norm = expects.scene_norm if scene_norm is None else scene_norm
     scene_contrast = expects.scene_contrast if scene_contrast is None else scene_contrast
     if beam:
         from geolabel.pipelines.beam_predict import predict_cli
 
-        if scene_norm:
-            raise click.UsageError("--beam does not standardise scenes; predict a --scene-norm model without --beam")
         if endpoint:
             raise click.UsageError("--beam runs MODEL on the Beam workers; it does not take --endpoint")
         if factor != 1.0:
@@ -101,14 +105,10 @@ def predict(
             raise click.UsageError("--beam writes polygons.gpkg and polygons.geojson only; drop --pmtiles")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
                                           tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
-                                          min_confidence=min_confidence, separate=separate)))
+                                          min_confidence=min_confidence, separate=separate, scene_norm=scene_norm,
+                                          scene_contrast=scene_contrast, scaling=expects.scaling)))
         return
-    if endpoint:
-        from geolabel.serving.client import ServingClient
-
-        predict_fn = ServingClient(endpoint)
-    else:
-        predict_fn = keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
+    predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
                                batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,
                                scene_contrast=scene_contrast, tags=tags, scaling=expects.scaling)

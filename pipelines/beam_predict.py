@@ -248,7 +248,7 @@ class PredictBlock:
         from geolabel.models import load_model
         from geolabel.predict.predictor import keras_predict_fn
 
-        self._predict_fn = keras_predict_fn(load_model(self.model_path))
+        self._predict_fn = keras_predict_fn(load_model(self.model_path), precision=self.options.get("precision", "auto"))
 
     def process(self, block: Block) -> Iterator[dict]:
         from geolabel.data.raster import GeoBlock, open_raster, read_raster, write_raster
@@ -338,7 +338,8 @@ def predict_raster_beam(
         beam_args: Beam flags (default: DirectRunner in this process, one worker).
         keep_parts: keep the per-block COG parts under `out_dir/parts/`.
         predict_options: further `predict_raster` options (batch_size, tta, classes, bands,
-            tile, probability_dtype, compress).
+            scene_norm, scene_contrast, scaling, tile, probability_dtype, compress); a run's
+            `scene_norm` statistics are read once from the whole raster here.
 
     Returns:
         {"classes", "probabilities"[, "polygons"][, "preview"]} -> path.
@@ -355,7 +356,14 @@ def predict_raster_beam(
         raise InputError("--block-size", "must be >= 16 pixels")
     input_path = os.fspath(input_path)
     out = Path(out_dir)
-    stride = keras_predict_fn(load_model(model)).stride
+    model_fn = keras_predict_fn(load_model(model))
+    stride = model_fn.stride
+    if predict_options.get("scene_norm") is True:  # the whole scene's statistics, not each block's
+        from geolabel.data.standardize import raster_band_stats
+
+        scaling = predict_options.get("scaling")
+        bands = predict_options.get("bands") or (scaling.bands if scaling else range(1, model_fn.channels + 1))
+        predict_options["scene_norm"] = raster_band_stats(input_path, list(bands), scaling)
     with open_raster(input_path) as src:
         width, height = src.width, src.height
         grid = Grid.of(src)
@@ -435,13 +443,15 @@ def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) 
 
 def predict_cli(model: str, input_path: str, out_dir: str, beam_args: str, *, window: int, overlap: int, batch_size: int,
                 tta: bool, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float,
-                min_confidence: float, separate: bool) -> dict:
+                min_confidence: float, separate: bool, scene_norm: bool = False, scene_contrast: bool = True,
+                scaling: Any = None) -> dict:
     """What `geolabel predict ... --beam [--beam-args FLAGS]` runs; returns the summary the command prints."""
     import shlex
 
     spec = PolygonSpec(polygonizer, tolerance, min_area, min_confidence, separate) if polygonizer else None
     paths = predict_raster_beam(model, input_path, out_dir, window=window, overlap=overlap, polygons=spec,
-                                beam_args=shlex.split(beam_args or ""), batch_size=batch_size, tta=tta, bands=bands)
+                                beam_args=shlex.split(beam_args or ""), batch_size=batch_size, tta=tta, bands=bands,
+                                scene_norm=scene_norm, scene_contrast=scene_contrast, scaling=scaling)
     summary = {key: str(path) for key, path in paths.items()}
     if spec is not None:
         import pyogrio

@@ -80,19 +80,49 @@ class ServingClient:
     stride = 1  # the exported signatures pad H and W to the network's stride themselves
 
     @property
+    def signatures(self) -> dict[str, Any]:
+        """The served signature defs by name (empty when the metadata cannot be read)."""
+        if not hasattr(self, "_signatures"):
+            try:
+                self._signatures = dict(self.metadata()["metadata"]["signature_def"]["signature_def"])
+            except (InputError, FetchError, KeyError, TypeError, ValueError):
+                self._signatures = {}
+        return self._signatures
+
+    @property
     def channels(self) -> int | None:
         """Bands the served model takes (from the signature metadata), or None when unknown."""
-        if not hasattr(self, "_channels"):
-            self._channels = None
-            try:
-                sigs = self.metadata()["metadata"]["signature_def"]["signature_def"]
-                inputs = sigs[self.signature_name]["inputs"]
-                (spec,) = inputs.values()
-                last = int(spec["tensor_shape"]["dim"][-1]["size"])
-                self._channels = last if last > 0 else None
-            except (InputError, FetchError, KeyError, ValueError, IndexError, TypeError):
-                self._channels = None
-        return self._channels
+        try:
+            spec = self.signatures[self.signature_name]["inputs"]["images"]
+            last = int(spec["tensor_shape"]["dim"][-1]["size"])
+        except (KeyError, ValueError, IndexError, TypeError):
+            return None
+        return last if last > 0 else None
+
+    @property
+    def standardizes_scenes(self) -> bool:
+        """Whether the served export standardises scene colours in its graph (`serving_scene`)."""
+        return "serving_scene" in self.signatures
+
+    def for_scene(self, stats: Any) -> Any:
+        """A predict_fn sending raw windows with the scene's band statistics (`BandStats` of the
+        bands sent) to `serving_scene`, whose graph standardises them as local predict does
+        (`predict_raster` fills nodata pixels with its `nodata_value`, the export's mark)."""
+
+        def send(chunk: np.ndarray) -> np.ndarray:
+            rows = len(chunk)
+            inputs = {"images": _json_pixels(chunk),
+                      "scene_mean": np.tile(np.asarray(stats.mean, np.float32), (rows, 1)),
+                      "scene_std": np.tile(np.asarray(stats.std, np.float32), (rows, 1))}
+            return self.predict(inputs, "serving_scene")[self.output].astype(np.float32)
+
+        def predict_fn(batch: np.ndarray) -> np.ndarray:
+            return self._chunked(batch, send)
+
+        from geolabel.serving.export import NODATA_MARK
+
+        predict_fn.stride, predict_fn.channels, predict_fn.nodata_value = self.stride, self.channels, NODATA_MARK
+        return predict_fn
 
     # -- plumbing
     def _request(self, method: str, url: str, payload: dict[str, Any] | None = None, body: bytes | None = None) -> Any:
@@ -144,24 +174,26 @@ class ServingClient:
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def _predict_chunk(self, chunk: np.ndarray) -> np.ndarray:
-        """One request; integral pixel values travel as JSON integers (shorter, exact for float inputs)."""
+        """One request to `signature_name` (or PNGs to `serving_bytes`)."""
         if self.encoding == "png":
             payload = {"signature_name": "serving_bytes", "inputs": [{"b64": _png_b64(w)} for w in chunk]}
             outputs = self._request("POST", self.endpoint + ":predict", payload)["outputs"]
             return np.asarray(outputs[self.output], dtype=np.float32)
-        if chunk.size and np.abs(chunk).max() < (1 << 24) and np.array_equal(chunk, np.rint(chunk)):
-            chunk = chunk.astype(np.int64)
-        return self.predict(chunk)[self.output].astype(np.float32)
+        return self.predict(_json_pixels(chunk))[self.output].astype(np.float32)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """predict_fn: float32 windows (B, H, W, C) in [0, 255] -> probabilities (B, H, W, K)."""
+    def _chunked(self, batch: np.ndarray, send: Any) -> np.ndarray:
+        """`send` each group of `rows_per_request` windows, concurrently; the results in order."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4:
             raise InputError("batch", f"expected (B, H, W, C) windows, got shape {batch.shape}")
         chunks = [batch[i : i + self.rows_per_request] for i in range(0, len(batch), self.rows_per_request)]
         if len(chunks) == 1:
-            return self._predict_chunk(chunks[0])
-        return np.concatenate(list(self._pool.map(self._predict_chunk, chunks)))
+            return send(chunks[0])
+        return np.concatenate(list(self._pool.map(send, chunks)))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """predict_fn: float32 windows (B, H, W, C) of raw pixel values -> probabilities (B, H, W, K)."""
+        return self._chunked(batch, self._predict_chunk)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -171,6 +203,13 @@ class ServingClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _json_pixels(chunk: np.ndarray) -> np.ndarray:
+    """Integral pixel values as integers (shorter JSON, exact for float inputs)."""
+    if chunk.size and np.abs(chunk).max() < (1 << 24) and np.array_equal(chunk, np.rint(chunk)):
+        return chunk.astype(np.int64)
+    return chunk
 
 
 def _png_b64(window: np.ndarray) -> str:

@@ -2,13 +2,24 @@
 
 Signatures (all keep the batch dimension `None`; every output shares it):
 
-- `serving_default`: `images` float32 (B, H, W, C) pixel values in [0, 255] (a uint8
-  batch sent as JSON integers is accepted by TF Serving's float conversion) ->
+- `serving_default`: `images` float32 (B, H, W, C) pixel values as the sensor gives them
+  (a uint8 batch sent as JSON integers is accepted by TF Serving's float conversion) ->
   `probabilities` float32 (B, H, W, K) and `classes` int64 (B, H, W).
 - `serving_uint8`: the same from a uint8 tensor (gRPC clients sending raw bytes of pixels).
 - `serving_bytes`: `image_bytes` string (B,) of encoded PNG/JPEG images of one size,
   sent over REST as `{"b64": ...}` (TF Serving decodes the base64, the graph decodes
   the image) -> the same outputs.
+- `serving_scene` (runs trained with scene standardisation): `images` as `serving_default`
+  plus `scene_mean` and `scene_std` float32 (B, C), the band statistics of the whole scene
+  the images are windows of (`geolabel predict --endpoint` sends them), nodata pixels marked
+  negative (`NODATA_MARK`) -> the same outputs.
+
+The run's input contract (`geolabel.predict.run_inputs.RunInputs`) is inside the graph, so
+TF Serving returns what `geolabel predict RUN` returns with no client option: the band
+choice (C = the highest imagery band the run reads), the 16-bit stretch (float requests;
+uint8 ones are 8-bit already) and the scene standardisation, from `scene_mean`/`scene_std`
+or else from each request image's own pixels (a whole image per request, where pixels 0 on
+every band are nodata). Nodata pixels go to the network as 0, as in local predict.
 - `polygons` (with a PolyCNN run): `patches` float32 (B, P, P, C) -> `vertices`
   float32 (B, 4, 2), (x, y) in [0, 1] of the patch, x to the right, y down.
 - `map_update` (with an align/update run): `image` float32 (B, H, W, 3) and `map`
@@ -42,6 +53,7 @@ from geolabel.errors import InputError
 from geolabel.progress import logger
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+NODATA_MARK = -1.0  # the value of nodata pixels in `serving_scene` requests
 METADATA_FILE = "geolabel.json"
 
 
@@ -151,6 +163,49 @@ def _check_min_size(padded: Any, h: Any, w: Any, min_size: int, stride: int, wha
         return tf.identity(padded)
 
 
+def _model_input(images: Any, expects: Any, stretch: bool, scene: tuple[Any, Any] | None = None) -> Any:
+    """The network's input from request pixels, as local predict makes it from a raster
+    (`RunInputs`): bands chosen, 16-bit stretched (if `stretch`), colours standardised from
+    `scene` = (mean, std) (B, C) of the raw bands or else each image's own statistics."""
+    import tensorflow as tf
+
+    from geolabel.data.standardize import REFERENCE_MEAN, REFERENCE_STD
+
+    x = tf.cast(images, tf.float32)
+    bands = list(expects.scaling.bands) if expects.scaling else None
+    if bands and bands != list(range(1, len(bands) + 1)):
+        x = tf.gather(x, [b - 1 for b in bands], axis=-1)
+        if scene is not None:
+            scene = tuple(tf.gather(v, [b - 1 for b in bands], axis=-1) for v in scene)
+    if not expects.scene_norm and not (stretch and expects.scaling and expects.scaling.stretch):
+        return x
+    if scene is None:  # a whole image: pixels 0 on every band are nodata
+        valid = tf.reduce_any(tf.not_equal(x, 0.0), axis=-1, keepdims=True)
+    else:  # windows of a scene: the client marks nodata pixels negative (NODATA_MARK)
+        valid = tf.reduce_all(x >= 0.0, axis=-1, keepdims=True)
+        x = tf.maximum(x, 0.0)
+    if stretch and expects.scaling and expects.scaling.stretch:
+        low = tf.constant([expects.scaling.stretch[b - 1][0] for b in bands], tf.float32)
+        high = tf.constant([expects.scaling.stretch[b - 1][1] for b in bands], tf.float32)
+        x = tf.clip_by_value(tf.round((x - low) / (high - low) * 254.0 + 1.0), 1.0, 255.0)
+        if scene is not None:  # the statistics through the same (linear) stretch
+            scene = ((scene[0] - low) / (high - low) * 254.0 + 1.0, scene[1] * 254.0 / (high - low))
+    if not expects.scene_norm:
+        return tf.where(valid, x, 0.0)
+    if scene is None:  # the request image's own statistics, over its valid pixels
+        weight = tf.cast(valid, tf.float32)
+        count = tf.maximum(tf.reduce_sum(weight, axis=[1, 2]), 1.0)
+        mean = tf.reduce_sum(x * weight, axis=[1, 2]) / count
+        deviation = (x - mean[:, None, None, :]) * weight
+        std = tf.sqrt(tf.reduce_sum(deviation * deviation, axis=[1, 2]) / count)
+    else:
+        mean, std = (tf.cast(v, tf.float32) for v in scene)
+    std = tf.maximum(std, 1.0) if expects.scene_contrast else tf.fill(tf.shape(mean), REFERENCE_STD)
+    gain = REFERENCE_STD / std
+    x = tf.clip_by_value((x - mean[:, None, None, :]) * gain[:, None, None, :] + REFERENCE_MEAN, 0.0, 255.0)
+    return tf.where(valid, x, 0.0)
+
+
 def _segment_fn(model: Any, stride: int, min_size: int = 0) -> Any:
     import tensorflow as tf
 
@@ -205,15 +260,20 @@ def export_saved_model(
     sources: dict[str, str] | None = None,
     model_name: str = "geolabel",
     overwrite: bool = False,
+    expects: Any = None,
 ) -> Path:
     """Write `model` (and optional PolyCNN / align-update models) as `out_base/version/`.
+
+    `expects` (a `RunInputs`, default: pixels as they are) is the run's input contract, put
+    into every segmentation signature.
 
     The version folder is assembled under a hidden temporary name beside it and renamed
     into place at the end, so a polling server never sees a half-written version.
     Returns the version folder.
     """
     with _symbolic_resize():
-        return _export(model, out_base, version, polycnn, align_update, class_names, sources, model_name, overwrite)
+        return _export(model, out_base, version, polycnn, align_update, class_names, sources, model_name, overwrite,
+                       expects)
 
 
 def _export(
@@ -226,6 +286,7 @@ def _export(
     sources: dict[str, str] | None,
     model_name: str,
     overwrite: bool,
+    expects: Any,
 ) -> Path:
     import keras
     import numpy as np
@@ -233,6 +294,9 @@ def _export(
 
     from geolabel.models import stride_of
     from geolabel.predict.fused import with_portable_rewrites
+    from geolabel.predict.run_inputs import RunInputs
+
+    expects = expects or RunInputs()
 
     if int(version) < 0:
         raise InputError("--version", f"must be a non-negative integer, got {version}")
@@ -253,28 +317,43 @@ def _export(
     )
     segment = _segment_fn(model, stride, min_size)
 
+    # requests carry the imagery bands the run reads (up to the highest), the graph picks them
+    in_bands = max(expects.scaling.bands) if expects.scaling else bands
     archive = keras.export.ExportArchive()
     archive.track(model)
-    image_spec = tf.TensorSpec([None, None, None, bands], tf.float32, name="images")
-    archive.add_endpoint("serving_default", tf.function(lambda images: segment(images), input_signature=[image_spec]))
-    uint8_spec = tf.TensorSpec([None, None, None, bands], tf.uint8, name="images")
-    archive.add_endpoint("serving_uint8", tf.function(lambda images: segment(images), input_signature=[uint8_spec]))
-    bytes_bands = bands if bands in (1, 3, 4) else 3
+    image_spec = tf.TensorSpec([None, None, None, in_bands], tf.float32, name="images")
+    archive.add_endpoint("serving_default", tf.function(lambda images: segment(_model_input(images, expects, True)),
+                                                        input_signature=[image_spec]))
+    uint8_spec = tf.TensorSpec([None, None, None, in_bands], tf.uint8, name="images")
+    archive.add_endpoint("serving_uint8", tf.function(lambda images: segment(_model_input(images, expects, False)),
+                                                      input_signature=[uint8_spec]))
+    bytes_bands = in_bands if in_bands in (1, 3, 4) else 3
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     archive.add_endpoint(
         "serving_bytes",
-        tf.function(lambda image_bytes: segment(_decode_batch(image_bytes, bytes_bands)), input_signature=[bytes_spec]),
+        tf.function(lambda image_bytes: segment(_model_input(_decode_batch(image_bytes, bytes_bands), expects, False)),
+                    input_signature=[bytes_spec]),
     )
     warm_size = max(2 * stride, min_size)  # TF Serving refuses a version whose warm-up requests fail
-    warm_image = np.full((1, warm_size, warm_size, bands), 127, np.uint8)
+    warm_image = np.full((1, warm_size, warm_size, in_bands), 127, np.uint8)
     requests: list[tuple[str, dict[str, Any]]] = [
         ("serving_default", {"images": warm_image.astype(np.float32)}),
         ("serving_uint8", {"images": warm_image}),
     ]
-    if bytes_bands == bands:
+    if bytes_bands == in_bands:
         png = tf.io.encode_png(warm_image[0]).numpy()
         requests.append(("serving_bytes", {"image_bytes": np.array([png], dtype=object)}))
     signatures = ["serving_default", "serving_uint8", "serving_bytes"]
+    if expects.scene_norm:
+        stats_spec = [tf.TensorSpec([None, in_bands], tf.float32, name=n) for n in ("scene_mean", "scene_std")]
+        archive.add_endpoint(
+            "serving_scene",
+            tf.function(lambda images, scene_mean, scene_std: segment(_model_input(images, expects, True, (scene_mean, scene_std))),
+                        input_signature=[image_spec, *stats_spec]),
+        )
+        stats = np.full((1, in_bands), 100.0, np.float32)
+        requests.append(("serving_scene", {"images": warm_image.astype(np.float32), "scene_mean": stats, "scene_std": stats / 2}))
+        signatures.append("serving_scene")
 
     if polycnn is not None:
         archive.track(polycnn)
@@ -333,7 +412,9 @@ def _export(
         meta = {
             "stride": stride,
             "min_input_size": max(1, min_size - stride + 1),  # smallest H and W a request may have
-            "bands": bands,
+            "bands": in_bands,
+            "inputs": {"scene_norm": expects.scene_norm, "scene_contrast": expects.scene_contrast,
+                       "scaling": expects.scaling.to_dict() if expects.scaling else None},
             "num_classes": num_classes,
             "class_names": list(class_names) if class_names else None,
             "signatures": signatures,
@@ -364,6 +445,7 @@ def export_run(
 ) -> Path:
     """Load the runs (folders, `.keras` files or `pretrained`) and export them; see `export_saved_model`."""
     from geolabel.models import load_model
+    from geolabel.predict.run_inputs import RunInputs
 
     model = load_model(run)
     polycnn = load_model(polycnn_run) if polycnn_run else None
@@ -383,6 +465,7 @@ def export_run(
         sources=sources,
         model_name=model_name,
         overwrite=overwrite,
+        expects=RunInputs.of(run),
     )
 
 

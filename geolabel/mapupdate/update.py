@@ -43,7 +43,7 @@ def building_probability(
     AlignUpdateNet (two inputs) also sees the existing map rasterised, and its `fill`
     output is used: it segments the true buildings, including those the map misses.
     """
-    two_inputs = len(getattr(model, "inputs", None) or []) == 2 or hasattr(model, "level_weights")
+    two_inputs = _takes_the_map(model)
     stride = stride_of(model)
 
     def run(tiles: list[np.ndarray]) -> np.ndarray:
@@ -55,6 +55,11 @@ def building_probability(
     if two_inputs:
         arrays.append(rasterize_map(geoms if geoms is not None else np.array([]), *image.shape[:2]))
     return predict_in_tiles(run, arrays, ("edge", "constant"), tile, margin, stride)
+
+
+def _takes_the_map(model: keras.Model) -> bool:
+    """Whether `model` takes the image and the map rasterised (an AlignUpdateNet)."""
+    return len(getattr(model, "inputs", None) or []) == 2 or hasattr(model, "level_weights")
 
 
 def load_map_scene(
@@ -126,16 +131,29 @@ def imagery_mask(image_path: str | os.PathLike, shape: tuple[int, int], image: n
     return mask & image.any(axis=-1)
 
 
-def model_input(image: np.ndarray, valid: np.ndarray, model_path: str | os.PathLike) -> np.ndarray:
-    """The image as the model expects it: colour-standardised when MODEL is a run folder trained
-    with `scene_norm` (as `geolabel predict` does), else unchanged."""
-    from geolabel.data.standardize import band_stats, standardize
+def predict_probabilities(image_path: str | os.PathLike, out_dir: str | os.PathLike, model_path=None, endpoint=None,
+                          precision: str = "auto", window: int = 1024, overlap: int = 64) -> Path:
+    """`OUT/predict/probabilities.tif` of IMAGE, written by `geolabel predict`'s own path (windows,
+    blending, the run's or the export's input contract, resampling to a shipped model's
+    resolution), from MODEL (a segmentation run) or a TF Serving ENDPOINT. Returns its path."""
+    from geolabel.predict import keras_predict_fn
+    from geolabel.predict.resample import model_resampling, predict_resampled
     from geolabel.predict.run_inputs import RunInputs
 
+    out = Path(out_dir) / "predict"
+    if endpoint is not None:
+        from geolabel.serving.client import ServingClient
+
+        with ServingClient(endpoint) as client:
+            # 256 px windows keep each JSON request within servers' default body limits
+            return predict_resampled(client, image_path, out, factor=1.0, window=256, overlap=32, preview=False,
+                                     scene_norm=client.standardizes_scenes).probabilities
     expects = RunInputs.of(model_path)
-    if not expects.scene_norm or not valid.any():
-        return image
-    return standardize(image, band_stats(image, valid).with_contrast(expects.scene_contrast), np.uint8)
+    factor, tags = model_resampling(expects.card, image_path, True)
+    predict_fn = keras_predict_fn(load_model(model_path), precision=precision)
+    return predict_resampled(predict_fn, image_path, out, factor=factor, window=window, overlap=overlap, preview=False,
+                             scene_norm=expects.scene_norm, scene_contrast=expects.scene_contrast,
+                             scaling=expects.scaling, tags=tags).probabilities
 
 
 def to_map_frame(changes: list[Change], scene: Scene, aligned: np.ndarray | None) -> list[Change]:
@@ -416,12 +434,14 @@ def map_update_files(
         from geolabel.align.apply import align_geometries, load_alignment_model
 
         aligned, _ = align_geometries(load_alignment_model(align_path), scene.image, scene.geoms, tile=tile)
-    if probabilities_path is not None:
-        prob = read_probability(probabilities_path, scene.shape)
-    else:
-        image = model_input(scene.image, valid, model_path)
+    model = load_model(model_path) if model_path is not None else None
+    if model is not None and _takes_the_map(model):  # an AlignUpdateNet also sees the map
         geoms = scene.geoms if aligned is None else aligned
-        prob = building_probability(load_model(model_path), image, geoms, tile=tile)
+        prob = building_probability(model, scene.image, geoms, tile=tile)
+    else:
+        if model is not None:
+            probabilities_path = predict_probabilities(image_path, out_dir, model_path)
+        prob = read_probability(probabilities_path, scene.shape)
     _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned, vector_formats,
                             pmtiles, attribution)
     return summary

@@ -32,7 +32,7 @@ from geolabel.atomic import atomic_path
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.data.imagery import InputScaling
 from geolabel.data.raster import STREAMING_CACHE_MB, RasterWriter, open_raster, streaming_env
-from geolabel.data.standardize import raster_band_stats, standardize
+from geolabel.data.standardize import BandStats, raster_band_stats, standardize
 from geolabel.errors import InputError
 from geolabel.predict.windows import blend_weights, plan_windows, window_geometry
 from geolabel.progress import logger, progress
@@ -320,7 +320,7 @@ def predict_raster(
     tta: bool = False,
     classes: ClassMap | Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
-    scene_norm: bool = False,
+    scene_norm: bool | BandStats = False,
     scene_contrast: bool = True,
     tile: int = 512,
     probability_dtype: str = "uint8",
@@ -353,7 +353,10 @@ def predict_raster(
         classes: class names or a ClassMap (default: by the number of classes predicted).
         bands: 1-based input bands fed to the model (default: the first C, C from the model).
         scene_norm: map the raster's band statistics to the reference first, as for a model
-            trained with `TrainConfig.scene_norm`.
+            trained with `TrainConfig.scene_norm`; a `BandStats` gives the statistics (of the
+            raster's bands, before `scene_contrast`) instead of reading them, e.g. for a block
+            of a larger scene. A `predict_fn` with `standardizes_scenes` (a served export that
+            standardises in its graph) gets them through `predict_fn.for_scene(stats)` and raw pixels.
         scene_contrast: with `scene_norm`, also match the band standard deviations
             (`TrainConfig.scene_contrast`).
         tile: output tile (and COG block) side in pixels.
@@ -412,7 +415,14 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
         plan = plan_windows(width, height, size, overlap)
         src_nodata = src.nodata
         src_dtype = src.dtypes[0]
-    stats = raster_band_stats(input_path, band_list, scaling).with_contrast(scene_contrast) if scene_norm else None
+    stats = scene_stats = None  # what the pixels are standardised with here, and the scene's
+    if scene_norm is not False:
+        scene_stats = scene_norm if isinstance(scene_norm, BandStats) else raster_band_stats(input_path, band_list, scaling)
+        if getattr(predict_fn, "standardizes_scenes", False):  # the served graph standardises
+            predict_fn = predict_fn.for_scene(scene_stats)
+        else:
+            stats = scene_stats.with_contrast(scene_contrast)
+    nodata_value = getattr(predict_fn, "nodata_value", 0.0)
     weights = blend_weights(size, overlap)
     positions = list(plan)
     batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
@@ -464,8 +474,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                             canvas.add_image(row, col, block[:3])
                         pixels = np.moveaxis(scaling.apply(block) if scaling else block, 0, -1)
                         x[b] = standardize(pixels, stats) if stats else pixels  # converted on assignment
-                        if not ok.all():  # nodata (and NaN, never valid) pixels go in as 0
-                            x[b][~ok] = 0.0
+                        if not ok.all():  # nodata (and NaN, never valid) pixels go in as 0 (or as marked)
+                            x[b][~ok] = nodata_value
                     x[len(batch):] = x[len(batch) - 1]  # pad a last partial batch: one compiled shape
                     timings["read"] += time.perf_counter() - t0
                     if not put(q_in, (batch, x, valid)):
@@ -503,8 +513,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
             state["cmap"] = cmap
             file_tags = {**(tags or {}), "classes": json.dumps(list(cmap.names)), "window": str(size),
                          "overlap": str(overlap), "tta": str(bool(tta)), "software": "geolabel predict"}
-            if stats:
-                file_tags["scene_band_stats"] = json.dumps(stats.to_dict())
+            if scene_stats:
+                file_tags["scene_band_stats"] = json.dumps(scene_stats.with_contrast(scene_contrast).to_dict())
             common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
                           compress=compress, compress_level=compress_level, tags=file_tags)
             cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
