@@ -40,3 +40,16 @@ def test_predict_stretches_16_bit_input_as_the_run_was_trained(shared_data, tmp_
     main(["predict", str(tmp_path / "run"), str(stretched), "-o", str(tmp_path / "by-hand"), "--window", "256"])
     with rasterio.open(tmp_path / "pred" / "probabilities.tif") as a, rasterio.open(tmp_path / "by-hand" / "probabilities.tif") as b:
         assert np.array_equal(a.read(), b.read())
+    # the TF Serving export takes the raw 16-bit grey pixels and does the same in its graph
+    import tensorflow as tf
+
+    from geolabel.models import load_model
+    from geolabel.serving.export import export_run
+
+    served = tf.saved_model.load(str(export_run(tmp_path / "run", tmp_path / "export", 1)))
+    raw = np.moveaxis(pixels, 0, -1)[None, :256, :256].astype(np.float32)
+    assert raw.max() > 255  # 16-bit values, one band
+    out = served.signatures["serving_default"](images=tf.constant(raw))["probabilities"].numpy()
+    expected = np.asarray(load_model(tmp_path / "run")(np.moveaxis(np.repeat(grey, 3, axis=0), 0, -1)[None, :256, :256]
+                                                      .astype(np.float32)))
+    np.testing.assert_allclose(out, expected, atol=1e-5)
