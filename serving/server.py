@@ -1006,7 +1006,9 @@ class RestHandler(BaseHTTPRequestHandler):
             while got < n:
                 if got == leased:
                     piece = min(BODY_PIECE, n - leased)
+                    waited = time.monotonic()
                     lease.resize(lease.size + piece, "This request's body")
+                    self._reader.deadline += time.monotonic() - waited  # the server's wait is not the client's delay
                     leased += piece
                 k = self.rfile.readinto1(view[got:leased])  # what has arrived (one socket read at most)
                 if not k:

@@ -163,6 +163,32 @@ def test_short_body_times_out_with_408(limited):
         closed_within(sock, SLACK)
 
 
+def test_waiting_for_memory_does_not_count_against_the_body_deadline(model_base):
+    """A body the server is slow to take (its memory budget held by requests in flight for twice the
+    body deadline) is still read: the body deadline measures the client, not the server's wait."""
+    from geolabel.serving.server import ModelServer
+
+    srv = ModelServer(model_name="seg", model_base_path=model_base, rest_api_port=0, port=None, host="127.0.0.1",
+                      poll_seconds=0, body_timeout_s=TIMEOUT, memory_budget_bytes=16 << 20,
+                      memory_wait_s=TIMEOUT + 2 * SLACK).start()
+    try:
+        srv.wait_available(timeout=120)
+        held = srv.core.budget.lease()  # what other requests in flight hold
+        held.resize(srv.core.budget.limit_bytes)
+        threading.Timer(2 * TIMEOUT, held.release).start()
+        body = json.dumps({"instances": np.full((1, 8, 8, 3), 100).tolist()}).encode()
+        with connect(srv) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST /v1/models/seg:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            time.sleep(0.2)  # the body comes in its own packets, not buffered with the header
+            sock.sendall(body)
+            status, _, answer = read_response(sock)
+        assert status == 200, answer
+        assert time.monotonic() - started >= 1.5 * TIMEOUT  # it did wait for the memory
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize(
     "line",
     [
