@@ -13,6 +13,11 @@ Signatures (all keep the batch dimension `None`; every output shares it):
   plus `scene_mean` and `scene_std` float32 (B, C), the band statistics of the whole scene
   the images are windows of (`geolabel predict --endpoint` sends them), nodata pixels marked
   negative (`NODATA_MARK`) -> the same outputs.
+- `polygons` (with a PolyCNN run): `patches` float32 (B, P, P, C) -> `vertices`
+  float32 (B, 4, 2), (x, y) in [0, 1] of the patch, x to the right, y down.
+- `map_update` (with an align/update run): `image` float32 (B, H, W, 3) and `map`
+  float32 (B, H, W, 3) rasterised (fill, edge, vertex) in [0, 1] -> `displacement`
+  float32 (B, H, W, 2) in pixels and `segmentation` float32 (B, H, W, 4).
 
 The run's input contract (`geolabel.predict.run_inputs.RunInputs`) is inside the graph, so
 TF Serving returns what `geolabel predict RUN` returns with no client option: the band
@@ -20,11 +25,6 @@ choice (C = the highest imagery band the run reads), the 16-bit stretch (float r
 uint8 ones are 8-bit already) and the scene standardisation, from `scene_mean`/`scene_std`
 or else from each request image's own pixels (a whole image per request, where pixels 0 on
 every band are nodata). Nodata pixels go to the network as 0, as in local predict.
-- `polygons` (with a PolyCNN run): `patches` float32 (B, P, P, C) -> `vertices`
-  float32 (B, 4, 2), (x, y) in [0, 1] of the patch, x to the right, y down.
-- `map_update` (with an align/update run): `image` float32 (B, H, W, 3) and `map`
-  float32 (B, H, W, 3) rasterised (fill, edge, vertex) in [0, 1] -> `displacement`
-  float32 (B, H, W, 2) in pixels and `segmentation` float32 (B, H, W, 4).
 
 Segmentation signatures pad H and W up to a multiple of the network's stride by
 mirroring the border and crop the outputs back to the input size. A network may need
