@@ -12,6 +12,8 @@ from geolabel.cli import output
 from geolabel.errors import InputError
 from geolabel.precision import PRECISIONS
 
+ARCHITECTURE = ("model", "model_config", "downsample", "classes")  # what a fine-tune takes from its --init run
+
 
 def _model_options(pairs: tuple[str, ...]) -> dict:
     options = {}
@@ -98,6 +100,15 @@ def train(preset, config_file, run_dir, model_option, train_sets, val_sets, pret
             overrides["encoder_lr_scale"] = encoder_lr_scale
     if preset is None:
         preset = "finetune" if options.get("init") else DEFAULT_PRESET
+    if options.get("init"):  # a fine-tune keeps its starting model's architecture, whatever the preset's
+        from geolabel.train.trainer import load_run_config
+
+        try:
+            start = load_run_config(options["init"])
+        except InputError:  # a bare .keras file: the preset (or the flags) must match it
+            start = None
+        for key in ARCHITECTURE if start is not None else ():
+            overrides.setdefault(key, getattr(start, key))
     config = preset_config(preset, config_file, **overrides)
     output(run_dir, command="train", marks=("config.yaml", "checkpoints"),
            inputs=(config_file, config.init, *config.train, *config.val, *pretrain_sets, *finetune_sets))
