@@ -108,6 +108,12 @@ def predict(
                                           min_confidence=min_confidence, separate=separate, scene_norm=scene_norm,
                                           scene_contrast=scene_contrast, scaling=expects.scaling)))
         return
+    if polygonizer == "mesh":
+        from geolabel.data.raster import open_raster
+        from geolabel.vectorize.mesh import start_workers_early
+
+        with open_raster(input_path) as src:
+            start_workers_early(src.width, src.height)
     predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
                                batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,

@@ -1378,13 +1378,7 @@ def mesh_blocks(
     if workers is None:
         workers = _available_cores() if height * width >= AUTO_PARALLEL_PIXELS else 1
     workers = min(workers, n_blocks)
-    pool = None
-    if workers > 1:
-        # forkserver: never fork a parent that may hold TensorFlow's threads; the server imports
-        # this module once, so the workers start without importing it again
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) if workers > 1 else None
     corners: list[tuple[int, int]] = []
 
     def jobs() -> Iterator[tuple]:
@@ -1426,6 +1420,24 @@ def mesh_blocks(
         frame = frame[frame["area"] >= min_area].reset_index(drop=True)
     logger.info("mesh polygons: %d objects, %d vertices", len(frame), vertex_count(frame.geometry))
     return frame
+
+
+def _worker_context() -> multiprocessing.context.ForkServerContext:
+    """Where mesh workers come from: a fork server (never fork a parent that may hold TensorFlow's
+    threads) that imports this module once, so the workers start without importing it again."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def start_workers_early(width: int, height: int) -> None:
+    """Start the workers' fork server now if a `width` x `height` raster will be meshed in parallel:
+    its imports (a second or two) then run beside the prediction instead of after it."""
+    if width * height >= AUTO_PARALLEL_PIXELS and _available_cores() > 1:
+        from multiprocessing import forkserver
+
+        _worker_context()
+        forkserver.ensure_running()
 
 
 def _available_cores() -> int:
