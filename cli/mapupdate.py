@@ -51,10 +51,12 @@ def mapupdate(
     if endpoint:  # the served model labels the image through the same path as `geolabel predict`
         from geolabel.errors import InputError
         from geolabel.mapupdate.update import predict_probabilities
+        from geolabel.serving.client import ServingClient
 
         if model_path or prob_path:
             raise InputError("--endpoint", "give one of --endpoint, --model and --probabilities")
-        prob_path = predict_probabilities(image, out_dir, endpoint=endpoint)
+        with ServingClient(endpoint) as client:  # 256 px windows keep each JSON request within body limits
+            prob_path = predict_probabilities(image, out_dir, predict_fn=client, window=256, overlap=32)
     imagery_credit = imagery_attribution(image)
     summary = map_update_files(image, osm_path, out_dir, model_path, prob_path, downsample, params, source,
                                align_path=align_path, vector_formats=vector_formats, pmtiles=pmtiles,

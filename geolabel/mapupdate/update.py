@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import geopandas as gpd
@@ -131,23 +131,22 @@ def imagery_mask(image_path: str | os.PathLike, shape: tuple[int, int], image: n
     return mask & image.any(axis=-1)
 
 
-def predict_probabilities(image_path: str | os.PathLike, out_dir: str | os.PathLike, model_path=None, endpoint=None,
+def predict_probabilities(image_path: str | os.PathLike, out_dir: str | os.PathLike,
+                          model_path: str | os.PathLike | None = None,
+                          predict_fn: Callable[[np.ndarray], np.ndarray] | None = None,
                           precision: str = "auto", window: int = 1024, overlap: int = 64) -> Path:
     """`OUT/predict/probabilities.tif` of IMAGE, written by `geolabel predict`'s own path (windows,
-    blending, the run's or the export's input contract, resampling to a shipped model's
-    resolution), from MODEL (a segmentation run) or a TF Serving ENDPOINT. Returns its path."""
+    blending, the run's input contract, resampling to a shipped model's resolution), from MODEL
+    (a segmentation run) or a ready `predict_fn` (a TF Serving client, whose export standardises
+    scenes itself when it says so). Returns its path."""
     from geolabel.predict import keras_predict_fn
     from geolabel.predict.resample import model_resampling, predict_resampled
     from geolabel.predict.run_inputs import RunInputs
 
     out = Path(out_dir) / "predict"
-    if endpoint is not None:
-        from geolabel.serving.client import ServingClient
-
-        with ServingClient(endpoint) as client:
-            # 256 px windows keep each JSON request within servers' default body limits
-            return predict_resampled(client, image_path, out, factor=1.0, window=256, overlap=32, preview=False,
-                                     scene_norm=client.standardizes_scenes).probabilities
+    if predict_fn is not None:
+        return predict_resampled(predict_fn, image_path, out, factor=1.0, window=window, overlap=overlap, preview=False,
+                                 scene_norm=getattr(predict_fn, "standardizes_scenes", False)).probabilities
     expects = RunInputs.of(model_path)
     factor, tags = model_resampling(expects.card, image_path, True)
     predict_fn = keras_predict_fn(load_model(model_path), precision=precision)
