@@ -72,7 +72,7 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
     labels.gpkg holds them aligned to the imagery.
     """
     from geolabel.cli import output
-    from geolabel.data.fetch import FetchOptions, LabelAlignment, fetch_dataset
+    from geolabel.data.fetch import FetchOptions, fetch_dataset
 
     options = FetchOptions(
         zoom=zoom, tile_px=tile_size,
