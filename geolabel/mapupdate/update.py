@@ -134,11 +134,12 @@ def imagery_mask(image_path: str | os.PathLike, shape: tuple[int, int], image: n
 def predict_probabilities(image_path: str | os.PathLike, out_dir: str | os.PathLike,
                           model_path: str | os.PathLike | None = None,
                           predict_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                          precision: str = "auto", window: int = 1024, overlap: int = 64) -> Path:
+                          precision: str = "auto", window: int = 1024, overlap: int = 64,
+                          model: keras.Model | None = None) -> Path:
     """`OUT/predict/probabilities.tif` of IMAGE, written by `geolabel predict`'s own path (windows,
     blending, the run's input contract, resampling to a shipped model's resolution), from MODEL
     (a segmentation run) or a ready `predict_fn` (a TF Serving client, whose export standardises
-    scenes itself when it says so). Returns its path."""
+    scenes itself when it says so); `model` is MODEL already loaded, if the caller has it. Returns its path."""
     from geolabel.predict import keras_predict_fn
     from geolabel.predict.resample import model_resampling, predict_resampled
     from geolabel.predict.run_inputs import RunInputs
@@ -149,7 +150,7 @@ def predict_probabilities(image_path: str | os.PathLike, out_dir: str | os.PathL
                                  scene_norm=getattr(predict_fn, "standardizes_scenes", False)).probabilities
     expects = RunInputs.of(model_path)
     factor, tags = model_resampling(expects.card, image_path, True)
-    predict_fn = keras_predict_fn(load_model(model_path), precision=precision)
+    predict_fn = keras_predict_fn(model or load_model(model_path), precision=precision)
     return predict_resampled(predict_fn, image_path, out, factor=factor, window=window, overlap=overlap, preview=False,
                              scene_norm=expects.scene_norm, scene_contrast=expects.scene_contrast,
                              scaling=expects.scaling, tags=tags).probabilities
@@ -439,7 +440,7 @@ def map_update_files(
         prob = building_probability(model, scene.image, geoms, tile=tile)
     else:
         if model is not None:
-            probabilities_path = predict_probabilities(image_path, out_dir, model_path)
+            probabilities_path = predict_probabilities(image_path, out_dir, model_path, model=model)
         prob = read_probability(probabilities_path, scene.shape)
     _, summary = map_update(scene, prob, out_dir, params, source, buildings, valid, aligned, vector_formats,
                             pmtiles, attribution)
