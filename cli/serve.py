@@ -31,6 +31,8 @@ import click
               help="A REST body must arrive within this after its header (else 408).")
 @click.option("--rest_idle_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Close a keep-alive connection idle this long.")
+@click.option("--rest_api_timeout_in_ms", type=click.IntRange(min=0), default=30000, show_default=True,
+              help="A REST prediction not answered within this is answered 504 (TF Serving's flag; 0: no limit).")
 @click.option("--max_connections", type=click.IntRange(min=1), default=512, show_default=True,
               help="REST connections open at once (more are answered 503).")
 @click.option("--memory_budget_bytes", type=click.IntRange(min=1 << 20), default=2 << 30, show_default=True,
@@ -54,6 +56,7 @@ def serve(
     rest_header_timeout_s: float,
     rest_body_timeout_s: float,
     rest_idle_timeout_s: float,
+    rest_api_timeout_in_ms: int,
     max_connections: int,
     memory_budget_bytes: int,
     memory_wait_ms: int,
@@ -78,6 +81,7 @@ def serve(
         header_timeout_s=rest_header_timeout_s,
         body_timeout_s=rest_body_timeout_s,
         idle_timeout_s=rest_idle_timeout_s,
+        predict_timeout_s=rest_api_timeout_in_ms / 1000 or None,
         max_connections=max_connections,
         memory_budget_bytes=memory_budget_bytes,
         memory_wait_s=memory_wait_ms / 1000,

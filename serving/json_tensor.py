@@ -247,6 +247,21 @@ def is_b64_object(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
+_ASCII_SPACE = dict.fromkeys(map(ord, " \t\n\v\f\r"))
+
+
+def b64_unescape(text: str) -> bytes:
+    """Base64 as `absl::Base64Unescape` (TF Serving's decoder) reads it: ASCII whitespace anywhere
+    is skipped (so `base64.encodebytes`' 76-column lines decode) and the final padding may be
+    left out; any other character outside the alphabet is an error (binascii.Error)."""
+    data = text.translate(_ASCII_SPACE)
+    if "=" not in data:
+        if len(data) % 4 == 1:
+            raise binascii.Error("a base64 text of 4n+1 characters is truncated")
+        data += "=" * (-len(data) % 4)
+    return base64.b64decode(data, validate=True)
+
+
 def _type_error(value: Any, dtype: np.dtype) -> JsonTensorError:
     return JsonTensorError(
         f"JSON Value: {value_to_string(value)} Type: {json_type(value)} is not of expected type: {type_name(dtype)}"
@@ -287,7 +302,7 @@ def _convert_scalar(value: Any, dtype: np.dtype) -> Any:
             if not is_b64_object(value):
                 raise JsonTensorError(f"JSON Value: {value_to_string(value)} not formatted correctly for base64 data")
             try:
-                return base64.b64decode(value["b64"], validate=True)
+                return b64_unescape(value["b64"])
             except (binascii.Error, ValueError) as err:
                 raise JsonTensorError("Unable to base64 decode") from err
         if not isinstance(value, str):

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -622,6 +623,8 @@ class ServerCore:
         self._slots = threading.BoundedSemaphore(max_concurrent_requests)
         self.max_concurrent_requests = max_concurrent_requests
         self.budget = MemoryBudget(memory_budget_bytes, memory_wait_s)
+        # REST predictions run here so that a request can be answered 504 at its deadline
+        self.runner = futures.ThreadPoolExecutor(max_concurrent_requests, thread_name_prefix="geolabel-predict")
         self.reload_config(config)
 
     # -- configuration
@@ -767,13 +770,11 @@ class ServerCore:
             )
         raise ServingError("UNIMPLEMENTED", f"{kind} signatures over tf.Example are not served by geolabel's server")
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[tuple[int, VersionState]]:
-        """`GetModelStatus`: (version, state) pairs, newest first."""
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionState]]:
+        """`GetModelStatus`: (version, state) pairs, newest first. Like TF Serving's
+        `GetModelStatusWithModelSpec`, a version label in the request is not looked at: every
+        version is listed."""
         manager = self.manager(name)
-        if label is not None:
-            if manager is None:
-                raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
-            version = manager.resolve_label(label)
         states = dict(manager.states) if manager is not None else {}
         if version is not None:
             if version not in states:
@@ -867,6 +868,10 @@ class _BodyTimeout(Exception):
         self.expected = expected
 
 
+class _Answered(Exception):
+    """The answer has been sent already (a deadline passed while the model ran)."""
+
+
 class _ClientGone(Exception):
     pass
 
@@ -894,6 +899,7 @@ class RestHandler(BaseHTTPRequestHandler):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 30.0
+    predict_timeout_s: float | None = 30.0
     linger_s: float = 2.0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
@@ -1068,6 +1074,30 @@ class RestHandler(BaseHTTPRequestHandler):
         self._body_pending = False
         return body
 
+    def _inflated(self, body: bytes, lease: Lease) -> bytes:
+        """The body as TF Serving's handlers read it: inflated when its Content-Encoding names gzip
+        (`EvHTTPRequest::NeedUncompressGzipContent`), and empty when it does not inflate (as
+        there: the JSON error then says the document is empty). Inflated piece by piece under
+        the memory budget and `body_limit`, so a small compressed bomb is refused, not expanded."""
+        if "gzip" not in self.headers.get("Content-Encoding", "").lower() or not body:
+            return body
+        limit = self.body_limit
+        inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header, as zlib's inflate detects
+        out, pending = bytearray(), body
+        try:
+            while not inflater.eof and (pending or len(out) == 0):
+                lease.resize(len(body) + len(out) + BODY_PIECE, "This request's inflated body")
+                piece = inflater.decompress(pending, BODY_PIECE)
+                if not piece and not inflater.unconsumed_tail:
+                    break
+                out += piece
+                if len(out) > limit:
+                    raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: more than {limit} bytes once inflated")
+                pending = inflater.unconsumed_tail
+        except zlib.error:
+            return b""
+        return bytes(out) if inflater.eof else b""
+
     def _continue(self) -> None:
         if self._expect_continue:
             self._expect_continue = False
@@ -1105,7 +1135,7 @@ class RestHandler(BaseHTTPRequestHandler):
         lease = self.core.budget.lease()
         try:
             try:
-                body = self._read_body(lease)
+                body = self._inflated(self._read_body(lease), lease)
             except ServingError as err:
                 self.close_connection = True
                 self._reply(err.http_status, jt.error_json(err.message))
@@ -1133,6 +1163,8 @@ class RestHandler(BaseHTTPRequestHandler):
                 return
             try:
                 payload = self._dispatch(method, path, body, lease)
+            except _Answered:
+                return
             except ServingError as err:
                 self._reply(err.http_status, jt.error_json(err.message))
                 return
@@ -1205,7 +1237,7 @@ class RestHandler(BaseHTTPRequestHandler):
         if match.group(4) and match.group(4) == "metadata":
             servable = self.core.servable(name, version, label)
             return _dumps(metadata_json(servable))
-        return _dumps(status_json(self.core.status(name, version, label)))
+        return _dumps(status_json(self.core.status(name, version)))
 
     def _predict(self, name: str, version: int | None, label: str | None, body: bytes, lease: Lease) -> bytes:
         lease.resize(JSON_BYTES_PER_BODY_BYTE * len(body), "Parsing this request's JSON")
@@ -1218,11 +1250,24 @@ class RestHandler(BaseHTTPRequestHandler):
         inputs, fmt = jt.predict_request_arrays(doc, sig.input_dtypes)
         del doc  # the parsed JSON (the largest part of a request) goes before the model runs
         lease.resize(len(body) + TENSOR_COPIES * tensor_bytes(inputs), "This request's tensors")
-        _, outputs = self.core.predict(servable, signature_name, inputs)
+        _, outputs = self._within_deadline(self.core.runner.submit(self.core.predict, servable, signature_name, inputs))
         in_bytes = tensor_bytes(inputs)
         del inputs
         lease.resize(len(body) + in_bytes + response_json_bytes(outputs), "This request's response")
         return jt.outputs_to_json(outputs, fmt)
+
+    def _within_deadline(self, run: futures.Future) -> Any:
+        """`run`'s result, or TF Serving's 504 once `predict_timeout_s` (its `--rest_api_timeout_in_ms`)
+        has passed. A model call cannot be interrupted: after the 504 this thread waits for it, so
+        its memory lease and concurrency slot stay taken until the model returns."""
+        try:
+            return run.result(timeout=self.predict_timeout_s or None)
+        except futures.TimeoutError:
+            self.close_connection = True
+            self._reply(504, jt.error_json(
+                f"Deadline exceeded: the model did not answer within {self.predict_timeout_s * 1000:g} ms"))
+            futures.wait([run])
+            raise _Answered() from None
 
     def _classify_regress(
         self, name: str, version: int | None, label: str | None, body: bytes, verb: str, lease: Lease
@@ -1407,7 +1452,7 @@ def make_grpc_servicers(core: ServerCore) -> tuple[Any, Any]:
             try:
                 if not request.HasField("model_spec"):
                     raise ServingError("INVALID_ARGUMENT", "Missing ModelSpec")
-                states = core.status(*_spec_args(request.model_spec))
+                states = core.status(*_spec_args(request.model_spec)[:2])
                 response = get_model_status_pb2.GetModelStatusResponse()
                 for version, state in states:
                     entry = response.model_version_status.add()
@@ -1451,6 +1496,8 @@ class ModelServer:
             connection is closed); for a new connection it counts from the accept.
         body_timeout_s: a REST body must arrive within this after its header (else 408, closed).
         idle_timeout_s: a keep-alive connection with no new request is closed after this.
+        predict_timeout_s: a REST prediction not answered within this is answered 504 (TF
+            Serving's `--rest_api_timeout_in_ms`); None: no limit.
         max_connections: REST connections open at once (more are answered 503 and closed).
         memory_budget_bytes: bound on the memory of requests in flight (`MemoryBudget`);
             a REST body is also limited to memory_budget_bytes / JSON_BYTES_PER_BODY_BYTE.
@@ -1478,6 +1525,7 @@ class ModelServer:
         header_timeout_s: float = 10.0,
         body_timeout_s: float = 30.0,
         idle_timeout_s: float = 30.0,
+        predict_timeout_s: float | None = 30.0,
         max_connections: int = 512,
         memory_budget_bytes: int = 2 << 30,
         memory_wait_s: float = 2.0,
@@ -1502,6 +1550,7 @@ class ModelServer:
         self.header_timeout_s = float(header_timeout_s)
         self.body_timeout_s = float(body_timeout_s)
         self.idle_timeout_s = float(idle_timeout_s)
+        self.predict_timeout_s = predict_timeout_s
         self.max_connections = int(max_connections)
         try:
             self.core = ServerCore(
@@ -1537,6 +1586,7 @@ class ModelServer:
                     "header_timeout_s": self.header_timeout_s,
                     "body_timeout_s": self.body_timeout_s,
                     "idle_timeout_s": self.idle_timeout_s,
+                    "predict_timeout_s": self.predict_timeout_s,
                 },
             )
             self._http = _RestServer((self.host, int(self._rest_port_wanted)), handler, self.max_connections)
@@ -1634,6 +1684,7 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
+        self.core.runner.shutdown(wait=False)
 
     def __enter__(self) -> ModelServer:
         return self.start()

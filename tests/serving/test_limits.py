@@ -287,3 +287,21 @@ def test_memory_budget_refuses_beyond_it_while_normal_requests_succeed(limited, 
     assert codes and set(codes) == {200}, sorted(set(codes))
     assert limited.core.budget.in_use == 0 and limited.core.budget.refused >= 1
     assert limited.core.budget.peak <= limited.core.budget.limit_bytes
+
+
+def test_prediction_past_the_rest_deadline_is_answered_504(model_base):
+    """TF Serving's --rest_api_timeout_in_ms: a prediction not done in time is answered 504 at its
+    deadline, not when the model returns; the request's memory is held until the model returns."""
+    from geolabel.serving.server import ModelServer
+
+    srv = ModelServer(model_name="seg", model_base_path=model_base, rest_api_port=0, port=None, host="127.0.0.1",
+                      poll_seconds=0, predict_timeout_s=0.001).start()
+    try:
+        srv.wait_available(timeout=120)
+        r = requests.post(f"http://127.0.0.1:{srv.rest_port}/v1/models/seg:predict", data=predict_body(512), timeout=60)
+        assert r.status_code == 504
+        assert r.json()["error"].startswith("Deadline exceeded: the model did not answer within 1 ms")
+        assert wait_for(lambda: srv.core.budget.in_use == 0, 30)
+        assert requests.get(f"http://127.0.0.1:{srv.rest_port}/v1/models/seg", timeout=10).status_code == 200
+    finally:
+        srv.stop()

@@ -324,3 +324,48 @@ def test_graph_errors_report_the_op_message():
     assert op_error_message("Expects arg[0] to be float but uint8 is provided") == (
         "Expects arg[0] to be float but uint8 is provided"
     )
+
+
+def test_status_with_a_version_label_lists_every_version(rest_url):
+    """TF Serving's `GetModelStatusWithModelSpec` reads the version, never the label: a status
+    request with any label (known or not) lists every version, 200 (a predict names it: 400)."""
+    plain = requests.get(f"{rest_url}/v1/models/seg", timeout=10)
+    labelled = requests.get(f"{rest_url}/v1/models/seg/labels/stable", timeout=10)
+    assert labelled.status_code == 200 and labelled.json() == plain.json()
+
+
+def test_base64_as_absl_unescapes_it(rest_url, real_tiles):
+    """json_tensor.cc decodes `{"b64": ...}` with absl::Base64Unescape: line breaks
+    (`base64.encodebytes`' 76 columns) are skipped and the padding may be left out."""
+    buffer = io.BytesIO()
+    Image.fromarray(real_tiles[0].astype(np.uint8)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    answers = []
+    for text in (base64.b64encode(png).decode(), base64.encodebytes(png).decode(), base64.b64encode(png).decode().rstrip("=")):
+        r = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "serving_bytes", "instances": [{"b64": text}]})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    assert answers[1] == answers[0] and answers[2] == answers[0]
+    bad = post(f"{rest_url}/v1/models/seg:predict", {"signature_name": "serving_bytes", "instances": [{"b64": "QQ?Q"}]})
+    assert bad.status_code == 400 and "Unable to base64 decode" in error_of(bad)
+
+
+def test_gzip_posts_as_evhttp_request_test(server, rest_url, real_tiles):
+    """EvHTTPRequestTest.ValidGzipPost / LargeGzipPost / InvalidGzipPost: a body whose
+    Content-Encoding names gzip is inflated before it is parsed; one that does not inflate reads
+    as empty. Beyond TF Serving: a body that inflates past the body limit is refused (429)."""
+    import gzip
+
+    body = json.dumps({"instances": [real_tiles[0].astype(np.uint8).tolist()], "signature_name": "serving_uint8"}).encode()
+    plain = post(f"{rest_url}/v1/models/seg:predict", body)
+    assert plain.status_code == 200, plain.text
+    for encoding in ("gzip", "my_gzip"):
+        r = post(f"{rest_url}/v1/models/seg:predict", gzip.compress(body), headers={"Content-Encoding": encoding})
+        assert r.status_code == 200, r.text
+        assert r.json() == plain.json()
+    invalid = post(f"{rest_url}/v1/models/seg:predict", b"abcde", headers={"Content-Encoding": "gzip"})
+    assert invalid.status_code == 400 and error_of(invalid) == "JSON Parse error: The document is empty"
+    bomb = gzip.compress(b'{"instances": [' + b" " * (64 << 20) + b"1]}")  # 64 MiB of JSON in ~64 kB
+    r = post(f"{rest_url}/v1/models/seg:predict", bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 429 and "once inflated" in error_of(r)
+    assert requests.get(f"{rest_url}/v1/models/seg", timeout=10).status_code == 200
