@@ -14,10 +14,10 @@ up in the configuration only).
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import socket
+import socketserver
 import threading
 import time
 import urllib.parse
@@ -25,10 +25,11 @@ import zlib
 from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import h11
 import numpy as np
 
 from geolabel.errors import InputError
@@ -814,6 +815,8 @@ def metadata_json(servable: Servable) -> dict[str, Any]:
 
 
 MAX_HEADER_BYTES = 64 << 10  # request line + headers of one request
+RECV_BYTES = 1 << 16  # one socket read
+SERVER_NAME = "geolabel-serving"
 BODY_PIECE = 1 << 20  # a REST body is read (and leased) in pieces of this size
 # CORS headers of every /v1 answer and of preflights (TF Serving's AddCORSHeaders)
 CORS_HEADERS = (
@@ -822,43 +825,6 @@ CORS_HEADERS = (
     ("Access-Control-Allow-Headers", "Content-Type"),
 )
 ORIGIN_RE = re.compile(r"https?://")
-
-
-class _HeaderTooLarge(Exception):
-    pass
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads bounded by a deadline (not per recv) and, while a header is read, by a byte count.
-
-    A per-recv socket timeout alone lets a client that sends a byte every few seconds hold
-    a connection (and its thread) forever; here every read fails with TimeoutError once
-    `deadline` (a `time.monotonic()` value) has passed, so a whole header, a whole body
-    and the idle wait between keep-alive requests each have an end.
-    """
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.deadline = time.monotonic()
-        self.limit: int | None = None  # raw bytes still allowed (header phase)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed")
-        view = memoryview(buffer)
-        if self.limit is not None:
-            if self.limit <= 0:
-                raise _HeaderTooLarge()
-            view = view[: self.limit]
-        self._sock.settimeout(remaining)
-        n = self._sock.recv_into(view)
-        if self.limit is not None:
-            self.limit -= n
-        return n
 
 
 class _BodyTimeout(Exception):
@@ -876,24 +842,24 @@ class _ClientGone(Exception):
     pass
 
 
-class RestHandler(BaseHTTPRequestHandler):
-    """TF Serving's REST API (`http_rest_api_handler.cc`) with deadlines and bounded request memory.
+ALLOWED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
-    Per connection: the first request's header must arrive within `header_timeout_s` of
-    the connection, a keep-alive connection may stay idle `idle_timeout_s` between
-    requests (then its next header has `header_timeout_s`), and a body must arrive within
-    `body_timeout_s` of its header (else 408 and the connection is closed). Headers are
-    limited to `MAX_HEADER_BYTES` (431), bodies to `max_body_bytes` (429, TF Serving's
-    JSON error). A request refused before its body is read is answered at once and the
-    connection is closed after a short lingering drain (`linger_s`), so the client reads
-    the answer instead of a reset.
+
+class RestHandler(socketserver.BaseRequestHandler):
+    """TF Serving's REST API (`http_rest_api_handler.cc`) over h11, with deadlines and bounded request memory.
+
+    h11 (the sans-I/O HTTP/1.1 state machine under httpcore and uvicorn) parses request lines,
+    headers, Content-Length and chunked bodies and keep-alive; this class owns the socket and its
+    deadlines. Per connection: the first request's header must arrive within
+    `header_timeout_s` of the connection, a keep-alive connection may stay idle
+    `idle_timeout_s` between requests (then its next header has `header_timeout_s`), and a
+    body must arrive within `body_timeout_s` of its header (else 408 and the connection is
+    closed). Headers are limited to `MAX_HEADER_BYTES` (431), bodies to `max_body_bytes` (429,
+    TF Serving's JSON error). A request refused before its body is read is answered at once and
+    the connection is closed after a short lingering drain (`linger_s`), so the client reads the
+    answer instead of a reset.
     """
 
-    protocol_version = "HTTP/1.1"
-    # what an unparsable request line is answered as: http.server's "HTTP/0.9" would send the
-    # JSON error without a status line or headers
-    default_request_version = "HTTP/1.1"
-    server_version = "geolabel-serving"
     core: ServerCore
     max_body_bytes: int
     header_timeout_s: float = 10.0
@@ -902,184 +868,165 @@ class RestHandler(BaseHTTPRequestHandler):
     predict_timeout_s: float | None = 30.0
     linger_s: float = 2.0
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (BaseHTTPRequestHandler's name)
-        logger.debug("rest %s: " + format, self.address_string(), *args)
-
-    # -- connection and request framing
     def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # the plain socket file: replaced by one whose reads have deadlines
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader, 1 << 16)
-        self._accepted = time.monotonic()
-        self._served = 0
-        self._body_pending = False
-        self._expect_continue = False
+        self.sock: socket.socket = self.request
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.deadline = time.monotonic() + self.header_timeout_s
+        self.close_connection = False
+        self.method = ""
+        self.headers: dict[str, str] = {}
 
     @property
     def body_limit(self) -> int:
         """The largest body accepted: `max_body_bytes`, and what the memory budget can ever parse."""
         return min(self.max_body_bytes, self.core.budget.limit_bytes // JSON_BYTES_PER_BODY_BYTE)
 
-    def handle_one_request(self) -> None:
-        reader = self._reader
-        first = self._served == 0
-        reader.deadline = (self._accepted + self.header_timeout_s) if first else (time.monotonic() + self.idle_timeout_s)
-        reader.limit = MAX_HEADER_BYTES + (1 << 16)  # the header, plus one buffer read ahead of it
-        self._body_pending = False
-        self._expect_continue = False
-        self.command = self.request_version = ""
-        self.requestline = ""
-        try:
-            if not self.rfile.peek(1):  # the client closed the (idle) connection
-                self.close_connection = True
+    # -- connection
+    def handle(self) -> None:
+        first = True
+        while not self.close_connection:
+            try:
+                if not first and not self._await_next_request():
+                    return
+                first = False
+                self._handle_one()
+            except (TimeoutError, OSError) as err:  # a deadline passed, or the client went away
+                logger.debug("rest %s: connection closed (%s)", self.client_address, err)
                 return
-            if not first:
-                reader.deadline = time.monotonic() + self.header_timeout_s
-            self.raw_requestline = self.rfile.readline(65537)
-            if len(self.raw_requestline) > 65536:
-                self.send_error(414, "Request line too long")
+            if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+                self.http.start_next_cycle()
+            else:
                 return
-            if not self.raw_requestline:
-                self.close_connection = True
-                return
-            if not self.parse_request():
-                return
-        except _HeaderTooLarge:
-            self.send_error(431, f"Request header too large (limit {MAX_HEADER_BYTES} bytes)")
-            return
-        except (TimeoutError, OSError) as err:  # header not complete in time, or the client went away
-            logger.debug("rest %s: connection closed while reading a header (%s)", self.address_string(), err)
-            self.close_connection = True
-            return
-        reader.limit = None
-        self._served += 1
-        try:
-            method = getattr(self, "do_" + self.command, None)
-            if method is None:
-                self.send_error(501, f"Unsupported method ({self.command!r})")
-                return
-            method()
-            self.wfile.flush()
-        except OSError as err:  # the client went away while the answer was written
-            logger.debug("rest %s: %s", self.address_string(), err)
-            self.close_connection = True
 
-    def handle_expect_100(self) -> bool:
-        """`Expect: 100-continue` is answered only once the body is known to be accepted (see `_read_body`)."""
-        self._expect_continue = True
+    def _await_next_request(self) -> bool:
+        """Wait up to `idle_timeout_s` for the next request to start; then its header has `header_timeout_s`."""
+        if not self.http.trailing_data[0]:
+            self.sock.settimeout(self.idle_timeout_s)
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except (TimeoutError, OSError):
+                return False
+            if not data:
+                return False
+            self.http.receive_data(data)
+        self.deadline = time.monotonic() + self.header_timeout_s
         return True
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (bad request line, header too large, ...) as TF Serving's JSON error."""
-        self.close_connection = True
-        text = message or self.responses.get(code, ("Error",))[0]
+    def _next_event(self) -> Any:
+        """The next h11 event, reading the socket until `self.deadline` (TimeoutError after it)."""
+        while True:
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(remaining)
+            self.http.receive_data(self.sock.recv(RECV_BYTES))
+
+    def _handle_one(self) -> None:
         try:
-            self._reply(code, jt.error_json(text))
-        except OSError:
+            request = self._next_event()
+        except h11.RemoteProtocolError as err:  # not HTTP, a malformed header, or one too large
+            if err.error_status_hint == 431:
+                message = f"Request header too large (limit {MAX_HEADER_BYTES} bytes)"
+            else:
+                message = f"Bad request: {err}"
+            self._refuse(err.error_status_hint, message)
             return
-        self._linger(force=True)  # the client may still be sending its header
+        if not isinstance(request, h11.Request):  # the client closed the connection
+            self.close_connection = True
+            return
+        self.method = request.method.decode("ascii", "replace").upper()
+        self.headers = {}
+        for name, value in request.headers:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        if self.method not in ALLOWED_METHODS:
+            self._refuse(501, f"Unsupported method ({self.method!r})")
+            return
+        self._handle(urllib.parse.urlsplit(request.target.decode("latin-1")).path)
 
-    # -- methods
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
-        self._handle("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle("DELETE")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._handle("PATCH")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._handle("HEAD")  # "Malformed request: HEAD ..." (400) as TF Serving answers it, without the body
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._handle("OPTIONS")
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that cannot be read (TF Serving's JSON error) and close after a drain."""
+        self.close_connection = True
+        try:
+            self._reply(status, jt.error_json(message))
+        except (OSError, h11.LocalProtocolError):
+            return
+        self._linger()
 
     # -- body
-    def _read_exact(self, n: int, lease: Lease, received: int) -> bytes:
-        """`n` body bytes, leased piece by piece as they arrive (a slow client holds only what it sent)."""
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = leased = 0
-        try:
-            while got < n:
-                if got == leased:
-                    piece = min(BODY_PIECE, n - leased)
-                    waited = time.monotonic()
-                    lease.resize(lease.size + piece, "This request's body")
-                    self._reader.deadline += time.monotonic() - waited  # the server's wait is not the client's delay
-                    leased += piece
-                k = self.rfile.readinto1(view[got:leased])  # what has arrived (one socket read at most)
-                if not k:
-                    raise _ClientGone()
-                got += k
-        except TimeoutError as err:
-            raise _BodyTimeout(received + got, None) from err
-        return bytes(buf) if n < BODY_PIECE else buf  # large bodies stay one buffer (no second copy)
-
     def _read_body(self, lease: Lease) -> bytes:
-        self._reader.deadline = time.monotonic() + self.body_timeout_s
+        """The request body, leased piece by piece as it arrives (a slow client holds only what it sent)."""
+        self.deadline = time.monotonic() + self.body_timeout_s
         limit = self.body_limit
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._body_pending = True
-            self._continue()
-            chunks, total = [], 0
-            try:
-                while True:
-                    line = self.rfile.readline(65537)
-                    try:
-                        size = int(line.split(b";")[0].strip() or b"0", 16)
-                    except ValueError as err:
-                        self.close_connection = True
-                        raise ServingError("INVALID_ARGUMENT", "Malformed chunked request body") from err
-                    if size == 0:
-                        self.rfile.readline(65537)
-                        break
-                    total += size
-                    if total > limit:
-                        self.close_connection = True
-                        raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: more than {limit} bytes")
-                    chunks.append(self._read_exact(size, lease, total - size))
-                    self.rfile.readline(65537)
-            except TimeoutError as err:
-                raise _BodyTimeout(total, None) from err
-            self._body_pending = False
-            return b"".join(chunks)
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError as err:
-            self.close_connection = True
-            raise ServingError("INVALID_ARGUMENT", "Malformed Content-Length header") from err
-        if length < 0:
-            self.close_connection = True
-            raise ServingError("INVALID_ARGUMENT", "Malformed Content-Length header")
-        if not length:
-            return b""
-        self._body_pending = True
-        if length > limit:
-            self.close_connection = True
+        length = None if "chunked" in self.headers.get("transfer-encoding", "").lower() else \
+            int(self.headers.get("content-length") or 0)
+        if length is not None and length > limit:
             raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: {length} bytes (limit {limit} bytes)")
-        self._continue()
+        if self.http.they_are_waiting_for_100_continue:  # only once the body is known to be accepted
+            self.sock.sendall(self.http.send(h11.InformationalResponse(status_code=100, headers=[])))
+        chunks: list[bytes] = []
+        received = leased = 0
         try:
-            body = self._read_exact(length, lease, 0)
-        except _BodyTimeout as err:
-            raise _BodyTimeout(err.received, length) from err
-        self._body_pending = False
-        return body
+            while True:
+                if received + RECV_BYTES > leased:
+                    waited = time.monotonic()
+                    leased = received + (min(BODY_PIECE, length - received) if length is not None else BODY_PIECE)
+                    lease.resize(max(leased, received + RECV_BYTES), "This request's body")
+                    self.deadline += time.monotonic() - waited  # the server's wait is not the client's delay
+                event = self._next_event()
+                if isinstance(event, h11.EndOfMessage):
+                    break
+                if not isinstance(event, h11.Data):  # closed mid-body
+                    raise _ClientGone()
+                received += len(event.data)
+                if received > limit:
+                    raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: more than {limit} bytes")
+                chunks.append(event.data)
+        except TimeoutError as err:
+            raise _BodyTimeout(received, length) from err
+        except h11.RemoteProtocolError as err:
+            if length is not None and received < length:  # the client closed before its Content-Length
+                raise _ClientGone() from err
+            raise ServingError("INVALID_ARGUMENT", f"Malformed request body: {err}") from err
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _linger(self) -> None:
+        """Close after an early answer: stop sending, then drain what the client still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy
+        the answer before the client reads it; draining (up to `linger_s` seconds and
+        4 x max_body_bytes) lets the client finish sending and read the answer.
+        """
+        self.close_connection = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        deadline = time.monotonic() + self.linger_s
+        drained = 0
+        try:
+            while drained < 4 * self.max_body_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.sock.settimeout(remaining)
+                got = self.sock.recv(RECV_BYTES)
+                if not got:
+                    break
+                drained += len(got)
+        except (TimeoutError, OSError):
+            pass
 
     def _inflated(self, body: bytes, lease: Lease) -> bytes:
         """The body as TF Serving's handlers read it: inflated when its Content-Encoding names gzip
         (`EvHTTPRequest::NeedUncompressGzipContent`), and empty when it does not inflate (as
         there: the JSON error then says the document is empty). Inflated piece by piece under
         the memory budget and `body_limit`, so a small compressed bomb is refused, not expanded."""
-        if "gzip" not in self.headers.get("Content-Encoding", "").lower() or not body:
+        if "gzip" not in self.headers.get("content-encoding", "").lower() or not body:
             return body
         limit = self.body_limit
         inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header, as zlib's inflate detects
@@ -1098,48 +1045,15 @@ class RestHandler(BaseHTTPRequestHandler):
             return b""
         return bytes(out) if inflater.eof else b""
 
-    def _continue(self) -> None:
-        if self._expect_continue:
-            self._expect_continue = False
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def _linger(self, force: bool = False) -> None:
-        """Close after an early answer: stop sending, then drain what the client still sends, briefly.
-
-        Closing a socket with unread input makes the kernel send a reset, which can destroy
-        the answer before the client reads it; draining (up to `linger_s` seconds and
-        4 x max_body_bytes) lets the client finish sending and read the answer.
-        """
-        self.close_connection = True
-        if not (self._body_pending or force):
-            return
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        self._reader.limit = None
-        self._reader.deadline = time.monotonic() + self.linger_s
-        drained = 0
-        try:
-            while drained < 4 * self.max_body_bytes:
-                got = self.rfile.read1(1 << 16)
-                if not got:
-                    break
-                drained += len(got)
-        except (TimeoutError, OSError):
-            pass
-
     # -- dispatch
-    def _handle(self, method: str) -> None:
-        path = urllib.parse.urlsplit(self.path).path
+    def _handle(self, path: str) -> None:
+        method = self.method
         lease = self.core.budget.lease()
         try:
             try:
                 body = self._inflated(self._read_body(lease), lease)
             except ServingError as err:
-                self.close_connection = True
-                self._reply(err.http_status, jt.error_json(err.message))
-                self._linger()
+                self._refuse(err.http_status, err.message)
                 return
             except _BodyTimeout as err:
                 expected = f" of {err.expected}" if err.expected is not None else ""
@@ -1182,7 +1096,7 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def _preflight(self) -> None:
         """A CORS preflight (TF Serving's `http_server.cc`): OK with the CORS headers when it names an http(s) Origin."""
-        if ORIGIN_RE.search(self.headers.get("Origin", "")):
+        if ORIGIN_RE.search(self.headers.get("origin", "")):
             self._reply(200, b"")
             return
         err = ServingError("FAILED_PRECONDITION", "Origin header is missing in CORS preflight")
@@ -1190,18 +1104,18 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, payload: bytes, cors: bool = True) -> None:
         # a client that never reads cannot hold the thread: the answer must go out at >= 1 MB/s after body_timeout_s
-        self.connection.settimeout(max(self.body_timeout_s, 1.0) + len(payload) / 1e6)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
+        self.sock.settimeout(max(self.body_timeout_s, 1.0) + len(payload) / 1e6)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Server", SERVER_NAME)]
         if cors:
-            for key, value in CORS_HEADERS:
-                self.send_header(key, value)
+            headers += CORS_HEADERS
         if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+            headers.append(("Connection", "close"))
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        self.sock.sendall(self.http.send(h11.Response(status_code=status, headers=headers, reason=reason)))
+        if self.method != "HEAD":  # h11 frames a HEAD answer without its body
+            for part in self.http.send_with_data_passthrough(h11.Data(data=payload)):
+                self.sock.sendall(part)
+        self.sock.sendall(self.http.send(h11.EndOfMessage()))
 
     def _dispatch(self, method: str, path: str, body: bytes, lease: Lease) -> bytes:
         malformed = ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
@@ -1302,7 +1216,7 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, indent=2).encode("utf-8")
 
 
-class _RestServer(ThreadingHTTPServer):
+class _RestServer(socketserver.ThreadingTCPServer):
     """One thread per connection, at most `max_connections` of them (more are answered 503 and closed)."""
 
     daemon_threads = True

@@ -100,7 +100,8 @@ def test_config_file_labels_and_grpc_reload(model_base, tmp_path):
         url = f"http://127.0.0.1:{srv.rest_port}/v1/models/seg"
         status = requests.get(url, timeout=10).json()["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "AVAILABLE")]
-        assert requests.get(f"{url}/labels/stable", timeout=10).json()["model_version_status"][0]["version"] == "1"
+        # TF Serving's GetModelStatusWithModelSpec reads no label: every version is listed
+        assert requests.get(f"{url}/labels/stable", timeout=10).json()["model_version_status"] == status
         assert requests.get(f"{url}/labels/canary/metadata", timeout=10).json()["model_spec"]["version"] == "2"
         body = {"inputs": np.zeros((1, 8, 8, 3)).tolist()}
         assert requests.post(f"{url}/labels/stable:predict", json=body, timeout=30).status_code == 200
@@ -122,7 +123,7 @@ def test_config_file_labels_and_grpc_reload(model_base, tmp_path):
                 (1, get_model_status_pb2.ModelVersionStatus.END),
             ]
             request.model_spec.version_label = "stable"
-            assert [s.version for s in models.GetModelStatus(request, timeout=30).model_version_status] == [2]
+            assert [s.version for s in models.GetModelStatus(request, timeout=30).model_version_status] == [2, 1]
             bad = parse_model_config(
                 f"model_config_list {{ config {{ name: 'x' base_path: '{base}' }} "
                 f"config {{ name: 'x' base_path: '{base}' }} }}"
