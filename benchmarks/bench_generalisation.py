@@ -354,6 +354,11 @@ def write_table(results: list[dict]) -> None:
         "preset (geolabel/train/presets/buildings.yaml = the `fcn-x4-j2c128-z2-g5-snm` recipe) with "
         "`precision: auto`, i.e. bfloat16 compute on this CPU (AVX512-BF16/AMX): more steps in the same "
         "600 s; rows of that tag ran beside other jobs at nice 19 (see `load`), which cost it steps. "
+        "`preset-mlp` = the `buildings` preset since it became the multi-resolution MLP network (the default). "
+        "`preset-mlp-h5` = the same with any hue (`--hue 0.5`), tried because Kampala's missed buildings are "
+        "mostly orange and red roofs: Kampala's bF1 rose 0.248 -> 0.330 (seed 0) but Virac's fell 0.465 -> "
+        "0.333 (IoU 0.569 -> 0.359, with more steps: 5212 vs 4822), so it was stopped after those two runs "
+        "and the preset keeps the default hue (0.04 x jitter). "
         "Untagged runs without `idle-` ran while other jobs shared the 2 cores (see `load`).",
         "",
         "The Inria Austin two-stage comparison (clean only vs OSM-pretrained + fine-tuned) is in",
