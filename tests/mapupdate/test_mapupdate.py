@@ -153,3 +153,29 @@ def test_mapupdate_command_with_an_align_update_model(virac, tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == counts and sum(counts.values()) > 0
     assert osc_problems(out / "changes.osc") == []
+
+
+def test_a_footprint_snapping_off_itself_is_not_a_shift(virac_scene):
+    """A mapped footprint with nothing under it whose best fit nearby is a real building further
+    than its own size away is no misregistered outline: it is `missing`, never `shifted` onto that
+    building (the shift would not keep `min_shift_overlap` of the mapped footprint)."""
+    from geolabel.mapupdate import DiffParams
+
+    truth = within_image(virac_scene, margin=16)
+    prob = rasterize_map(truth.geoms, *truth.shape)[..., 0]
+    tree = shapely.STRtree(truth.geoms)
+    ghosts = []  # real buildings copied one own size + 2 px away, onto open ground
+    for g in truth.geoms:
+        size = max(g.bounds[2] - g.bounds[0], g.bounds[3] - g.bounds[1])
+        step = float(np.ceil(size)) + 2.0
+        if step >= DiffParams().max_shift - 1:
+            continue
+        for d in ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)):
+            ghost = shapely.transform(g, lambda p, d=d: p + np.array(d))
+            if not len(tree.query(ghost.buffer(2.0), predicate="intersects")):
+                ghosts.append(ghost)
+                break
+    assert len(ghosts) >= 2
+    changes = compare(prob, np.array(ghosts, dtype=object), np.arange(len(ghosts)))
+    statuses = [c.status for c in changes if c.source_id is not None]
+    assert statuses == ["missing"] * len(ghosts)
