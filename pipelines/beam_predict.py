@@ -1,10 +1,10 @@
 """`geolabel predict ... --beam`: windowed prediction as an Apache Beam pipeline.
 
-One element per block of the input raster. A worker reads its block plus a halo of
-context (clipped to the raster), runs geolabel's own windowed prediction on it
-(`geolabel.predict.predict_raster`: the same tiling, blending and model as a local
-run), crops the halo away and writes the block's class and probability rasters as
-COG parts, plus the block's polygons. A final step merges the parts into
+One element per block of the input raster. A worker predicts its block plus a halo of
+context (clipped to the raster) with geolabel's own windowed prediction
+(`geolabel.predict.predictor.predict_region`: the same tiling, blending and model as a
+local run, straight from the input into arrays), crops the halo away and writes the
+block's class and probability rasters as COG parts, plus the block's polygons. A final step merges the parts into
 `classes.tif` / `probabilities.tif` (COGs on the input grid) and merges polygons that
 meet across block seams into one.
 
@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 from rasterio.windows import Window
 
 from geolabel.atomic import write_text_atomic
+from geolabel.classes import IGNORE
 from geolabel.errors import InputError
 from geolabel.pipelines.config import LOCAL_BEAM_ARGS
 from geolabel.progress import logger
@@ -214,22 +214,6 @@ def _style(path: Path) -> dict[str, Any]:
     return style
 
 
-def write_subraster(src, window: Window, path: Path) -> None:
-    """Copy `window` of an open dataset to a GeoTIFF, keeping nodata, band roles and the mask."""
-    import rasterio
-    from rasterio.enums import MaskFlags
-
-    profile = {k: v for k, v in src.profile.items() if k in ("dtype", "count", "crs", "nodata")}
-    profile.update(driver="GTiff", width=int(window.width), height=int(window.height),
-                   transform=src.window_transform(window), tiled=True, blockxsize=256, blockysize=256)
-    data = src.read(window=window)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        dst.colorinterp = src.colorinterp
-        if any(MaskFlags.per_dataset in f and MaskFlags.alpha not in f for f in src.mask_flag_enums):
-            dst.write_mask(src.read_masks(1, window=window))
-
-
 class PredictBlock:
     """Beam DoFn body: predict one block, write its parts, emit its polygon records."""
 
@@ -251,32 +235,32 @@ class PredictBlock:
         self._predict_fn = keras_predict_fn(load_model(self.model_path), precision=self.options.get("precision", "auto"))
 
     def process(self, block: Block) -> Iterator[dict]:
-        from geolabel.data.raster import GeoBlock, open_raster, read_raster, write_raster
-        from geolabel.predict.predictor import predict_raster
+        from geolabel.data.raster import GeoBlock, open_raster, write_raster
+        from geolabel.predict.predictor import predict_region, probability_tags
 
         if self._predict_fn is None:
             self.setup()
-        with tempfile.TemporaryDirectory(prefix=f"geolabel-block-{block.index}-") as tmp:
-            sub = Path(tmp) / "block.tif"
-            with open_raster(self.input_path) as src:
-                write_subraster(src, block.read_window, sub)
-                transform, crs = src.window_transform(block.window), src.crs
-            predict_raster(self._predict_fn, sub, Path(tmp) / "out", preview=False, **self.options)
-            classes = read_raster(Path(tmp) / "out" / "classes.tif")
-            probs = read_raster(Path(tmp) / "out" / "probabilities.tif")
-            styles = {kind: _style(Path(tmp) / "out" / f"{kind}.tif") for kind in ("classes", "probabilities")}
-            scale = 255.0 if probs.array.dtype == np.uint8 else 1.0
-        dc, dr = block.col - block.read_col, block.row - block.read_row
-        crop = (slice(None), slice(dr, dr + block.height), slice(dc, dc + block.width))
-        class_part = GeoBlock(classes.array[crop], transform, crs, classes.nodata)
-        prob_part = GeoBlock(probs.array[crop], transform, crs, probs.nodata)
-        for kind, part in (("classes", class_part), ("probabilities", prob_part)):
-            write_raster(_part(self.out_dir, kind, block.index), part, **styles[kind])
+        with open_raster(self.input_path) as src:
+            transform, crs = src.window_transform(block.window), src.crs
+        run = predict_region(self._predict_fn, self.input_path, block.read_window, **self.options)
+        dr, dc = block.row - block.read_row, block.col - block.read_col
+        inner = (slice(dr, dr + block.height), slice(dc, dc + block.width))
+        classes = run.classes[inner]
+        probs = run.probabilities[(slice(None), *inner)]
+        dtype = self.options.get("probability_dtype", "uint8")
+        blocksize = self.options.get("tile", 512)
+        write_raster(_part(self.out_dir, "classes", block.index), GeoBlock(classes[None], transform, crs, IGNORE),
+                     tags=run.tags, blocksize=blocksize, band_descriptions=["class"],
+                     colormap=run.class_map.colormap(), overview_resampling="nearest")
+        write_raster(_part(self.out_dir, "probabilities", block.index),
+                     GeoBlock(probs, transform, crs, None if dtype == "uint8" else float("nan")),
+                     tags=probability_tags(run.tags, dtype), blocksize=blocksize,
+                     band_descriptions=list(run.class_map.names), overview_resampling="average")
         done, waiting = [], []
         if self.polygons is not None and self.polygons.blockwise:
-            names = tuple(json.loads(styles["classes"]["tags"].get("classes", "[]"))) or ("background", "building")
-            probabilities = prob_part.array.astype(np.float32) / scale
-            done, waiting = block_pieces(class_part.array[0], probabilities, block, self.grid, self.polygons, names)
+            scale = 255.0 if probs.dtype == np.uint8 else 1.0
+            done, waiting = block_pieces(classes, probs.astype(np.float32) / scale, block, self.grid, self.polygons,
+                                         run.class_map.names)
         yield {"block": block, "done": done, "waiting": waiting}
 
 

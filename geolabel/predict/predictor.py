@@ -379,18 +379,117 @@ def predict_raster(
     Outputs have the input's CRS, transform and size; `classes.tif` is uint8 with 255
     (geolabel.classes.IGNORE) on nodata. On any error nothing appears under the output names.
     """
+    out = Path(out_dir)
+
+    def open_files(stack: contextlib.ExitStack, grid: _Grid, cmap: ClassMap, file_tags: dict[str, str]) -> _Outputs:
+        common = dict(width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform, blocksize=tile,
+                      compress=compress, compress_level=compress_level)
+        return _Outputs(
+            stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
+                                             band_descriptions=["class"], colormap=cmap.colormap(),
+                                             overview_resampling="nearest", tags=file_tags, **common)).write,
+            stack.enter_context(RasterWriter(
+                out / "probabilities.tif", count=cmap.num_classes, dtype=probability_dtype,
+                nodata=None if probability_dtype == "uint8" else float("nan"), band_descriptions=list(cmap.names),
+                overview_resampling="average", tags=probability_tags(file_tags, probability_dtype), **common)).write)
+
+    start = time.perf_counter()
     with streaming_env(gdal_cache_mb):
-        return _predict(predict_fn, input_path, out_dir, window=window, overlap=overlap,
-                        fit_to_raster=fit_to_raster, batch_size=batch_size,
-                        tta=tta, classes=classes, bands=bands, scene_norm=scene_norm,
-                        scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
-                        preview=preview, preview_size=preview_size, queue_size=queue_size, compress=compress,
-                        compress_level=compress_level, precision=precision, tags=tags, scaling=scaling)
+        run = _predict(predict_fn, input_path, None, open_files, window=window, overlap=overlap,
+                       fit_to_raster=fit_to_raster, batch_size=batch_size, tta=tta, classes=classes, bands=bands,
+                       scene_norm=scene_norm, scene_contrast=scene_contrast, tile=tile,
+                       probability_dtype=probability_dtype, preview_size=preview_size if preview else 0,
+                       queue_size=queue_size, precision=precision, tags=tags, scaling=scaling)
+    preview_path = None
+    if run.canvas is not None:
+        preview_path = render_preview(run.canvas.image, run.src_dtype, run.canvas.classes, run.cmap, out / "preview.png")
+    return PredictResult(out / "classes.tif", out / "probabilities.tif", preview_path, run.grid.width, run.grid.height,
+                         run.windows, time.perf_counter() - start, run.timings, run.size)
 
 
-def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster, batch_size, tta, classes, bands,
-             scene_norm, scene_contrast, tile, probability_dtype, preview, preview_size, queue_size, compress,
-             compress_level, precision, tags, scaling) -> PredictResult:
+@dataclass
+class RegionPrediction:
+    """What `predict_region` computed for a window of a raster: arrays on that window's grid."""
+
+    classes: np.ndarray
+    """(h, w) uint8 class ids, `IGNORE` on nodata."""
+    probabilities: np.ndarray
+    """(K, h, w) probabilities as `probability_dtype` (uint8 x 255, 0 on nodata; or float32, NaN on nodata)."""
+    class_map: ClassMap
+    tags: dict[str, str]
+    """The metadata tags `predict_raster` gives classes.tif (`probability_tags` for probabilities.tif)."""
+
+
+def predict_region(predict_fn: PredictFn | Any, input_path: str | os.PathLike, region: Window, *, window: int = 1024,
+                   overlap: int = 64, fit_to_raster: bool = True, batch_size: int = 1, tta: bool = False,
+                   classes: ClassMap | Sequence[str] | None = None, bands: Sequence[int] | None = None,
+                   scene_norm: bool | BandStats = False, scene_contrast: bool = True, tile: int = 512,
+                   probability_dtype: str = "uint8", queue_size: int = 3, precision: str = "auto",
+                   tags: dict[str, str] | None = None, scaling: InputScaling | None = None, **_files: Any,
+                   ) -> RegionPrediction:
+    """`predict_raster` on `region` of the input as if it were the whole raster (pixels beyond it are
+    nodata), returned as arrays instead of files: what a Beam block computes, with no file in
+    between. Options as `predict_raster`'s (those about output files are ignored)."""
+    region = Window(int(region.col_off), int(region.row_off), int(region.width), int(region.height))
+    arrays: dict[str, np.ndarray] = {}
+
+    def open_arrays(stack: contextlib.ExitStack, grid: _Grid, cmap: ClassMap, file_tags: dict[str, str]) -> _Outputs:
+        arrays["classes"] = np.full((grid.height, grid.width), IGNORE, np.uint8)
+        arrays["probabilities"] = np.zeros((cmap.num_classes, grid.height, grid.width), probability_dtype)
+
+        def into(name: str) -> Callable[[np.ndarray, Window], None]:
+            def write(data: np.ndarray, win: Window) -> None:
+                rows, cols = slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width)
+                arrays[name][..., rows, cols] = data
+            return write
+
+        return _Outputs(into("classes"), into("probabilities"))
+
+    run = _predict(predict_fn, input_path, region, open_arrays, window=window, overlap=overlap,
+                   fit_to_raster=fit_to_raster, batch_size=batch_size, tta=tta, classes=classes, bands=bands,
+                   scene_norm=scene_norm, scene_contrast=scene_contrast, tile=tile, probability_dtype=probability_dtype,
+                   preview_size=0, queue_size=queue_size, precision=precision, tags=tags, scaling=scaling)
+    return RegionPrediction(arrays["classes"], arrays["probabilities"], run.cmap, run.file_tags)
+
+
+def probability_tags(tags: dict[str, str], probability_dtype: str) -> dict[str, str]:
+    """probabilities.tif's tags: classes.tif's and the scale of its values."""
+    return {**tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}
+
+
+@dataclass
+class _Grid:
+    width: int
+    height: int
+    crs: Any
+    transform: Any
+
+
+@dataclass
+class _Outputs:
+    """Where finished tiles go: (data, window) writers of the classes and of the probabilities."""
+
+    classes: Callable[[np.ndarray, Window], None]
+    probabilities: Callable[[np.ndarray, Window], None]
+
+
+@dataclass
+class _Run:
+    grid: _Grid
+    windows: int
+    size: int
+    cmap: ClassMap
+    file_tags: dict[str, str]
+    timings: dict[str, float]
+    canvas: Any
+    src_dtype: str
+
+
+def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, window, overlap, fit_to_raster,
+             batch_size, tta, classes, bands, scene_norm, scene_contrast, tile, probability_dtype, preview_size,
+             queue_size, precision, tags, scaling) -> _Run:
+    """The windowed prediction of `region` (None: the whole raster), its tiles handed to
+    `open_outputs(stack, grid, class_map, tags)`'s writers as they finish."""
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
     if batch_size < 1:
@@ -400,10 +499,10 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
     if hasattr(predict_fn, "inputs") and hasattr(predict_fn, "predict_on_batch"):
         predict_fn = keras_predict_fn(predict_fn, precision=precision)
     stride = int(getattr(predict_fn, "stride", 1) or 1)
-    out = Path(out_dir)
-    start = time.perf_counter()
     with open_raster(input_path) as src:
-        width, height, crs, transform = src.width, src.height, src.crs, src.transform
+        region = region or Window(0, 0, src.width, src.height)
+        width, height, crs = int(region.width), int(region.height), src.crs
+        transform = src.window_transform(region)
         channels = getattr(predict_fn, "channels", None)
         default = list(scaling.bands) if scaling else list(range(1, (channels or min(src.count, 3)) + 1))
         band_list = list(bands) if bands else default
@@ -429,7 +528,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
     logger.info("predict %s: %dx%d px, %d windows of %d px (overlap %d), %d batches",
                 input_path, width, height, len(positions), size, overlap, len(batches))
 
-    canvas = _PreviewCanvas(width, height, preview_size) if preview else None
+    canvas = _PreviewCanvas(width, height, preview_size) if preview_size else None
     stop = threading.Event()
     errors: list[BaseException] = []
     q_in: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -462,13 +561,19 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                     x = np.zeros((batch_size, size, size, len(band_list)), np.float32)
                     valid = np.zeros((len(batch), size, size), bool)
                     for b, (row, col) in enumerate(batch):
-                        win = Window(col, row, size, size)
-                        boundless = row + size > height or col + size > width
+                        win = Window(region.col_off + col, region.row_off + row, size, size)
+                        boundless = (region.row_off + row + size > rsrc.height or region.col_off + col + size > rsrc.width
+                                     or row + size > height or col + size > width)
                         try:
                             block = rsrc.read(band_list, window=win, boundless=boundless, fill_value=fill)
                         except rasterio.errors.RasterioError as err:
                             raise InputError(input_path, f"cannot read window {win} ({err})") from err
                         ok = _valid_mask(rsrc, block, win, boundless)
+                        if row + size > height or col + size > width:  # beyond the region: nodata, as beyond a raster
+                            block[:, height - row:] = fill
+                            block[:, :, width - col:] = fill
+                            ok[height - row:] = False
+                            ok[:, width - col:] = False
                         valid[b] = ok
                         if canvas is not None:
                             canvas.add_image(row, col, block[:3])
@@ -515,23 +620,15 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                          "overlap": str(overlap), "tta": str(bool(tta)), "software": "geolabel predict"}
             if scene_stats:
                 file_tags["scene_band_stats"] = json.dumps(scene_stats.with_contrast(scene_contrast).to_dict())
-            common = dict(width=width, height=height, crs=crs, transform=transform, blocksize=tile,
-                          compress=compress, compress_level=compress_level, tags=file_tags)
-            cls_w = stack.enter_context(RasterWriter(out / "classes.tif", count=1, dtype="uint8", nodata=IGNORE,
-                                                     band_descriptions=["class"], colormap=cmap.colormap(),
-                                                     overview_resampling="nearest", **common))
-            prob_w = stack.enter_context(RasterWriter(
-                out / "probabilities.tif", count=k, dtype=probability_dtype,
-                nodata=None if probability_dtype == "uint8" else float("nan"),
-                band_descriptions=list(cmap.names), overview_resampling="average",
-                **{**common, "tags": {**file_tags, "scale": "1/255" if probability_dtype == "uint8" else "1"}}))
+            state["file_tags"] = file_tags
+            outputs = open_outputs(stack, _Grid(width, height, crs, transform), cmap, file_tags)
 
             def write_tile(row: int, col: int, planes: np.ndarray, valid: np.ndarray) -> None:
                 h, w = valid.shape
                 win = Window(col, row, w, h)
                 cls = argmax_planes(planes)
                 cls[~valid] = IGNORE
-                cls_w.write(cls, win)
+                outputs.classes(cls, win)
                 if canvas is not None:
                     canvas.add_classes(row, col, cls)
                 if probability_dtype == "uint8":
@@ -541,7 +638,7 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
                     planes[:, ~valid] = 0
                 else:
                     planes[:, ~valid] = np.nan
-                prob_w.write(planes, win)
+                outputs.probabilities(planes, win)
 
             state["blender"] = _Blender(plan, tile, weights, write_tile)
 
@@ -586,12 +683,8 @@ def _predict(predict_fn, input_path, out_dir, *, window, overlap, fit_to_raster,
             raise RuntimeError("prediction stopped before every window was written")
         peak_tiles = state["blender"].peak_tiles
     timings["peak_tiles_held"] = float(peak_tiles)
-    preview_path = None
-    if canvas is not None:
-        preview_path = render_preview(canvas.image, src_dtype, canvas.classes, state["cmap"], out / "preview.png")
-    seconds = time.perf_counter() - start
-    return PredictResult(out / "classes.tif", out / "probabilities.tif", preview_path, width, height,
-                         len(positions), seconds, timings, size)
+    return _Run(_Grid(width, height, crs, transform), len(positions), size, state["cmap"], state["file_tags"], timings,
+                canvas, src_dtype)
 
 
 def _preview_shape(width: int, height: int, max_size: int) -> tuple[int, int]:

@@ -334,3 +334,18 @@ def test_cli_predict_with_a_keras_file_and_polygons(austin, unet, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", os.fspath(tmp_path / "nope.keras"), os.fspath(austin), "--out", os.fspath(out)])
     assert exit_info.value.code == 2
+
+
+def test_a_region_predicts_as_the_same_pixels_cut_out_as_a_raster(austin, unet, tmp_path):
+    """`predict_region` (what a Beam block runs, into arrays) gives exactly what `predict_raster`
+    writes for those pixels saved as a raster of their own, classes and probabilities alike."""
+    from geolabel.predict.predictor import predict_region
+
+    cut = _crop(austin, tmp_path / "cut.tif", 192, row=64, col=96)
+    fn = keras_predict_fn(unet)
+    files = predict_raster(fn, cut, tmp_path / "out", window=128, overlap=32, preview=False)
+    region = predict_region(fn, austin, Window(96, 64, 192, 192), window=128, overlap=32)
+    np.testing.assert_array_equal(region.classes, _read(files.classes)[0])
+    np.testing.assert_array_equal(region.probabilities, _read(files.probabilities))
+    with rasterio.open(files.classes) as src:
+        assert region.tags.items() <= src.tags().items()
