@@ -140,12 +140,12 @@ class Grid:
         import shapely
 
         from geolabel.data.raster import ground_pixel_size
-        from geolabel.vectorize.polygons import _ground_scale
+        from geolabel.vectorize.polygons import ground_scale
 
         metric_crs, scale = None, 1.0
         if src.crs is not None:
             try:
-                scale = _ground_scale(src.transform, src.crs, src.width, src.height)
+                scale = ground_scale(src.transform, src.crs, src.width, src.height)
             except ValueError:
                 left, bottom, right, top = src.bounds
                 box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
@@ -166,15 +166,15 @@ def block_pieces(classes: np.ndarray, probabilities: np.ndarray, block: Block, g
                  names: tuple[str, ...]) -> tuple[list, list]:
     """(finished polygons, pieces waiting on a seam) of one block; probabilities in [0, 1]."""
     from geolabel.classes import IGNORE, building_class
-    from geolabel.vectorize.polygons import _block_pieces, _finish
+    from geolabel.vectorize.polygons import raster_block_pieces, finish_pieces
     from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
 
     if spec.separate:  # as polygonize_raster does to each block it reads
         building = building_class(names)
         classes = separate_buildings(classes, building, grid.pixel_m, DEFAULT_CORE_M)
     seams = (block.row > 0, block.row + block.height < grid.height, block.col > 0, block.col + block.width < grid.width)
-    pieces = _block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
-    done = _finish([p for p in pieces if not p.on_seam], grid.transform, grid.crs, grid.scale, grid.metric_crs,
+    pieces = raster_block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
+    done = finish_pieces([p for p in pieces if not p.on_seam], grid.transform, grid.crs, grid.scale, grid.metric_crs,
                    tolerance=spec.tolerance, min_area=spec.min_area, regularize=_regular_classes(spec, names),
                    angle_tolerance=20.0)
     return done, [p for p in pieces if p.on_seam]
@@ -184,9 +184,9 @@ def merge_pieces(done: list, waiting: list, grid: Grid, spec: PolygonSpec, names
     """Union the seam pieces, finish them, and return every polygon as a GeoDataFrame."""
     import geopandas as gpd
 
-    from geolabel.vectorize.polygons import _finish, _merge_seam_pieces
+    from geolabel.vectorize.polygons import finish_pieces, merge_seam_pieces
 
-    done = list(done) + _finish(_merge_seam_pieces(list(waiting)), grid.transform, grid.crs, grid.scale,
+    done = list(done) + finish_pieces(merge_seam_pieces(list(waiting)), grid.transform, grid.crs, grid.scale,
                                 grid.metric_crs, tolerance=spec.tolerance, min_area=spec.min_area,
                                 regularize=_regular_classes(spec, names), angle_tolerance=20.0)
     done = [o for o in done if not o[2] < spec.min_confidence]
@@ -415,12 +415,12 @@ def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) 
     import rasterio
 
     from geolabel.classes import ClassMap
-    from geolabel.predict.predictor import _PALETTE, write_preview
+    from geolabel.predict.predictor import PALETTE, write_preview
 
     with rasterio.open(out / "classes.tif") as src:
         names = json.loads(src.tags().get("classes", '["background", "building"]'))
         palette = src.colormap(1)
-    colors = tuple(tuple(palette.get(i, _PALETTE[i % len(_PALETTE)])[:3]) for i in range(len(names)))
+    colors = tuple(tuple(palette.get(i, PALETTE[i % len(PALETTE)])[:3]) for i in range(len(names)))
     bands = list(predict_options.get("bands") or (1, 2, 3))[:3]
     return write_preview(input_path, out / "classes.tif", out / "preview.png", ClassMap(tuple(names), colors), bands)
 

@@ -40,7 +40,7 @@ from geolabel.progress import logger, progress
 PredictFn = Callable[[np.ndarray], np.ndarray]
 """A batch of float32 windows (B, H, W, C) in [0, 255] -> probabilities (B, H, W, K)."""
 
-_PALETTE = [(0, 0, 0), (230, 25, 75), (255, 225, 25), (60, 180, 75), (0, 130, 200), (245, 130, 48),
+PALETTE = [(0, 0, 0), (230, 25, 75), (255, 225, 25), (60, 180, 75), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
 _STOP = object()
 
@@ -189,12 +189,12 @@ def _class_map(classes: ClassMap | Sequence[str] | None, k: int) -> ClassMap:
         cmap = classes
     elif classes is not None:
         names = tuple(classes)
-        cmap = ClassMap(names, tuple(_PALETTE[i % len(_PALETTE)] for i in range(len(names))))
+        cmap = ClassMap(names, tuple(PALETTE[i % len(PALETTE)] for i in range(len(names))))
     elif k == 2:
         cmap = ClassMap()
     else:
         names = ("background", "building", "road")[:k] if k <= 3 else tuple(f"class{i}" for i in range(k))
-        cmap = ClassMap(names, tuple(_PALETTE[i % len(_PALETTE)] for i in range(k)))
+        cmap = ClassMap(names, tuple(PALETTE[i % len(PALETTE)] for i in range(k)))
     if cmap.num_classes != k:
         raise InputError("classes", f"{cmap.num_classes} class names given but the model predicts {k} classes")
     return cmap

@@ -58,7 +58,7 @@ class _Piece:
 # --------------------------------------------------------------------------- raw polygons per block
 
 
-def _block_pieces(classes: np.ndarray, probs: np.ndarray | None, row0: int, col0: int, skip: set[int],
+def raster_block_pieces(classes: np.ndarray, probs: np.ndarray | None, row0: int, col0: int, skip: set[int],
                   seams: tuple[bool, bool, bool, bool]) -> list[_Piece]:
     """Pixel-edge polygons of every 4-connected region of a block, in raster pixel coordinates.
 
@@ -125,7 +125,7 @@ def edge_sharing_groups(geoms: np.ndarray, classes: Sequence) -> list[list[int]]
     return list(groups.values())
 
 
-def _merge_seam_pieces(pieces: list[_Piece]) -> list[_Piece]:
+def merge_seam_pieces(pieces: list[_Piece]) -> list[_Piece]:
     """Union the pieces of one object cut by block seams: same class and a shared edge (not a corner)."""
     if len(pieces) < 2:
         return pieces
@@ -236,7 +236,7 @@ def regularize_polygon(polygon: shapely.Polygon, angle_tolerance: float = 20.0, 
 # --------------------------------------------------------------------------- the driver
 
 
-def _ground_scale(transform: Affine, crs, width: int, height: int) -> float:
+def ground_scale(transform: Affine, crs, width: int, height: int) -> float:
     """Ground metres per CRS unit at the raster's centre (1 without a CRS)."""
     if crs is None:
         return 1.0
@@ -261,7 +261,7 @@ def _ground_scale(transform: Affine, crs, width: int, height: int) -> float:
     return unit if abs(ground / unit - 1) < 0.01 else ground
 
 
-def _finish(pieces: list[_Piece], transform: Affine, crs, scale: float, metric_crs, *, tolerance: float,
+def finish_pieces(pieces: list[_Piece], transform: Affine, crs, scale: float, metric_crs, *, tolerance: float,
             min_area: float, regularize: set[int], angle_tolerance: float) -> list[tuple[int, float, float, shapely.Geometry]]:
     """Pixel polygons -> simplified (and regularised) polygons in the source CRS: (class, area m2, confidence, geom)."""
     if not pieces:
@@ -315,7 +315,7 @@ def polygonize_blocks(
     metric_crs, scale = None, 1.0
     if crs is not None:
         try:
-            scale = _ground_scale(transform, crs, width, height)
+            scale = ground_scale(transform, crs, width, height)
         except ValueError:
             left, top = transform * (0, 0)
             right, bottom = transform * (width, height)
@@ -336,10 +336,10 @@ def polygonize_blocks(
     for row, col, cls_block, prob_block in blocks:
         h, w = cls_block.shape
         seams = (row > 0, row + h < height, col > 0, col + w < width)
-        pieces = _block_pieces(cls_block, prob_block, row, col, skip, seams)
+        pieces = raster_block_pieces(cls_block, prob_block, row, col, skip, seams)
         waiting.extend(p for p in pieces if p.on_seam)
-        done.extend(_finish([p for p in pieces if not p.on_seam], transform, crs, scale, metric_crs, **opts))
-    done.extend(_finish(_merge_seam_pieces(waiting), transform, crs, scale, metric_crs, **opts))
+        done.extend(finish_pieces([p for p in pieces if not p.on_seam], transform, crs, scale, metric_crs, **opts))
+    done.extend(finish_pieces(merge_seam_pieces(waiting), transform, crs, scale, metric_crs, **opts))
     names = [class_map.names[o[0]] if class_map and o[0] < class_map.num_classes else str(o[0]) for o in done]
     frame = gpd.GeoDataFrame(
         {"class": np.asarray(names, dtype=object), "area": np.asarray([o[1] for o in done], float),
