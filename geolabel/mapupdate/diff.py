@@ -79,7 +79,7 @@ class DiffParams:
     min_valid: float = 0.5  # share of a footprint on imagery for it to be judged (or placed by a shift)
     # new/shifted changes at or above go to the .osc, the rest to review only; chosen on Kampala and
     # Zanzibar (benchmarks/bench_mapupdate.py): the lowest threshold where both reach precision >= 0.9
-    min_confidence: float = 0.94
+    min_confidence: float = 0.96
 
 
 def _local_mask(geom, pad: int) -> tuple[np.ndarray, int, int]:
