@@ -624,8 +624,6 @@ class ServerCore:
         self._slots = threading.BoundedSemaphore(max_concurrent_requests)
         self.max_concurrent_requests = max_concurrent_requests
         self.budget = MemoryBudget(memory_budget_bytes, memory_wait_s)
-        # REST predictions run here so that a request can be answered 504 at its deadline
-        self.runner = futures.ThreadPoolExecutor(max_concurrent_requests, thread_name_prefix="geolabel-predict")
         self.reload_config(config)
 
     # -- configuration
@@ -843,6 +841,20 @@ class _ClientGone(Exception):
 
 
 ALLOWED_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+
+
+def _in_thread(fn: Any, *args: Any) -> futures.Future:
+    """`fn(*args)` in a thread of its own (it ends with the call, so idle servers hold no extra threads)."""
+    future: futures.Future = futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001  (re-raised by future.result in the caller)
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="geolabel-predict", daemon=True).start()
+    return future
 
 
 class RestHandler(socketserver.BaseRequestHandler):
@@ -1164,7 +1176,7 @@ class RestHandler(socketserver.BaseRequestHandler):
         inputs, fmt = jt.predict_request_arrays(doc, sig.input_dtypes)
         del doc  # the parsed JSON (the largest part of a request) goes before the model runs
         lease.resize(len(body) + TENSOR_COPIES * tensor_bytes(inputs), "This request's tensors")
-        _, outputs = self._within_deadline(self.core.runner.submit(self.core.predict, servable, signature_name, inputs))
+        _, outputs = self._within_deadline(_in_thread(self.core.predict, servable, signature_name, inputs))
         in_bytes = tensor_bytes(inputs)
         del inputs
         lease.resize(len(body) + in_bytes + response_json_bytes(outputs), "This request's response")
@@ -1598,7 +1610,6 @@ class ModelServer:
         if self._grpc is not None:
             self._grpc.stop(grace=1.0).wait()
             self._grpc = None
-        self.core.runner.shutdown(wait=False)
 
     def __enter__(self) -> ModelServer:
         return self.start()
