@@ -46,21 +46,25 @@ from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 @click.option("--pmtiles", is_flag=True, help="With --polygons, also write polygons.pmtiles: vector tiles for web maps.")
 @click.option("--resample/--no-resample", default=True, show_default=True,
               help="Resample INPUT to the resolution MODEL was trained at when its model card says it differs.")
+@click.option("--yes", is_flag=True, help="Predict an input of more than 4 gigapixels (refused otherwise, with its size).")
 def predict(
     model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
     bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, min_confidence: float, separate: bool,
     precision: str, endpoint: str | None, resample: bool = True,
     beam: bool = False, beam_args: str = "", vector_formats: tuple[str, ...] = ("gpkg", "geojson"), pmtiles: bool = False,
+    yes: bool = False,
 ) -> None:
     """Run MODEL over INPUT; write classes.tif, probabilities.tif, preview.png.
 
     MODEL is a run folder, a .keras file or `pretrained` (the building model shipped with
     geolabel, also used when only INPUT is given).
     """
+    from geolabel.data.raster import open_raster
     from geolabel.errors import InputError
     from geolabel.models import load_model
     from geolabel.predict import keras_predict_fn
     from geolabel.predict.resample import model_resampling, predict_resampled
+    from geolabel.predict.windows import MAX_PIXELS, check_job_size
     from geolabel.predict.run_inputs import RunInputs
     from geolabel.pretrained import PRETRAINED
 
@@ -86,6 +90,8 @@ def predict(
     output(out_dir, command="predict", marks=("classes.tif",), inputs=(input_path, model, polycnn_model))
     expects = RunInputs.of(model)  # scene normalisation, 16-bit scaling, resolution: read once
     factor, tags = model_resampling(expects.card, input_path, resample) if not endpoint else (1.0, {})
+    with open_raster(input_path) as src:
+        check_job_size(src.width, src.height, input_path, factor, None if yes else MAX_PIXELS)
     client = None
     if endpoint:
         from geolabel.serving.client import ServingClient
@@ -109,7 +115,6 @@ def predict(
                                           scene_contrast=scene_contrast, scaling=expects.scaling)))
         return
     if polygonizer == "mesh":
-        from geolabel.data.raster import open_raster
         from geolabel.vectorize.mesh import start_workers_early
 
         with open_raster(input_path) as src:

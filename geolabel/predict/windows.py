@@ -169,3 +169,19 @@ def predict_in_tiles(
             out = np.zeros((ph, pw, *core.shape[2:]), np.float32)
         out[r : r + tile, c : c + tile] = core
     return out[:h, :w]
+
+
+MAX_PIXELS = 4_000_000_000
+"""A bigger prediction job (e.g. 64,000 x 64,000 px: an hour or more on a laptop) needs `predict --yes`."""
+
+
+def check_job_size(width: int, height: int, source: object, factor: float = 1.0,
+                   max_pixels: int | None = MAX_PIXELS) -> int:
+    """The pixels a model will see for a `width` x `height` input resampled by `factor`; an
+    InputError naming `source` and the size when they exceed `max_pixels` (None: no limit)."""
+    pixels = round(width * factor) * round(height * factor)
+    if max_pixels is not None and pixels > max_pixels:
+        raise InputError(source, f"is {width:,} x {height:,} px ({pixels / 1e9:.1f} gigapixels for the model, more "
+                                 f"than the {max_pixels / 1e9:g} predicted without asking); predict a part of it, "
+                                 "run it with --beam on a cluster, or pass --yes to predict it all here")
+    return pixels

@@ -349,3 +349,27 @@ def test_a_region_predicts_as_the_same_pixels_cut_out_as_a_raster(austin, unet, 
     np.testing.assert_array_equal(region.probabilities, _read(files.probabilities))
     with rasterio.open(files.classes) as src:
         assert region.tags.items() <= src.tags().items()
+
+
+def test_a_huge_input_is_refused_with_its_size_before_any_work(tmp_path, capsys):
+    """A 70,000 x 70,000 px raster (4.9 gigapixels) is a one-line error naming it, its size and
+    --yes, before the model runs or anything is written; the limit is an argument."""
+    from affine import Affine
+
+    from geolabel.cli import main
+    from geolabel.models import build_model
+    from geolabel.predict.windows import check_job_size
+
+    big = tmp_path / "big.tif"
+    with rasterio.open(big, "w", driver="GTiff", width=70_000, height=70_000, count=3, dtype="uint8", tiled=True,
+                       sparse_ok=True, crs="EPSG:32614", transform=Affine(0.3, 0, 620_000, 0, -0.3, 3_350_000)):
+        pass  # sparse: no block is written, the file stays a few kB
+    build_model("fcn", 2).save(tmp_path / "fcn.keras")
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(tmp_path / "fcn.keras"), str(big), "-o", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(big) in err and "70,000 x 70,000 px" in err and "--yes" in err and "\n" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert check_job_size(70_000, 70_000, big, max_pixels=None) == 4_900_000_000
+    assert check_job_size(70_000, 70_000, big, factor=0.25) == 306_250_000  # a coarser model sees 1/16 of it
