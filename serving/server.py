@@ -974,13 +974,15 @@ class RestHandler(socketserver.BaseRequestHandler):
         """The request body, leased piece by piece as it arrives (a slow client holds only what it sent)."""
         self.deadline = time.monotonic() + self.body_timeout_s
         limit = self.body_limit
-        length = None if "chunked" in self.headers.get("transfer-encoding", "").lower() else \
-            int(self.headers.get("content-length") or 0)
+        chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        # h11 has checked the framing headers: a repeated Content-Length is one value repeated
+        length = None if chunked else int(self.headers.get("content-length", "0").split(",")[-1])
         if length is not None and length > limit:
             raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: {length} bytes (limit {limit} bytes)")
         if self.http.they_are_waiting_for_100_continue:  # only once the body is known to be accepted
             self.sock.sendall(self.http.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks: list[bytes] = []
+        body = bytearray(length or 0)  # a known length fills one buffer: no second copy of a large body
         received = leased = 0
         try:
             while True:
@@ -994,17 +996,22 @@ class RestHandler(socketserver.BaseRequestHandler):
                     break
                 if not isinstance(event, h11.Data):  # closed mid-body
                     raise _ClientGone()
-                received += len(event.data)
-                if received > limit:
+                if received + len(event.data) > limit:
                     raise ServingError("RESOURCE_EXHAUSTED", f"Request body too large: more than {limit} bytes")
-                chunks.append(event.data)
+                if length is None:
+                    chunks.append(event.data)
+                else:
+                    body[received:received + len(event.data)] = event.data
+                received += len(event.data)
         except TimeoutError as err:
             raise _BodyTimeout(received, length) from err
         except h11.RemoteProtocolError as err:
             if length is not None and received < length:  # the client closed before its Content-Length
                 raise _ClientGone() from err
             raise ServingError("INVALID_ARGUMENT", f"Malformed request body: {err}") from err
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if length is not None:
+            return bytes(body) if length < BODY_PIECE else body  # small bodies as bytes; large ones uncopied
+        return b"".join(chunks)
 
     def _linger(self) -> None:
         """Close after an early answer: stop sending, then drain what the client still sends, briefly.
