@@ -562,8 +562,7 @@ def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, win
                     valid = np.zeros((len(batch), size, size), bool)
                     for b, (row, col) in enumerate(batch):
                         win = Window(region.col_off + col, region.row_off + row, size, size)
-                        boundless = (region.row_off + row + size > rsrc.height or region.col_off + col + size > rsrc.width
-                                     or row + size > height or col + size > width)
+                        boundless = win.row_off + size > rsrc.height or win.col_off + size > rsrc.width
                         try:
                             block = rsrc.read(band_list, window=win, boundless=boundless, fill_value=fill)
                         except rasterio.errors.RasterioError as err:
