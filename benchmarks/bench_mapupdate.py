@@ -292,7 +292,9 @@ def report(args: argparse.Namespace, test: dict, selection: list[dict], threshol
     """Write benchmarks/results/mapupdate.md and .json."""
     from geolabel.mapupdate import DiffParams
 
-    command = "nice -n 19 .venv/bin/python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    niceness = os.nice(0)
+    command = (f"nice -n {niceness} " if niceness else "") + ".venv/bin/python " + " ".join(
+        [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     s = scores(test, threshold)
     default = scores(test, DiffParams().min_confidence)
     lines = [

@@ -99,8 +99,8 @@ class KerasPredictor:
         if self.backend == "jax":
             import jax
 
-            step = jax.jit(lambda x: model(x, training=False))
-            return lambda batch: np.asarray(step(batch))
+            jitted = jax.jit(lambda x: model(x, training=False))
+            return lambda batch: np.asarray(jitted(batch))
         return lambda batch: np.asarray(model.predict_on_batch(batch))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
