@@ -385,7 +385,11 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             schedule = ClockSchedule(base_schedule, clock)
             encoder = encoder_layers(model)
             encoder_ids = {id(v) for layer in encoder for v in layer.trainable_weights}
-            split = bool(encoder_ids) and (config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0)
+            split = config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0
+            if split and not encoder_ids:  # a freeze schedule that finds no encoder would silently train it all
+                raise InputError("freeze_encoder_steps / encoder_lr_scale",
+                                 f"model {model.name!r} has no encoder this schedule can find (by layer name: "
+                                 "model families fcn, mlp, unet, ternaus under their own names)")
             enc_vars = [v for v in model.trainable_weights if id(v) in encoder_ids] if split else []
             rest_vars = [v for v in model.trainable_weights if id(v) not in encoder_ids] if split else list(model.trainable_weights)
             optimizer = _optimizer(config, schedule)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from geolabel.errors import InputError
+from geolabel.models import MODELS
 from geolabel.models import load_model
 from geolabel.train import TrainConfig, load_run_config, train, train_two_stage
 
@@ -127,3 +128,15 @@ def test_mirrored_strategy_on_two_logical_cpus(austin_dataset, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "REPLICAS 2 STEPS 2" in done.stdout
+
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_every_model_family_shows_its_encoder_to_the_freeze_schedule(family):
+    """The freeze schedule finds encoders by layer name: each registered family must have one, neither
+    empty (nothing would freeze: the trainer refuses that) nor the whole model."""
+    from geolabel.models import build_model, encoder_layers
+
+    model = build_model(family, 2)
+    encoder = {id(v) for layer in encoder_layers(model) for v in layer.trainable_weights}
+    assert 0 < len(encoder) < len(model.trainable_weights)
