@@ -91,7 +91,8 @@ def predict(
     expects = RunInputs.of(model)  # scene normalisation, 16-bit scaling, resolution: read once
     factor, tags = model_resampling(expects.card, input_path, resample) if not endpoint else (1.0, {})
     with open_raster(input_path) as src:
-        check_job_size(src.width, src.height, input_path, factor, None if yes else MAX_PIXELS)
+        width, height = src.width, src.height
+    check_job_size(width, height, input_path, factor, None if yes else MAX_PIXELS)
     client = None
     if endpoint:
         from geolabel.serving.client import ServingClient
@@ -117,8 +118,7 @@ def predict(
     if polygonizer == "mesh":
         from geolabel.vectorize.mesh import start_workers_early
 
-        with open_raster(input_path) as src:
-            start_workers_early(src.width, src.height)
+        start_workers_early(width, height)
     predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
                                batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,

@@ -4,8 +4,8 @@ One element per block of the input raster. A worker predicts its block plus a ha
 context (clipped to the raster) with geolabel's own windowed prediction
 (`geolabel.predict.predictor.predict_region`: the same tiling, blending and model as a
 local run, straight from the input into arrays), crops the halo away and writes the
-block's class and probability rasters as COG parts, plus the block's polygons. A final step merges the parts into
-`classes.tif` / `probabilities.tif` (COGs on the input grid) and merges polygons that
+block's class and probability rasters as COG parts, plus the block's polygons. A final
+step merges the parts into `classes.tif` / `probabilities.tif` (COGs on the input grid) and merges polygons that
 meet across block seams into one.
 
 Runs in this process on Beam's DirectRunner by default; any runner (Dataflow, Flink,
@@ -175,8 +175,8 @@ def block_pieces(classes: np.ndarray, probabilities: np.ndarray, block: Block, g
     seams = (block.row > 0, block.row + block.height < grid.height, block.col > 0, block.col + block.width < grid.width)
     pieces = raster_block_pieces(classes, probabilities, block.row, block.col, {0, IGNORE}, seams)
     done = finish_pieces([p for p in pieces if not p.on_seam], grid.transform, grid.crs, grid.scale, grid.metric_crs,
-                   tolerance=spec.tolerance, min_area=spec.min_area, regularize=_regular_classes(spec, names),
-                   angle_tolerance=20.0)
+                         tolerance=spec.tolerance, min_area=spec.min_area, regularize=_regular_classes(spec, names),
+                         angle_tolerance=20.0)
     return done, [p for p in pieces if p.on_seam]
 
 
@@ -187,8 +187,8 @@ def merge_pieces(done: list, waiting: list, grid: Grid, spec: PolygonSpec, names
     from geolabel.vectorize.polygons import finish_pieces, merge_seam_pieces
 
     done = list(done) + finish_pieces(merge_seam_pieces(list(waiting)), grid.transform, grid.crs, grid.scale,
-                                grid.metric_crs, tolerance=spec.tolerance, min_area=spec.min_area,
-                                regularize=_regular_classes(spec, names), angle_tolerance=20.0)
+                                      grid.metric_crs, tolerance=spec.tolerance, min_area=spec.min_area,
+                                      regularize=_regular_classes(spec, names), angle_tolerance=20.0)
     done = [o for o in done if not o[2] < spec.min_confidence]
     labels = [names[o[0]] if o[0] < len(names) else str(o[0]) for o in done]
     return gpd.GeoDataFrame(
@@ -235,13 +235,14 @@ class PredictBlock:
         self._predict_fn = keras_predict_fn(load_model(self.model_path), precision=self.options.get("precision", "auto"))
 
     def process(self, block: Block) -> Iterator[dict]:
-        from geolabel.data.raster import GeoBlock, open_raster, write_raster
+        from affine import Affine
+
+        from geolabel.data.raster import GeoBlock, write_raster
         from geolabel.predict.predictor import predict_region, probability_tags
 
         if self._predict_fn is None:
             self.setup()
-        with open_raster(self.input_path) as src:
-            transform, crs = src.window_transform(block.window), src.crs
+        transform, crs = self.grid.transform * Affine.translation(block.col, block.row), self.grid.crs
         run = predict_region(self._predict_fn, self.input_path, block.read_window, **self.options)
         dr, dc = block.row - block.read_row, block.col - block.read_col
         inner = (slice(dr, dr + block.height), slice(dc, dc + block.width))

@@ -1051,10 +1051,10 @@ class RestHandler(socketserver.BaseRequestHandler):
         inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header, as zlib's inflate detects
         out, pending = bytearray(), body
         try:
-            while not inflater.eof and (pending or len(out) == 0):
+            while not inflater.eof:
                 lease.resize(len(body) + len(out) + BODY_PIECE, "This request's inflated body")
                 piece = inflater.decompress(pending, BODY_PIECE)
-                if not piece and not inflater.unconsumed_tail:
+                if not piece and not inflater.unconsumed_tail:  # the input ended before the stream did
                     break
                 out += piece
                 if len(out) > limit:
@@ -1062,7 +1062,7 @@ class RestHandler(socketserver.BaseRequestHandler):
                 pending = inflater.unconsumed_tail
         except zlib.error:
             return b""
-        return bytes(out) if inflater.eof else b""
+        return out if inflater.eof else b""  # bytearray: parsed as it is, no second copy
 
     # -- dispatch
     def _handle(self, path: str) -> None:
@@ -1183,18 +1183,21 @@ class RestHandler(socketserver.BaseRequestHandler):
         inputs, fmt = jt.predict_request_arrays(doc, sig.input_dtypes)
         del doc  # the parsed JSON (the largest part of a request) goes before the model runs
         lease.resize(len(body) + TENSOR_COPIES * tensor_bytes(inputs), "This request's tensors")
-        _, outputs = self._within_deadline(_in_thread(self.core.predict, servable, signature_name, inputs))
+        _, outputs = self._within_deadline(self.core.predict, servable, signature_name, inputs)
         in_bytes = tensor_bytes(inputs)
         del inputs
         lease.resize(len(body) + in_bytes + response_json_bytes(outputs), "This request's response")
         return jt.outputs_to_json(outputs, fmt)
 
-    def _within_deadline(self, run: futures.Future) -> Any:
-        """`run`'s result, or TF Serving's 504 once `predict_timeout_s` (its `--rest_api_timeout_in_ms`)
+    def _within_deadline(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)`, or TF Serving's 504 once `predict_timeout_s` (its `--rest_api_timeout_in_ms`)
         has passed. A model call cannot be interrupted: after the 504 this thread waits for it, so
         its memory lease and concurrency slot stay taken until the model returns."""
+        if not self.predict_timeout_s:  # no deadline: no thread of its own
+            return fn(*args)
+        run = _in_thread(fn, *args)
         try:
-            return run.result(timeout=self.predict_timeout_s or None)
+            return run.result(timeout=self.predict_timeout_s)
         except futures.TimeoutError:
             self.close_connection = True
             self._reply(504, jt.error_json(

@@ -59,7 +59,7 @@ class _Piece:
 
 
 def raster_block_pieces(classes: np.ndarray, probs: np.ndarray | None, row0: int, col0: int, skip: set[int],
-                  seams: tuple[bool, bool, bool, bool]) -> list[_Piece]:
+                        seams: tuple[bool, bool, bool, bool]) -> list[_Piece]:
     """Pixel-edge polygons of every 4-connected region of a block, in raster pixel coordinates.
 
     `seams` says which block sides (top, bottom, left, right) are block seams, not raster edges.
@@ -262,7 +262,7 @@ def ground_scale(transform: Affine, crs, width: int, height: int) -> float:
 
 
 def finish_pieces(pieces: list[_Piece], transform: Affine, crs, scale: float, metric_crs, *, tolerance: float,
-            min_area: float, regularize: set[int], angle_tolerance: float) -> list[tuple[int, float, float, shapely.Geometry]]:
+                  min_area: float, regularize: set[int], angle_tolerance: float) -> list[tuple[int, float, float, shapely.Geometry]]:
     """Pixel polygons -> simplified (and regularised) polygons in the source CRS: (class, area m2, confidence, geom)."""
     if not pieces:
         return []
