@@ -77,7 +77,15 @@ class ServingClient:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="geolabel-client")
 
     # -- what predict_raster asks a predict_fn
-    stride = 1  # the exported signatures pad H and W to the network's stride themselves
+    @property
+    def stride(self) -> int:
+        """The served network's stride (`serving_info`), so that windows are cut as local predict
+        cuts them; 1 for exports without it (their signatures pad H and W themselves)."""
+        if not hasattr(self, "_stride"):
+            self._stride = 1
+            if "serving_info" in self.signatures:
+                self._stride = int(self.predict({"batch": np.zeros(1, np.int32)}, "serving_info")["stride"][0])
+        return self._stride
 
     @property
     def signatures(self) -> dict[str, Any]:

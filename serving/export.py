@@ -343,7 +343,15 @@ def _export(
     if bytes_bands == in_bands:
         png = tf.io.encode_png(warm_image[0]).numpy()
         requests.append(("serving_bytes", {"image_bytes": np.array([png], dtype=object)}))
-    signatures = ["serving_default", "serving_uint8", "serving_bytes"]
+    # TF Serving's metadata API shows signatures, not assets: clients ask this one for the stride,
+    # so that they cut the same windows as local predict (the answer depends on the window grid)
+    archive.add_endpoint(
+        "serving_info",
+        tf.function(lambda batch: {"stride": tf.fill(tf.shape(batch), stride), "min_size": tf.fill(tf.shape(batch), min_size)},
+                    input_signature=[tf.TensorSpec([None], tf.int32, name="batch")]),
+    )
+    requests.append(("serving_info", {"batch": np.zeros(1, np.int32)}))
+    signatures = ["serving_default", "serving_uint8", "serving_bytes", "serving_info"]
     if expects.scene_norm:
         stats_spec = [tf.TensorSpec([None, in_bands], tf.float32, name=n) for n in ("scene_mean", "scene_std")]
         archive.add_endpoint(

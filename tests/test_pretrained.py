@@ -129,4 +129,4 @@ def test_predict_refuses_an_input_far_coarser_than_the_model(austin_crop, tmp_pa
 def test_models_and_info_show_the_shipped_model():
     for command in (["models", "--size", "64"], ["info"]):
         result = CliRunner().invoke(cli, command, catch_exceptions=False)
-        assert "buildings: fcn, trained at" in result.output and "ODbL-1.0" in result.output
+        assert "buildings: mlp, trained at" in result.output and "ODbL-1.0" in result.output

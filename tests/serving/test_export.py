@@ -16,7 +16,7 @@ def test_signatures_pad_and_match_keras(model_base, tiny_runs, real_tiles):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(model_base / "1"))
-    assert set(loaded.signatures) == {"serving_default", "serving_uint8", "serving_bytes", "polygons", "map_update"}
+    assert set(loaded.signatures) == {"serving_default", "serving_uint8", "serving_bytes", "serving_info", "polygons", "map_update"}
     model = keras.saving.load_model(tiny_runs["seg"], compile=False)
     out = loaded.signatures["serving_default"](images=tf.constant(real_tiles))
     np.testing.assert_allclose(out["probabilities"].numpy(), np.asarray(model(real_tiles)), atol=1e-5)
@@ -42,11 +42,13 @@ def test_warmup_records_and_metadata(model_base, tiny_runs):
         for r in tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests"))
     ]
     assert {log.predict_log.request.model_spec.signature_name for log in logs} == {
-        "serving_default", "serving_uint8", "serving_bytes", "polygons", "map_update"
+        "serving_default", "serving_uint8", "serving_bytes", "serving_info", "polygons", "map_update"
     }
     meta = json.loads((extra / "geolabel.json").read_text())
     stride = stride_of(keras.saving.load_model(tiny_runs["seg"], compile=False))
     assert meta["stride"] == stride and meta["bands"] == 3 and meta["num_classes"] == 2
+    info = tf.saved_model.load(str(model_base / "1")).signatures["serving_info"](batch=tf.zeros([2], tf.int32))
+    assert info["stride"].numpy().tolist() == [stride, stride]  # what clients without the assets read
     assert not [p.name for p in model_base.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
@@ -56,7 +58,7 @@ def test_saved_model_cli_lists_signatures(model_base):
         [str(cli), "show", "--all", "--dir", str(model_base / "1")], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("serving_default", "serving_uint8", "serving_bytes", "polygons", "map_update"):
+    for name in ("serving_default", "serving_uint8", "serving_bytes", "serving_info", "polygons", "map_update"):
         assert f"signature_def['{name}']" in result.stdout
     assert "Method name is: tensorflow/serving/predict" in result.stdout
     assert "dtype: DT_STRING" in result.stdout

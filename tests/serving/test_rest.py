@@ -42,7 +42,7 @@ def test_metadata_lists_every_signature(rest_url):
     body = r.json()
     assert body["model_spec"] == {"name": "seg", "signature_name": "", "version": "1"}
     sigs = body["metadata"]["signature_def"]["signature_def"]
-    assert set(sigs) == {"serving_default", "serving_uint8", "serving_bytes", "polygons", "map_update"}
+    assert set(sigs) == {"serving_default", "serving_uint8", "serving_bytes", "serving_info", "polygons", "map_update"}
     default = sigs["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
     images = default["inputs"]["images"]
