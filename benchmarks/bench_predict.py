@@ -321,13 +321,16 @@ def write_results(runs: list[dict]) -> None:
                      f"{pct(r, 'utilisation_end_to_end')} | {pct(r, 'utilisation_predict_stage')} | "
                      f"{pct(r, 'utilisation_model_only')} | {r['load_avg_before']:.1f} | {r.get('commit', '')} |")
     lines += ["", NOTES, ""]
-    write_text_atomic(RESULTS / "predict.md", "\n".join(lines))
+    # sections written by hand below the notes (one-off experiments) are kept
+    previous = (RESULTS / "predict.md").read_text() if (RESULTS / "predict.md").is_file() else ""
+    kept = previous[previous.index(NOTES) + len(NOTES):].strip() if NOTES in previous else ""
+    write_text_atomic(RESULTS / "predict.md", "\n".join(lines + ([kept, ""] if kept else [])))
 
 
 NOTES = (
-    "Notes. `shipped` is the building model inside the package (the FCN with 4x average pooling in and "
-    "bilinear logit upsampling out, 2.5-2.7 kFLOP per input pixel) on real z21 Kampala imagery mirrored into "
-    "16 and 268 Mpx mosaics. Its model-only rate counts the whole model call, whose full-resolution ends "
+    "Notes. `shipped` is the building model inside the package (since 5ca96cf the multi-resolution MLP "
+    "network, before it the FCN; both with 4x average pooling in and bilinear logit upsampling out, 2.5-2.7 "
+    "kFLOP per input pixel) on real z21 Kampala imagery mirrored into 16 and 268 Mpx mosaics. Its model-only rate counts the whole model call, whose full-resolution ends "
     "(pooling the input, upsampling the logits, the softmax) are memory-bound; the predictor runs them at the "
     "coarse resolution where that is exact (`geolabel.predict.fused.with_coarse_ends`: 24 -> 14 ms per 880 px "
     "window in bf16), and the convolutions on 220 px coarse windows are small for the bf16 kernels. The "
