@@ -288,7 +288,7 @@ def run_aligner(scenes: list, cases: list, args: argparse.Namespace, budget: flo
     aligner = MultiscaleAligner(filters=(8, 8, 16), focus=20.0)
     t0 = time.time()
     hist = train_aligner(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
-                         max_amplitude=args.amplitude, learning_rate=2e-3, seed=args.seed, time_limit_s=budget)
+                         max_amplitude=args.amplitude, lr=2e-3, seed=args.seed, time_limit_s=budget)
     train_s = time.time() - t0
     extra_cases = extra_cases or {}
     # PLAIN, as every trained row; the consistency set is the test cases themselves
@@ -393,7 +393,7 @@ def main() -> None:
     au = AlignUpdateNet(image_base=8, map_base=8, depth=4, max_displacement=args.amplitude * 1.5)
     t0 = time.time()
     hist = train_align_update(au, align_train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
-                              keep_fraction=0.5, learning_rate=1e-3, time_limit_s=budget)
+                              keep_fraction=0.5, lr=1e-3, time_limit_s=budget)
     before_u, after_u, _ = eval_alignment(au, cases)
     results["align_update"] = {"train_s": time.time() - t0, "epochs": len(hist["loss"]), "final_loss": hist["loss"][-1],
                                "before": stats(before_u), "after": stats(after_u),
@@ -415,7 +415,7 @@ def main() -> None:
     refine = RNNRefine(2)
     t0 = time.time()
     train_rnn_refine(refine, lambda x: keras.ops.convert_to_numpy(base(x, training=False)), clean_images, clean_labels,
-                     epochs=1000, batch=8, learning_rate=1e-3, time_limit_s=budget / 2)
+                     epochs=1000, batch=8, lr=1e-3, time_limit_s=budget / 2)
     refine_s = time.time() - t0
     full = refined_model(base, refine)
     results["rnn_refine"] = {"base_iou": seg_iou(base, scenes[TEST]), "refined_iou": seg_iou(full, scenes[TEST]),

@@ -51,7 +51,7 @@ def align(image: str, labels: str, model_path: str, out_path: str, downsample: i
 @click.option("--crop", type=int, help="Training crop side, pixels (a multiple of 32, the aligner's stride).")
 @click.option("--steps", type=int, help="Optimiser steps.")
 @click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
+@click.option("--lr", type=float)
 @click.option("--seed", type=int)
 @click.option("--time-limit", "time_limit_s", type=float, help="Stop after this many seconds (resume later with --resume).")
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(1), help="Steps between checkpoints.")

@@ -21,7 +21,7 @@ SCENE = dict(nargs=2, multiple=True, type=click.Path(), metavar="IMAGERY LABELS"
 @click.option("--steps", type=int, help="Steps on the real buildings.")
 @click.option("--decoder-frozen-steps", type=int, help="First real steps with the decoder frozen.")
 @click.option("--extractor-frozen-steps", type=int, help="First real steps with the feature extractor frozen.")
-@click.option("--learning-rate", type=float)
+@click.option("--lr", type=float)
 @click.option("--transfer", type=click.Choice(["decoder", "all"]), help="What the artificial pre-training passes on.")
 @click.option("--feature-weights", type=click.Path(dir_okay=False), help="Local weights file for the feature extractor.")
 @click.option("--seed", type=int)

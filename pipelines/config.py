@@ -102,7 +102,7 @@ class BudgetConfig:
         steps_per_epoch: batches per epoch (None: the whole split).
         eval_steps: validation batches (None: the whole split).
         batch_size: chips per batch.
-        learning_rate: peak learning rate.
+        lr: peak learning rate.
         options: further keyword options passed unchanged to geolabel's train.
     """
 
@@ -110,7 +110,7 @@ class BudgetConfig:
     steps_per_epoch: int | None = None
     eval_steps: int | None = None
     batch_size: int = 8
-    learning_rate: float = 1e-3
+    lr: float = 1e-3
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -222,7 +222,7 @@ class PipelineConfig:
     finetune: SourceConfig = field(default_factory=SourceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain_budget: BudgetConfig = field(default_factory=BudgetConfig)
-    finetune_budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(epochs=5, learning_rate=3e-4))
+    finetune_budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(epochs=5, lr=3e-4))
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     paths: PathConfig = field(default_factory=PathConfig)
     cache: bool = True
@@ -259,8 +259,8 @@ class PipelineConfig:
         self.finetune.check("finetune")
         for stage in ("pretrain_budget", "finetune_budget"):
             budget: BudgetConfig = getattr(self, stage)
-            if budget.epochs < 1 or budget.batch_size < 1 or budget.learning_rate <= 0:
-                raise InputError(stage, "epochs and batch_size must be >= 1 and learning_rate > 0")
+            if budget.epochs < 1 or budget.batch_size < 1 or budget.lr <= 0:
+                raise InputError(stage, "epochs and batch_size must be >= 1 and lr > 0")
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) of the whole config."""

@@ -89,12 +89,12 @@ def train_aligner(
     batch: int = 8,
     size: int = 128,
     max_amplitude: float = 8.0,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     time_limit_s: float | None = None,
 ) -> dict[str, list[float]]:
     """Fit a MultiscaleAligner on synthetic misregistrations; returns the Keras history."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(lr))
     data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "aligner", 1.0, seed)
     return model.fit(data, epochs=epochs, verbose=0, callbacks=[TimeLimit(time_limit_s)]).history
 
@@ -108,7 +108,7 @@ def train_align_update(
     size: int = 128,
     max_amplitude: float = 8.0,
     keep_fraction: float = 0.5,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     time_limit_s: float | None = None,
 ) -> dict[str, list[float]]:
@@ -116,7 +116,7 @@ def train_align_update(
 
     With `time_limit_s` the stepped weights advance with the elapsed share of the budget.
     """
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(lr))
     data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "align_update", keep_fraction, seed)
     stepped = SteppedLevelWeights(epochs, steps=min(4, max(2, epochs)), time_budget_s=time_limit_s)
     callbacks = [stepped, TimeLimit(time_limit_s)]
@@ -130,7 +130,7 @@ def train_rnn_refine(
     labels: np.ndarray,
     epochs: int,
     batch: int = 8,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     time_limit_s: float | None = None,
     validation_split: float = 0.25,
 ) -> dict[str, list[float]]:
@@ -146,7 +146,7 @@ def train_rnn_refine(
         images: (N, H, W, C) float32 0-255; labels: (N, H, W) int class ids.
     """
     probs = np.concatenate([base_predict(images[i : i + batch]) for i in range(0, len(images), batch)])
-    refine.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    refine.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
     cut = len(images) - max(1, int(round(len(images) * validation_split)))
     val = ([images[cut:], probs[cut:]], labels[cut:])
     identity_loss = refine.evaluate(*val, batch_size=batch, verbose=0)  # also builds the model
@@ -173,7 +173,7 @@ class AlignerConfig:
     focus: float = 20.0
     batch_size: int = 8
     steps: int = 10_000
-    learning_rate: float = 2e-3
+    lr: float = 2e-3
     seed: int = 0
 
 
@@ -210,7 +210,7 @@ def train_aligner_files(
     else:
         state = {"config": settings, "steps": 0, "loss": [], "seconds": 0.0}
         model = MultiscaleAligner(filters=config.filters, focus=config.focus)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+        model.compile(optimizer=keras.optimizers.Adam(config.lr))
     if config.crop % model.stride:
         raise InputError("crop", f"{config.crop} is not a multiple of the aligner's stride ({model.stride})")
     loaded = []

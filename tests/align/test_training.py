@@ -23,6 +23,6 @@ def test_refinement_falls_back_to_identity_when_it_does_not_help():
     probs = base_predict(images)
     labels = np.concatenate([1 - base_classes[:6], base_classes[6:]])  # last quarter held back
     refine = RNNRefine(2, map_kernels=4, image_kernels=4, hidden=4, steps=2)
-    train_rnn_refine(refine, base_predict, images, labels, epochs=3, batch=2, learning_rate=1e-2)
+    train_rnn_refine(refine, base_predict, images, labels, epochs=3, batch=2, lr=1e-2)
     out = keras.ops.convert_to_numpy(refine([images, probs]))
     assert np.allclose(out, probs, atol=1e-5)

@@ -26,7 +26,7 @@ import tfx  # noqa: F401  (installed by make setup; a missing one must fail, not
 EXAMPLE = Path(geolabel.pipelines.__file__).with_name("example.yaml")
 SMALL = [
     "model.options={depth: 2, width: 4}",
-    *(f"{stage}={{epochs: 1, steps_per_epoch: 2, eval_steps: 1, batch_size: 2, learning_rate: 0.001, options: {{crop: 64}}}}"
+    *(f"{stage}={{epochs: 1, steps_per_epoch: 2, eval_steps: 1, batch_size: 2, lr: 0.001, options: {{crop: 64}}}}"
       for stage in ("pretrain_budget", "finetune_budget")),
 ]
 

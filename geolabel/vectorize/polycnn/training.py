@@ -67,7 +67,7 @@ class PolyCNNConfig:
     steps: int = 600
     decoder_frozen_steps: int = 100
     extractor_frozen_steps: int = 200
-    learning_rate: float = 1e-3
+    lr: float = 1e-3
     transfer: str = "all"
     feature_weights: str | None = None
     seed: int = 0
@@ -92,7 +92,7 @@ def set_trainable(model: Any, extractor: bool, encoder: bool, decoder: bool) -> 
     model.get_layer("decoder").trainable = decoder
 
 
-def _fit_steps(model: Any, batches: Iterator, steps: int, learning_rate: float, stage: str, history: list[dict]) -> None:
+def _fit_steps(model: Any, batches: Iterator, steps: int, lr: float, stage: str, history: list[dict]) -> None:
     """Compile with the current trainable flags and run `steps` optimiser steps, logging the loss."""
     import keras
 
@@ -101,7 +101,7 @@ def _fit_steps(model: Any, batches: Iterator, steps: int, learning_rate: float, 
     if steps <= 0:
         return
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate), loss=CyclicVertexLoss(), metrics=[CyclicVertexDistance()]
+        optimizer=keras.optimizers.Adam(lr), loss=CyclicVertexLoss(), metrics=[CyclicVertexDistance()]
     )
     done = int(history[-1]["step"]) if history else 0
     chunk = max(1, min(50, steps))
@@ -122,13 +122,13 @@ def _fit_steps(model: Any, batches: Iterator, steps: int, learning_rate: float, 
 
 
 def pretrain_artificial(
-    model: Any, steps: int, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0
+    model: Any, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0
 ) -> list[dict]:
     """Train the whole model on the artificial quadrilaterals for `steps` steps (history rows)."""
     history: list[dict] = []
     set_trainable(model, True, True, True)
     patch = int(model.input_shape[1])
-    _fit_steps(model, artificial_batches(batch_size, patch, seed), steps, learning_rate, "artificial", history)
+    _fit_steps(model, artificial_batches(batch_size, patch, seed), steps, lr, "artificial", history)
     return history
 
 
@@ -138,7 +138,7 @@ def train_staged(
     steps: int,
     decoder_frozen_steps: int,
     extractor_frozen_steps: int,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
 ) -> list[dict]:
     """PolyCNN's schedule: decoder frozen for the first steps, feature extractor for longer, then all.
 
@@ -157,7 +157,7 @@ def train_staged(
     previous = 0
     for end, (name, flags) in zip(bounds, stages, strict=True):
         set_trainable(model, *flags)
-        _fit_steps(model, batches, end - previous, learning_rate, name, history)
+        _fit_steps(model, batches, end - previous, lr, name, history)
         previous = end
     set_trainable(model, True, True, True)
     return history
@@ -196,7 +196,7 @@ def train_polycnn(config: PolyCNNConfig, out_dir: str | os.PathLike) -> dict[str
     model = build_polycnn(config.patch, width=config.width, feature_weights=config.feature_weights)
     if config.pretrain_steps > 0:
         pre = build_polycnn(config.patch, width=config.width, feature_weights=config.feature_weights)
-        history += pretrain_artificial(pre, config.pretrain_steps, config.batch_size, config.learning_rate, config.seed)
+        history += pretrain_artificial(pre, config.pretrain_steps, config.batch_size, config.lr, config.seed)
         if config.transfer == "all":
             model.set_weights(pre.get_weights())
         else:
@@ -207,7 +207,7 @@ def train_polycnn(config: PolyCNNConfig, out_dir: str | os.PathLike) -> dict[str
         config.steps,
         config.decoder_frozen_steps,
         config.extractor_frozen_steps,
-        config.learning_rate,
+        config.lr,
     )
     train_s = time.perf_counter() - t0 - data_s
 
