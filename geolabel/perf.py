@@ -48,17 +48,29 @@ def flops_per_pixel(model, size: int = 256, channels: int | None = None) -> floa
     stride = stride_of(model)
     size = int(np.ceil(max(size, stride) / stride) * stride)
     channels = channels or int(model.inputs[0].shape[-1])
-    counted = [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D))
-    ]
+    return _flops(model, (1, size, size, channels)) / (size * size)
+
+
+def _flops(model, input_shape: tuple) -> int:
+    """FLOPs of the conv / dense layers of functional `model` on an input of `input_shape`,
+    nested sub-models (encoders) included, with each layer's shapes from a forward pass."""
+    import keras
+
+    counted = [layer for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, keras.layers.DepthwiseConv2D, keras.Model))]
     if not counted:
-        return 0.0
-    probe = keras.Model(model.inputs[0], [t for layer in counted for t in (layer.input, layer.output)])
-    shapes = [tuple(t.shape) for t in probe(np.zeros((1, size, size, channels), "float32"), training=False)]
-    total = sum(_layer_flops(layer, shapes[2 * i], shapes[2 * i + 1]) for i, layer in enumerate(counted))
-    return total / (size * size)
+        return 0
+
+    def ends(layer) -> tuple:  # a nested model's own `input` is its inner Input: its call's is the node's
+        if isinstance(layer, keras.Model):
+            called_on = layer._inbound_nodes[0].input_tensors[0]
+            return called_on, called_on
+        return layer.input, layer.output
+
+    probe = keras.Model(model.inputs[0], [t for layer in counted for t in ends(layer)])
+    shapes = [tuple(t.shape) for t in probe(np.zeros(input_shape, "float32"), training=False)]
+    return sum(_flops(layer, shapes[2 * i]) if isinstance(layer, keras.Model) else
+               _layer_flops(layer, shapes[2 * i], shapes[2 * i + 1]) for i, layer in enumerate(counted))
 
 
 def measure_conv_peak(

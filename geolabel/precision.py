@@ -91,6 +91,6 @@ def with_precision(model: Any, precision: str) -> Any:
         return copy
 
     try:
-        return keras.models.clone_model(model, clone_function=clone)
+        return keras.models.clone_model(model, clone_function=clone, recursive=True)
     except (ValueError, TypeError, NotImplementedError):  # subclassed or foreign models keep their precision
         return model

@@ -15,6 +15,7 @@ import keras
 
 from geolabel.models import layers as _layers  # noqa: F401  (registers custom objects)
 from geolabel.models.fcn import build_fcn
+from geolabel.models.layers import ENCODER, all_layers
 from geolabel.models.loading import load_model
 from geolabel.models.mlp import build_mlp
 from geolabel.models.ternaus import build_ternaus
@@ -27,13 +28,6 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "ternaus": build_ternaus,
 }
 
-# Layer-name prefixes of each family's encoder (what a fine-tuning freeze schedule holds still).
-ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
-    "fcn": ("conv1", "conv2", "conv3"),
-    "mlp": ("s1", "s2", "s3", "s4"),
-    "unet": ("enc", "mid"),
-    "ternaus": ("vgg_",),
-}
 
 
 def build_model(name: str, num_classes: int, **config: Any) -> keras.Model:
@@ -58,14 +52,18 @@ def stride_of(model: keras.Model) -> int:
     if isinstance(declared, int) and declared > 0:
         return declared
     stride = 1
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         if isinstance(layer, _STRIDED) and not isinstance(layer, keras.layers.Conv2DTranspose):
             s = layer.strides if isinstance(layer.strides, (tuple, list)) else (layer.strides,)
             stride *= int(max(s))
     return math.lcm(stride, 1)
 
 
-def encoder_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers of `model`'s encoder, by its family's name prefixes (empty for unknown families)."""
-    prefixes = next((p for family, p in ENCODER_PREFIXES.items() if model.name.startswith(family)), ())
-    return [layer for layer in model.layers if prefixes and layer.name.startswith(prefixes)]
+def encoder_of(model: keras.Model) -> keras.Model | None:
+    """`model`'s encoder: the nested sub-model every registered family builds under the name
+    `ENCODER` (keras-hub's backbone); None for models without one (runs saved before it)."""
+    try:
+        layer = model.get_layer(ENCODER)
+    except ValueError:
+        return None
+    return layer if isinstance(layer, keras.Model) else None

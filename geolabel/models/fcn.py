@@ -18,6 +18,7 @@ from geolabel.models.layers import (
     ReflectPad2D,
     RowSumConv2D,
     downsample_input,
+    encoder,
     softmax_output,
     upsample_output,
 )
@@ -58,11 +59,16 @@ def build_fcn(
     x = Normalize(127.0, 1 / 256.0, name="normalize")(inputs)
     x = downsample_input(x, downsample)
     x = ReflectPad2D(PAD, name="reflect_pad")(x)
-    for i, (filters, kernel, strides) in enumerate(zip(widths, (12, 4, 3), (4, 1, 1)), start=1):
-        x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="valid", name=f"conv{i}")(x)
-        if norm == "batch":
-            x = keras.layers.BatchNormalization(center=False, scale=False, name=f"conv{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
+
+    def features(x):
+        for i, (filters, kernel, strides) in enumerate(zip(widths, (12, 4, 3), (4, 1, 1)), start=1):
+            x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="valid", name=f"conv{i}")(x)
+            if norm == "batch":
+                x = keras.layers.BatchNormalization(center=False, scale=False, name=f"conv{i}_bn")(x)
+            x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
+        return x
+
+    x = encoder(x, features)
     x = RowSumConv2D(num_classes, 9, name="conv4")(x)
     x = keras.layers.Conv2DTranspose(
         num_classes, 8, strides=4, padding="valid", use_bias=False,

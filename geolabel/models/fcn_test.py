@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from geolabel.models import build_model, stride_of
+from geolabel.models.layers import all_layers
 from geolabel.models.testing import check_output_shapes, check_round_trip, check_trains
 
 
@@ -46,7 +47,7 @@ def test_receptive_field_is_centred_on_its_output_pixel():
     import tensorflow as tf
 
     model = build_model("fcn", 2, widths=(4, 4, 4))
-    for layer in model.layers:
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.Conv2DTranspose):
             layer.set_weights([np.full_like(w, 0.01) for w in layer.get_weights()])
     logits = keras.Model(model.inputs[0], model.get_layer("crop").output)

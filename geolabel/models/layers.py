@@ -5,6 +5,7 @@ Only `keras` and `keras.ops` are used, so the models run on any Keras backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -234,3 +235,23 @@ def upsample_output(x, factor: int, name: str = "output_upsample"):
     if factor == 1:
         return x
     return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=name)(x)
+
+
+ENCODER = "encoder"
+"""Name of the nested sub-model that is a model's encoder (keras-hub's backbone): what a
+fine-tuning freeze schedule holds still."""
+
+
+def encoder(x, build: Callable[[Any], Any]):
+    """Run `build` (symbolic tensor -> tensor or list of tensors) as a nested functional model
+    named `ENCODER`, called on `x`; returns its outputs."""
+    inputs = keras.Input(tuple(x.shape[1:]), name="encoder_input")
+    return keras.Model(inputs, build(inputs), name=ENCODER)(x)
+
+
+def all_layers(model: Any) -> Iterator[keras.layers.Layer]:
+    """Every layer of `model`, those of nested sub-models (the encoder) included."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)

@@ -14,6 +14,7 @@ from geolabel.models.layers import (
     ResizeBilinear,
     conv_bn_relu,
     downsample_input,
+    encoder,
     softmax_output,
     upsample_output,
 )
@@ -52,14 +53,19 @@ def build_mlp(
     inputs = keras.Input((None, None, channels), name="pixels")
     x = Normalize(127.5, 1 / 127.5, name="normalize")(inputs)
     x = downsample_input(x, downsample)
-    x = conv_bn_relu(x, widths[0], 5, "s1a", norm, strides=2)
-    x = conv_bn_relu(x, widths[0], 3, "s1b", norm)
-    stages = [x]
-    for stage, filters in enumerate(widths[1:], start=2):
-        x = keras.layers.MaxPooling2D(2, name=f"pool{stage}")(x)
-        x = conv_bn_relu(x, filters, 3, f"s{stage}a", norm)
-        x = conv_bn_relu(x, filters, 3, f"s{stage}b", norm)
-        stages.append(x)
+
+    def base_fcn(x):
+        x = conv_bn_relu(x, widths[0], 5, "s1a", norm, strides=2)
+        x = conv_bn_relu(x, widths[0], 3, "s1b", norm)
+        stages = [x]
+        for stage, filters in enumerate(widths[1:], start=2):
+            x = keras.layers.MaxPooling2D(2, name=f"pool{stage}")(x)
+            x = conv_bn_relu(x, filters, 3, f"s{stage}a", norm)
+            x = conv_bn_relu(x, filters, 3, f"s{stage}b", norm)
+            stages.append(x)
+        return stages
+
+    stages = encoder(x, base_fcn)
     grid = stages[0]
     features = [grid] + [ResizeBilinear(name=f"resize{i}")([s, grid]) for i, s in enumerate(stages[1:], start=2)]
     x = keras.layers.Concatenate(name="multires")(features)

@@ -10,7 +10,7 @@ import os
 
 import keras
 
-from geolabel.models.layers import Normalize, downsample_input, softmax_output, upsample_output
+from geolabel.models.layers import Normalize, downsample_input, encoder, softmax_output, upsample_output
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_SCALE = [1 / 58.395, 1 / 57.12, 1 / 57.375]
@@ -60,12 +60,17 @@ def build_ternaus(
     scale = (IMAGENET_SCALE + [1 / 127.5] * channels)[:channels]
     x = Normalize(mean, scale, name="normalize")(inputs)
     x = downsample_input(x, downsample)
-    skips = []
-    for stage, convs in enumerate(VGG11, start=1):
-        for j, filters in enumerate(convs, start=1):
-            x = _conv_relu(x, filters, f"vgg_conv{stage}_{j}")
-        skips.append(x)
-        x = keras.layers.MaxPooling2D(2, name=f"vgg_pool{stage}")(x)
+
+    def vgg11(x):
+        skips = []
+        for stage, convs in enumerate(VGG11, start=1):
+            for j, filters in enumerate(convs, start=1):
+                x = _conv_relu(x, filters, f"vgg_conv{stage}_{j}")
+            skips.append(x)
+            x = keras.layers.MaxPooling2D(2, name=f"vgg_pool{stage}")(x)
+        return [*skips, x]
+
+    *skips, x = encoder(x, vgg11)
     w = width
     x = _decoder_block(x, w * 16, w * 8, "center")
     for stage, (middle, out) in zip((5, 4, 3, 2), ((w * 16, w * 8), (w * 16, w * 4), (w * 8, w * 2), (w * 4, w))):

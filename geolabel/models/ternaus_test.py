@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geolabel.errors import InputError
-from geolabel.models import build_model, stride_of
+from geolabel.models import build_model, encoder_of, stride_of
 from geolabel.models.testing import check_output_shapes, check_round_trip, check_trains
 
 
@@ -21,7 +21,7 @@ def test_output_shapes_for_several_sizes(ternaus):
 
 
 def test_vgg11_encoder_widths(ternaus):
-    convs = [layer.filters for layer in ternaus.layers if layer.name.startswith("vgg_conv") and hasattr(layer, "filters")]
+    convs = [layer.filters for layer in encoder_of(ternaus).layers if hasattr(layer, "filters")]
     assert convs == [64, 128, 256, 256, 512, 512, 512, 512]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from geolabel.models.layers import Normalize, conv_bn_relu, downsample_input, softmax_output, upsample_output
+from geolabel.models.layers import Normalize, conv_bn_relu, downsample_input, encoder, softmax_output, upsample_output
 
 
 def build_unet(
@@ -47,18 +47,22 @@ def build_unet(
     inputs = keras.Input((None, None, channels), name="pixels")
     x = Normalize(127.5, 1 / 127.5, name="normalize")(inputs)
     x = downsample_input(x, downsample)
-    skips = []
-    for level in range(depth):
-        filters = min(width * 2**level, max_width)
-        x = conv_bn_relu(x, filters, 3, f"enc{level}a", norm)
-        x = conv_bn_relu(x, filters, 3, f"enc{level}b", norm)
-        skips.append(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    filters = min(width * 2**depth, max_width)
-    x = conv_bn_relu(x, filters, 3, "mid_a", norm)
-    if dropout > 0:
-        x = keras.layers.SpatialDropout2D(dropout, name="mid_dropout")(x)
-    x = conv_bn_relu(x, filters, 3, "mid_b", norm)
+
+    def contracting_path(x):
+        skips = []
+        for level in range(depth):
+            filters = min(width * 2**level, max_width)
+            x = conv_bn_relu(x, filters, 3, f"enc{level}a", norm)
+            x = conv_bn_relu(x, filters, 3, f"enc{level}b", norm)
+            skips.append(x)
+            x = keras.layers.MaxPooling2D(2, name=f"pool{level}")(x)
+        filters = min(width * 2**depth, max_width)
+        x = conv_bn_relu(x, filters, 3, "mid_a", norm)
+        if dropout > 0:
+            x = keras.layers.SpatialDropout2D(dropout, name="mid_dropout")(x)
+        return [*skips, conv_bn_relu(x, filters, 3, "mid_b", norm)]
+
+    *skips, x = encoder(x, contracting_path)
     for level in reversed(range(depth)):
         filters = min(width * 2**level, max_width)
         if upsample == "bilinear":

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from geolabel.models.layers import GroupNorm, group_moments
+from geolabel.models.layers import GroupNorm, all_layers, group_moments
 
 
 class FusedGroupNorm(GroupNorm):
@@ -53,7 +53,7 @@ class FusedGroupNorm(GroupNorm):
 def with_fused_group_norm(model: Any) -> Any:
     """A copy of `model` sharing its layers except `GroupNorm`, replaced by `FusedGroupNorm` with
     the same weights; `model` itself when it has none or is not a functional model."""
-    if not any(type(layer) is GroupNorm for layer in getattr(model, "layers", [])):
+    if not any(type(layer) is GroupNorm for layer in all_layers(model)):
         return model
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -65,7 +65,7 @@ def with_fused_group_norm(model: Any) -> Any:
         return fused
 
     try:
-        return keras.models.clone_model(model, clone_function=clone)
+        return keras.models.clone_model(model, clone_function=clone, recursive=True)
     except ValueError:  # subclassed models cannot be cloned layer by layer
         return model
 
@@ -143,7 +143,7 @@ def with_coarse_ends(model: Any) -> Any:
         return layer(*args, **kwargs)
 
     try:
-        return keras.models.clone_model(model, clone_function=clone, call_function=call)
+        return keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)
     except ValueError:  # subclassed models cannot be cloned layer by layer
         return model
 
@@ -208,7 +208,7 @@ def with_subpixel_deconv(model: Any) -> Any:
                 and tuple(layer.dilation_rate) == (1, 1) and layer.data_format == "channels_last"
                 and layer.activation is keras.activations.linear and getattr(layer, "output_padding", None) is None)
 
-    if not any(eligible(layer) for layer in getattr(model, "layers", [])):
+    if not any(eligible(layer) for layer in all_layers(model)):
         return model
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -222,7 +222,7 @@ def with_subpixel_deconv(model: Any) -> Any:
         return fast
 
     try:
-        return keras.models.clone_model(model, clone_function=clone)
+        return keras.models.clone_model(model, clone_function=clone, recursive=True)
     except ValueError:  # subclassed models cannot be cloned layer by layer
         return model
 

@@ -319,7 +319,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from geolabel.data.standardize import BandStats, chips_band_stats
     from geolabel.precision import dtype_policy, resolve_precision
     from geolabel.losses import get_loss
-    from geolabel.models import build_model, encoder_layers, load_model, stride_of
+    from geolabel.models import build_model, encoder_of, load_model, stride_of
     from geolabel.train.dataset import dataset_fingerprint, dataset_shards, make_dataset
     from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
 
@@ -383,13 +383,13 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             base_schedule = make_schedule(config.schedule, config.lr, total_steps, config.min_lr)
             clock = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="lr_clock")
             schedule = ClockSchedule(base_schedule, clock)
-            encoder = encoder_layers(model)
-            encoder_ids = {id(v) for layer in encoder for v in layer.trainable_weights}
+            encoder = encoder_of(model)
+            encoder_ids = {id(v) for v in encoder.trainable_weights} if encoder is not None else set()
             split = config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0
             if split and not encoder_ids:  # a freeze schedule that finds no encoder would silently train it all
                 raise InputError("freeze_encoder_steps / encoder_lr_scale",
-                                 f"model {model.name!r} has no encoder this schedule can find (by layer name: "
-                                 "model families fcn, mlp, unet, ternaus under their own names)")
+                                 f"model {model.name!r} has no 'encoder' sub-model to hold still (models saved "
+                                 "before encoders were sub-models: retrain or rebuild them)")
             enc_vars = [v for v in model.trainable_weights if id(v) in encoder_ids] if split else []
             rest_vars = [v for v in model.trainable_weights if id(v) not in encoder_ids] if split else list(model.trainable_weights)
             optimizer = _optimizer(config, schedule)
