@@ -41,8 +41,6 @@ def flops_per_pixel(model, size: int = 256, channels: int | None = None) -> floa
     The layer shapes come from a real forward pass on zeros, so any model built from
     Keras conv/dense layers is counted (the size is rounded up to the model's stride).
     """
-    import keras
-
     from geolabel.models import stride_of
 
     stride = stride_of(model)
