@@ -92,23 +92,27 @@ def train_unet(x: np.ndarray, y: np.ndarray, steps: int, batch: int, width: int,
     model = build_model("unet", 2, depth=3, width=width)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(steps):
-        pick = rng.integers(0, len(x), batch)
-        k = rng.integers(0, 8, batch)
-        xb, yb = [], []
-        for i, kk in zip(pick, k, strict=True):
-            img, msk = x[i], y[i][..., None]
-            if kk & 1:
-                img, msk = img[:, ::-1], msk[:, ::-1]
-            if kk & 2:
-                img, msk = img[::-1], msk[::-1]
-            if kk & 4:
-                img, msk = img.transpose(1, 0, 2), msk.transpose(1, 0, 2)
-            xb.append(img)
-            yb.append(msk[..., 0])
-        losses.append(float(model.train_on_batch(np.stack(xb), np.stack(yb))))
-    return model, losses
+
+    def batches():
+        while True:
+            xb, yb = [], []
+            for i, kk in zip(rng.integers(0, len(x), batch), rng.integers(0, 8, batch), strict=True):
+                img, msk = x[i], y[i][..., None]
+                if kk & 1:
+                    img, msk = img[:, ::-1], msk[:, ::-1]
+                if kk & 2:
+                    img, msk = img[::-1], msk[::-1]
+                if kk & 4:
+                    img, msk = img.transpose(1, 0, 2), msk.transpose(1, 0, 2)
+                xb.append(img)
+                yb.append(msk[..., 0])
+            yield np.stack(xb), np.stack(yb)
+
+    running: list[float] = []  # fit logs the epoch's running mean loss after each batch
+    log = keras.callbacks.LambdaCallback(on_train_batch_end=lambda _, logs: running.append(float(logs["loss"])))
+    model.fit(batches(), steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[log])
+    sums = np.arange(1, len(running) + 1) * np.asarray(running)
+    return model, np.diff(sums, prepend=0.0).tolist()  # each batch's own loss
 
 
 def unet_examples(city: SceneQuads, copies: int, jitter: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
