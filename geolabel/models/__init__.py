@@ -29,7 +29,6 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
-
 def build_model(name: str, num_classes: int, **config: Any) -> keras.Model:
     """Build the registered model `name` for `num_classes` classes with builder options `config`."""
     from geolabel.errors import InputError
