@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from geolabel.classes import IGNORE
 from geolabel.errors import InputError
 from geolabel.pipelines.storage import download_file, is_remote, join
 
@@ -46,21 +45,6 @@ def load_keras_model(model_uri: str | os.PathLike):
     return load_model(path)
 
 
-def iou_counts(probabilities: np.ndarray, mask: np.ndarray, class_id: int) -> tuple[int, int]:
-    """(intersection, union) pixel counts of `class_id`, pixels labelled IGNORE left out.
-
-    Args:
-        probabilities: (B, H, W, C) per-class scores.
-        mask: (B, H, W) class ids.
-        class_id: the class scored.
-    """
-    predicted = np.argmax(probabilities, axis=-1) == class_id
-    valid = mask != IGNORE
-    truth = (mask == class_id) & valid
-    predicted &= valid
-    return int(np.count_nonzero(predicted & truth)), int(np.count_nonzero(predicted | truth))
-
-
 def cumulative_iou(model, files: Iterable[str | os.PathLike], class_id: int, batch_size: int = 8) -> dict:
     """Cumulative IoU of `class_id` (Inria protocol: summed intersections / summed unions).
 
@@ -76,6 +60,7 @@ def cumulative_iou(model, files: Iterable[str | os.PathLike], class_id: int, bat
     import tensorflow as tf
 
     from geolabel.data.chips import COMPRESSION, parse_chip
+    from geolabel.metrics import confusion_matrix
     from geolabel.models import stride_of
 
     files = [str(f) for f in files]
@@ -85,15 +70,17 @@ def cumulative_iou(model, files: Iterable[str | os.PathLike], class_id: int, bat
     stride = stride_of(model)
     dataset = tf.data.TFRecordDataset(files, compression_type=COMPRESSION)
     dataset = dataset.map(lambda r: parse_chip(r, channels=channels)).batch(batch_size)
-    intersection = union = chips = 0
+    num_classes = int(model.output_shape[-1])
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    chips = 0
     for images, masks in dataset.as_numpy_iterator():
         h = images.shape[1] // stride * stride
         w = images.shape[2] // stride * stride
         probabilities = np.asarray(model(images[:, :h, :w].astype("float32"), training=False))
-        i, u = iou_counts(probabilities, masks[:, :h, :w], class_id)
-        intersection += i
-        union += u
+        confusion += confusion_matrix(masks[:, :h, :w], probabilities.argmax(-1), num_classes)
         chips += len(images)
+    intersection = int(confusion[class_id, class_id])
+    union = int(confusion[class_id].sum() + confusion[:, class_id].sum()) - intersection
     return {"iou": intersection / union if union else 0.0, "intersection": intersection, "union": union, "chips": chips}
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from geolabel.errors import InputError
 from geolabel.pipelines.config import LOCAL_BEAM_ARGS, PipelineConfig, load_pipeline_config
-from geolabel.pipelines.evaluation import bless, iou_counts
+from geolabel.pipelines.evaluation import bless
 
 SOURCE = "pretrain:\n  bbox: [39.19, -6.17, 39.2, -6.16]\n  imagery: http://127.0.0.1:9/{z}/{x}/{y}.jpg\n  zoom: 19\n"
 CLEAN = "finetune:\n  bbox: [39.19, -6.17, 39.2, -6.16]\n  imagery: img.tif\n  labels: clean.geojson\n"
@@ -57,14 +56,6 @@ def test_source_needs_exactly_one_area():
     config = PipelineConfig(pretrain={"bbox": [1, 0, 0, 1], "imagery": "x.tif"}, finetune={"bbox": [0, 0, 1, 1], "imagery": "x.tif"})
     with pytest.raises(InputError, match=r"pretrain\.bbox"):
         config.check()
-
-
-def test_iou_counts_ignore_unknown_pixels():
-    mask = np.array([[[0, 1, 1, 255]]], dtype=np.uint8)
-    probs = np.zeros((1, 1, 4, 2), np.float32)
-    probs[0, 0, :, 1] = [0.9, 0.9, 0.1, 0.9]  # predicted building at 0, 1, 3
-    probs[..., 0] = 1 - probs[..., 1]
-    assert iou_counts(probs, mask, 1) == (1, 3)  # pixel 3 is ignored
 
 
 def test_blessing_rule():
