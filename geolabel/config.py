@@ -1,12 +1,20 @@
-"""Per-command configuration: one dataclass per command, loadable from YAML, overridden by flags."""
+"""Per-command configuration: one dataclass per command, loadable from YAML, overridden by flags.
+
+Option values are checked against the dataclass's type hints by pydantic (lax mode: "3" is a
+valid int, "abc" is not), so a bad value is an error naming the file and the option before any
+work starts, not a TypeError deep inside it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from geolabel.errors import InputError
 
@@ -35,7 +43,29 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(path or "options", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if _plain(hints[name]):  # richer fields (scenes, nested sections) check themselves
+            try:
+                values[name] = TypeAdapter(hints[name]).validate_python(value)
+            except ValidationError as err:
+                raise InputError(path or "options", f"{name}: {err.errors()[0]['msg'].lower()} (got {value!r})") from None
     return cls(**values)
+
+
+_PLAIN = (int, float, str, bool, type(None), Any)
+
+
+def _plain(hint: Any) -> bool:
+    """Whether `hint` is built from scalars, lists, tuples, dicts, optionals and literals only."""
+    if hint in _PLAIN:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return True
+    if origin in (list, tuple, dict, typing.Union, types.UnionType):
+        return all(arg is Ellipsis or _plain(arg) for arg in typing.get_args(hint))
+    return False
 
 
 def dump_config(config: Any) -> str:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from geolabel.cli import cli
 from geolabel.models import load_model
-from geolabel.train import load_run_config
+from geolabel.train import load_run_config, preset_config
 
 
 def invoke(args):
@@ -127,3 +127,19 @@ def test_init_pretrained_fine_tunes_the_shipped_model_with_the_finetune_preset(a
     assert all(a.shape == b.shape for a, b in zip(tuned, shipped))
     assert any(not np.array_equal(a, b) for a, b in zip(tuned, shipped))
     assert max(float(np.abs(a - b).max()) for a, b in zip(tuned, shipped)) < 0.05  # adjusted, not relearnt
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line_naming_file_and_option(austin_dataset, tmp_path, capsys):
+    import pytest
+
+    from geolabel.cli import main
+
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("lr: fast\nepochs: 2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(config_file), "--train", str(austin_dataset), "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Error: {config_file}: lr: input should be a valid number, unable to parse string as a number (got 'fast')")
+    assert not (tmp_path / "run").exists()
+    assert preset_config("buildings", lr="0.01").lr == 0.01  # numbers as text, as flags give them, are fine
