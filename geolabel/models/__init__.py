@@ -45,9 +45,12 @@ _STRIDED = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Average
 
 
 def stride_of(model: keras.Model) -> int:
-    """The factor the input H and W must be a multiple of: the model's own `stride` when it
-    declares one (the alignment networks), else the product of its downsampling strides."""
+    """The factor the input H and W must be a multiple of: the stride the model declares (the
+    alignment networks' attribute; the segmentation builders record it in the output layer),
+    else, for models saved before strides were recorded, the product of their layers' strides."""
     declared = getattr(model, "stride", None)
+    if declared is None and getattr(model, "layers", None):
+        declared = getattr(model.layers[-1], "stride", None)
     if isinstance(declared, int) and declared > 0:
         return declared
     stride = 1

@@ -76,4 +76,4 @@ def build_fcn(
     )(x)
     logits = keras.layers.Cropping2D(CROP, name="crop")(x)
     logits = upsample_output(logits, downsample)
-    return keras.Model(inputs, softmax_output(logits), name=name)
+    return keras.Model(inputs, softmax_output(logits, 4 * downsample), name=name)

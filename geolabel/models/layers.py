@@ -209,7 +209,15 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, norm: str = "batch", s
 class ClassSoftmax(keras.layers.Layer):
     """Softmax over the last (class) axis; with two classes computed as a sigmoid of the logit
     difference: the same probabilities, at about half the cost on CPU, where the full-resolution
-    softmax is a tenth of a small model's inference time."""
+    softmax is a tenth of a small model's inference time. Carries the model's `stride` (what H
+    and W must be a multiple of), recorded by its builder and saved with the model."""
+
+    def __init__(self, stride: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.stride = stride
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "stride": self.stride}
 
     def call(self, logits):
         if logits.shape[-1] == 2:
@@ -218,9 +226,10 @@ class ClassSoftmax(keras.layers.Layer):
         return ops.softmax(logits, axis=-1)
 
 
-def softmax_output(logits):
-    """Per-pixel class probabilities, computed in float32 (safe under mixed precision)."""
-    return ClassSoftmax(dtype="float32", name="probabilities")(logits)
+def softmax_output(logits, stride: int):
+    """Per-pixel class probabilities, computed in float32 (safe under mixed precision); `stride`
+    is the model's input multiple, kept with the model (`geolabel.models.stride_of`)."""
+    return ClassSoftmax(stride, dtype="float32", name="probabilities")(logits)
 
 
 def downsample_input(x, factor: int):

@@ -75,4 +75,4 @@ def build_mlp(
     logits = keras.layers.Conv2D(num_classes, 1, name="mlp_logits")(x)
     logits = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample2")(logits)
     logits = upsample_output(logits, downsample)
-    return keras.Model(inputs, softmax_output(logits), name=name)
+    return keras.Model(inputs, softmax_output(logits, 16 * downsample), name=name)

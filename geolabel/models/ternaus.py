@@ -80,7 +80,7 @@ def build_ternaus(
     x = _conv_relu(x, w, "dec1_conv")
     logits = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
     logits = upsample_output(logits, downsample)
-    model = keras.Model(inputs, softmax_output(logits), name=name)
+    model = keras.Model(inputs, softmax_output(logits, 32 * downsample), name=name)
     if weights is not None:
         from geolabel.errors import InputError
 

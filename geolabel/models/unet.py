@@ -77,4 +77,4 @@ def build_unet(
         x = conv_bn_relu(x, filters, 3, f"dec{level}b", norm)
     logits = keras.layers.Conv2D(num_classes, 1, name="logits")(x)
     logits = upsample_output(logits, downsample)
-    return keras.Model(inputs, softmax_output(logits), name=name)
+    return keras.Model(inputs, softmax_output(logits, 2**depth * downsample), name=name)
