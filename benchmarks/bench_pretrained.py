@@ -62,7 +62,7 @@ def write_table(rows: list[dict]) -> None:
     ]
     for r in rows:
         poly = r["scores"]["polygons"]
-        lines.append(f"| {r['case']} | `{r.get('model', 'pretrained')}` | `{r['options'] or '(defaults)'}` | {r['resampled']:.2f} | {r['scores']['iou']:.3f} "
+        lines.append(f"| {r['case']} | `{r['model']}` | `{r['options'] or '(defaults)'}` | {r['resampled']:.2f} | {r['scores']['iou']:.3f} "
                      f"| {poly['precision']:.3f} | {poly['recall']:.3f} | {poly['f1']:.3f} | {r['objects']} "
                      f"| {r['seconds']:.1f} | {r['cpu_load_1min']:.1f} |")
     (RESULTS / "pretrained.md").write_text("\n".join(lines) + "\n")

@@ -28,7 +28,7 @@ from geolabel.pipelines.storage import download_file, is_remote, join, local_cop
 from geolabel.progress import logger
 
 # BudgetConfig fields -> TrainConfig fields (the rest of TrainConfig comes from budget["options"])
-_BUDGET_TO_TRAIN = ("epochs", "batch_size", "lr")  # the budget's keys are TrainConfig's
+_BUDGET_KEYS = ("epochs", "batch_size", "lr")  # named as TrainConfig names them
 
 
 def _split_dirs(patterns: list[str]) -> list[str]:
@@ -55,7 +55,7 @@ def train_config_from_fn_args(fn_args: Any, workdir: str | os.PathLike) -> Any:
     values: dict[str, Any] = {"model": model.get("name", "unet"), "model_config": dict(model.get("options") or {})}
     if custom.get("classes"):
         values["classes"] = list(custom["classes"])
-    values.update({key: budget[key] for key in _BUDGET_TO_TRAIN if budget.get(key) is not None})
+    values.update({key: budget[key] for key in _BUDGET_KEYS if budget.get(key) is not None})
     epochs = int(values.get("epochs", 1))
     steps = budget.get("steps_per_epoch") or (fn_args.train_steps // epochs if fn_args.train_steps else None)
     if steps:
