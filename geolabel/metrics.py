@@ -44,66 +44,52 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
 
 
 @keras.saving.register_keras_serializable(package="geolabel")
-class CumulativeIoU(keras.metrics.Metric):
-    """Cumulative IoU of one class (argmax of the probabilities vs class-id labels).
+class SegmentationScores(keras.metrics.Metric):
+    """`confusion_matrix` accumulated in the graph over the batches of an epoch (argmax of the
+    probabilities vs class-id labels), read as the IoU of `class_id`, the mean IoU of the classes
+    seen and pixel accuracy, as `iou_per_class` and `pixel_accuracy` compute them.
 
     Args:
-        class_id: the class scored (e.g. 1 = building).
+        num_classes: number of classes of the probabilities.
+        class_id: the class whose IoU is `iou` (e.g. 1 = building).
         ignore: label value skipped.
     """
 
-    def __init__(self, class_id: int = 1, ignore: int = IGNORE, name: str | None = None, **kwargs: Any):
-        super().__init__(name=name or f"iou_{class_id}", **kwargs)
+    def __init__(self, num_classes: int = 2, class_id: int = 1, ignore: int = IGNORE, name: str = "scores", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
         self.class_id = int(class_id)
         self.ignore = int(ignore)
-        self.intersection = self.add_variable((), initializer="zeros", name="intersection", dtype="float64")
-        self.union = self.add_variable((), initializer="zeros", name="union", dtype="float64")
+        self.confusion = self.add_variable((self.num_classes, self.num_classes), initializer="zeros",
+                                           name="confusion", dtype="float64")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        k = self.num_classes
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         pred = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
-        valid = ops.not_equal(labels, self.ignore)
-        t = ops.logical_and(ops.equal(labels, self.class_id), valid)
-        p = ops.logical_and(ops.equal(pred, self.class_id), valid)
-        inter = ops.sum(ops.cast(ops.logical_and(t, p), "float64"))
-        union = ops.sum(ops.cast(ops.logical_or(t, p), "float64"))
-        self.intersection.assign_add(inter)
-        self.union.assign_add(union)
+        valid = ops.logical_and(ops.logical_and(labels != self.ignore, labels >= 0), labels < k)
+        cell = ops.where(valid, labels * k + pred, k * k)  # skipped pixels land in a bin cut off below
+        counts = ops.bincount(cell, minlength=k * k + 1)[: k * k]
+        self.confusion.assign_add(ops.reshape(ops.cast(counts, "float64"), (k, k)))
 
-    def result(self):
-        return ops.cast(ops.divide_no_nan(self.intersection, self.union), "float32")
-
-    def reset_state(self):
-        self.intersection.assign(0.0)
-        self.union.assign(0.0)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "class_id": self.class_id, "ignore": self.ignore}
-
-
-@keras.saving.register_keras_serializable(package="geolabel")
-class PixelAccuracy(keras.metrics.Metric):
-    """Cumulative fraction of non-ignored pixels whose argmax class is right."""
-
-    def __init__(self, ignore: int = IGNORE, name: str = "pixel_accuracy", **kwargs: Any):
-        super().__init__(name=name, **kwargs)
-        self.ignore = int(ignore)
-        self.correct = self.add_variable((), initializer="zeros", name="correct", dtype="float64")
-        self.total = self.add_variable((), initializer="zeros", name="total", dtype="float64")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
-        pred = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
-        valid = ops.not_equal(labels, self.ignore)
-        self.correct.assign_add(ops.sum(ops.cast(ops.logical_and(valid, ops.equal(labels, pred)), "float64")))
-        self.total.assign_add(ops.sum(ops.cast(valid, "float64")))
-
-    def result(self):
-        return ops.cast(ops.divide_no_nan(self.correct, self.total), "float32")
+    def result(self) -> dict[str, Any]:
+        confusion = self.confusion
+        tp = ops.diagonal(confusion)
+        union = ops.sum(confusion, 0) + ops.sum(confusion, 1) - tp
+        seen = union > 0
+        iou = ops.where(seen, tp / ops.maximum(union, 1.0), float("nan"))
+        classes_seen = ops.sum(ops.cast(seen, "float64"))
+        total = ops.sum(confusion)
+        nan = ops.cast(float("nan"), "float64")
+        scores = {
+            "iou": iou[self.class_id],
+            "pixel_accuracy": ops.where(total > 0, ops.sum(tp) / ops.maximum(total, 1.0), nan),
+            "mean_iou": ops.where(classes_seen > 0, ops.sum(ops.where(seen, iou, 0.0)) / ops.maximum(classes_seen, 1.0), nan),
+        }
+        return {key: ops.cast(value, "float32") for key, value in scores.items()}
 
     def reset_state(self):
-        self.correct.assign(0.0)
-        self.total.assign(0.0)
+        self.confusion.assign(ops.zeros_like(self.confusion))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "ignore": self.ignore}
+        return {**super().get_config(), "num_classes": self.num_classes, "class_id": self.class_id, "ignore": self.ignore}

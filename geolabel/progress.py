@@ -22,7 +22,12 @@ def setup_logging(verbose: int = 0) -> None:
     logger.setLevel(level)
 
 
+def progress_bar(desc: str, total: int | None = None, unit: str = "it", iterable: Iterable[T] | None = None) -> tqdm:
+    """A progress bar to `update` by hand or iterate (silenced by GEOLABEL_NO_PROGRESS=1)."""
+    disable = os.environ.get("GEOLABEL_NO_PROGRESS") == "1"
+    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, leave=False)
+
+
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Wrap `iterable` in a progress bar (silenced by GEOLABEL_NO_PROGRESS=1)."""
-    disable = os.environ.get("GEOLABEL_NO_PROGRESS") == "1"
-    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, leave=False))
+    return iter(progress_bar(desc, total, unit, iterable))

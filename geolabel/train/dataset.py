@@ -250,11 +250,19 @@ def make_dataset(
             mask[top : top + crop, left : left + crop],
         )
 
+    def static_shape(image, mask):  # known crop sides: `fit` traces the model for them
+        return tf.ensure_shape(image, [crop, crop, channels]), tf.ensure_shape(mask, [crop, crop])
+
     if training:
-        ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(lambda i, e: static_shape(*augment(i, e)), num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=True)
     else:
-        ds = ds.map(center, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda x, y: static_shape(*center(x, y)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training)
+    if not training:  # a known length: Keras then reads the whole pass each epoch, no "ran out of data"
+        chips = sum(int(tf.data.TFRecordDataset([str(p) for p in g], compression_type=COMPRESSION)
+                        .reduce(np.int64(0), lambda n, _: n + 1)) for g in groups)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-chips // batch_size)))
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -1,19 +1,16 @@
-"""The training loop behind `geolabel train`: one run folder per training.
+"""The training run behind `geolabel train`: one run folder per training.
 
 Run folder: `config.yaml`, `model.keras` (best epoch on validation IoU), `history.csv`,
 `curves.png`, `metrics.json`, `checkpoints/` (model + optimizer state every epoch, for
-`--resume`), `logs/` (TensorBoard). A custom loop (rather than `Model.fit`) gives the
-two-stage workflow what it needs: a frozen encoder for the first steps of fine-tuning
-and a separate learning rate for the encoder, under any `tf.distribute` strategy.
+`--resume`), `logs/` (TensorBoard). The loop is Keras' `Model.fit` over a
+`geolabel.train.task.SegmentationTask`; the callbacks here keep the time budget and the
+run folder.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from geolabel.data.imagery import InputScaling
 from geolabel.errors import InputError
 from geolabel.precision import PRECISIONS
 from geolabel.pretrained import resolve_run
-from geolabel.progress import logger, progress
+from geolabel.progress import logger
 
 
 @dataclass
@@ -201,6 +198,8 @@ def _validate(config: TrainConfig) -> None:
         raise InputError("--lr", "must be > 0")
     if config.downsample < 1:
         raise InputError("--downsample", "must be >= 1")
+    if not 0 <= config.iou_class < len(config.classes):
+        raise InputError("iou_class", f"{config.iou_class} is not a class index of {config.classes}")
     if config.precision not in PRECISIONS:
         raise InputError("--precision", f"unknown precision {config.precision!r}; use {', '.join(PRECISIONS)}")
     if config.downsample > 1 and config.model_config.get("downsample", 1) != 1:
@@ -241,71 +240,6 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return load_config(TrainConfig, path)
 
 
-class _History:
-    """Epoch rows -> history.csv, curves.png and TensorBoard scalars."""
-
-    def __init__(self, run_dir: Path, rows: list[dict[str, float]]):
-        import tensorflow as tf
-
-        self.run_dir = run_dir
-        self.rows = rows
-        self.writer = tf.summary.create_file_writer(str(run_dir / "logs"))
-
-    def add(self, row: dict[str, float]) -> None:
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
-        # what tensorboard's `summary.scalar` writes, without needing the tensorboard package
-        metadata = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-        )
-        self.rows.append(row)
-        with self.writer.as_default():
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value is not None and np.isfinite(value):
-                    tf.summary.write(key, tf.constant(float(value), tf.float32), step=int(row["step"]), metadata=metadata)
-        self.writer.flush()
-        keys = list(dict.fromkeys(k for r in self.rows for k in r))
-        buffer = io.StringIO()
-        out = csv.DictWriter(buffer, fieldnames=keys)
-        out.writeheader()
-        out.writerows(self.rows)
-        write_text_atomic(self.run_dir / "history.csv", buffer.getvalue())
-        self.plot()
-
-    def plot(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [r["epoch"] for r in self.rows]
-        fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, ax in (("loss", ax_loss), ("val_loss", ax_loss), ("iou", ax_iou), ("val_iou", ax_iou)):
-            values = [r.get(key) for r in self.rows]
-            if any(v is not None and np.isfinite(v) for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", label=key)
-        for ax, title in ((ax_loss, "loss"), (ax_iou, "IoU")):
-            ax.set_xlabel("epoch")
-            ax.set_title(title)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        with atomic_path(self.run_dir / "curves.png") as tmp:
-            fig.savefig(tmp, format="png", dpi=90)
-        plt.close(fig)
-
-
-def _summarise(confusion: np.ndarray, iou_class: int, prefix: str = "") -> dict[str, float]:
-    from geolabel.metrics import iou_per_class, pixel_accuracy
-
-    ious = iou_per_class(confusion)
-    row = {f"{prefix}iou": float(ious[iou_class]) if iou_class < len(ious) else float("nan")}
-    row[f"{prefix}pixel_accuracy"] = pixel_accuracy(confusion)
-    row[f"{prefix}mean_iou"] = float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
-    return row
-
-
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train `config` into `run_dir`; returns the validation metrics written to `metrics.json`.
 
@@ -322,6 +256,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from geolabel.models import build_model, encoder_of, load_model, stride_of
     from geolabel.train.dataset import dataset_fingerprint, dataset_shards, make_dataset
     from geolabel.train.schedules import ClockSchedule, ScaledSchedule, make_schedule
+    from geolabel.train.callbacks import RunRecorder, TrainingClock
+    from geolabel.train.task import SegmentationTask
 
     _validate(config)
     run_dir = Path(run_dir)
@@ -349,6 +285,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         except InputError:
             if config.val:
                 raise
+
     def scene_stats(shards: list[Path]) -> BandStats:
         return chips_band_stats(shards).with_contrast(config.scene_contrast)
 
@@ -365,50 +302,45 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     total_steps = config.epochs * config.steps_per_epoch
     try:
         with strategy.scope():
+            model = build_model(config.model, num_classes, **config.model_config)
             if config.init:
                 source = load_model(config.init)
-                model = build_model(config.model, num_classes, **config.model_config)
                 if len(source.weights) != len(model.weights) or any(
                     tuple(a.shape) != tuple(b.shape) for a, b in zip(source.weights, model.weights)
                 ):
                     raise InputError(config.init, f"its model does not match {config.model} {config.model_config}")
                 model.set_weights(source.get_weights())
-            else:
-                model = build_model(config.model, num_classes, **config.model_config)
             stride = stride_of(model)
             val_crop = config.val_crop or config.crop
             for name, size in (("--crop", config.crop), ("--val-crop", val_crop)):
                 if size % stride:
                     raise InputError(name, f"{size} is not a multiple of the model stride {stride}")
-            base_schedule = make_schedule(config.schedule, config.lr, total_steps, config.min_lr)
             clock = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="lr_clock")
-            schedule = ClockSchedule(base_schedule, clock)
-            encoder = encoder_of(model)
-            encoder_ids = {id(v) for v in encoder.trainable_weights} if encoder is not None else set()
+            schedule = ClockSchedule(make_schedule(config.schedule, config.lr, total_steps, config.min_lr), clock)
             split = config.freeze_encoder_steps > 0 or config.encoder_lr_scale != 1.0
-            if split and not encoder_ids:  # a freeze schedule that finds no encoder would silently train it all
+            encoder = encoder_of(model)
+            if split and (encoder is None or not encoder.trainable_weights):
+                # a freeze schedule that finds no encoder would silently train it all
                 raise InputError("freeze_encoder_steps / encoder_lr_scale",
                                  f"model {model.name!r} has no 'encoder' sub-model to hold still (models saved "
                                  "before encoders were sub-models: retrain or rebuild them)")
-            enc_vars = [v for v in model.trainable_weights if id(v) in encoder_ids] if split else []
-            rest_vars = [v for v in model.trainable_weights if id(v) not in encoder_ids] if split else list(model.trainable_weights)
+            encoder_vars = list(encoder.trainable_weights) if split else []
+            encoder_optimizer = _optimizer(config, ScaledSchedule(schedule, config.encoder_lr_scale)) if split else None
             optimizer = _optimizer(config, schedule)
-            enc_optimizer = None
-            if split:
-                enc_lr = ScaledSchedule(schedule, config.encoder_lr_scale)
-                enc_optimizer = _optimizer(config, enc_lr)
             if precision == "float16":
-                # one loss scale for the whole model; encoder gradients are unscaled by hand
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(rest_vars)
-            if enc_optimizer is not None:
-                enc_optimizer.build(enc_vars)
-            loss_fn = get_loss(config.loss, config.class_weights, bootstrap=config.label_bootstrap)
+            task = SegmentationTask(model, get_loss(config.loss, config.class_weights, bootstrap=config.label_bootstrap),
+                                    num_classes, config.iou_class, encoder_vars, encoder_optimizer)
+            # XLA off: TF's oneDNN kernels are the ones that use the CPU's bf16 units
+            task.compile(optimizer=optimizer, jit_compile=False)
+            optimizer.build(task.other_variables)
+            if encoder_optimizer is not None:
+                encoder_optimizer.build(encoder_vars)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
             step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
             checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step=step_var)
-            if enc_optimizer is not None:
-                checkpoint.encoder_optimizer = enc_optimizer
+            if encoder_optimizer is not None:
+                checkpoint.encoder_optimizer = encoder_optimizer
         manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=2)
         scaling = _input_scaling(config.train, int(model.input_shape[-1]))
         if scaling is not None:
@@ -421,60 +353,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             clock.assign(float(step_var.numpy()))
             logger.info("resumed %s at epoch %d", run_dir, int(epoch_var.numpy()))
         state["datasets"] = fingerprints
-        history = _History(run_dir, state["history"])
-
-        replicas = strategy.num_replicas_in_sync
-
-        def forward(images, labels, training: bool):
-            probs = model(images, training=training)
-            loss = loss_fn(labels, probs)
-            pred = tf.argmax(probs, axis=-1, output_type=tf.int32)
-            flat = tf.reshape(tf.cast(labels, tf.int32), [-1])
-            keep = tf.not_equal(flat, 255)
-            confusion = tf.math.confusion_matrix(
-                tf.boolean_mask(flat, keep), tf.boolean_mask(tf.reshape(pred, [-1]), keep), num_classes, dtype=tf.int64
-            )
-            return loss, confusion
-
-        def make_train_step(update_encoder: bool):
-            def replica_step(images, labels):
-                with tf.GradientTape() as tape:
-                    loss, confusion = forward(images, labels, True)
-                    scaled = loss / replicas
-                    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                        scaled = optimizer.scale_loss(scaled)
-                watched = rest_vars + (enc_vars if update_encoder else [])
-                grads = tape.gradient(scaled, watched)
-                optimizer.apply(grads[: len(rest_vars)], rest_vars)
-                if update_encoder and enc_vars:
-                    enc_grads = grads[len(rest_vars) :]
-                    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                        enc_grads = [g / optimizer.dynamic_scale for g in enc_grads]
-                    enc_optimizer.apply(enc_grads, enc_vars)
-                return loss, confusion
-
-            @tf.function
-            def step(iterator):
-                loss, confusion = strategy.run(replica_step, args=next(iterator))
-                return (
-                    strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
-                    strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None),
-                )
-
-            return step
-
-        @tf.function
-        def val_step(batch):
-            loss, confusion = strategy.run(lambda x, y: forward(x, y, False), args=batch)
-            return (
-                strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, confusion, axis=None),
-            )
-
-        step_all = make_train_step(True)
-        step_frozen = make_train_step(False) if enc_vars and config.freeze_encoder_steps > 0 else step_all
-
         start_epoch = int(epoch_var.numpy())
+
         # one stream across epochs (a cached dataset is decoded once); a resumed run reseeds
         # it by the epoch it restarts at: deterministic, and no iterator state to checkpoint
         ds = make_dataset(
@@ -483,75 +363,18 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             grayscale=config.grayscale, balance=config.balance,
             downsample=config.downsample, num_classes=num_classes, cache=config.cache, band_stats=train_stats,
         )
-        iterator = iter(strategy.experimental_distribute_dataset(ds))
-        stopped = False
-        for epoch in range(start_epoch, config.epochs):
-            if stopped:
-                break
-            losses, confusion = [], np.zeros((num_classes, num_classes), np.int64)
-            started = time.perf_counter()
-            steps_done = 0
-            for _ in progress(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step"):
-                frozen = int(step_var.numpy()) < config.freeze_encoder_steps
-                loss, conf = (step_frozen if frozen else step_all)(iterator)
-                step_var.assign_add(1)
-                losses.append(float(loss))
-                confusion += conf.numpy()
-                steps_done += 1
-                elapsed = state["train_time_s"] + time.perf_counter() - started
-                position = float(step_var.numpy())
-                if config.time_limit_s is not None:
-                    # the schedule runs on the larger of steps and time used, so it completes either way
-                    position = max(position, total_steps * elapsed / max(config.time_limit_s, 1e-9))
-                clock.assign(min(position, total_steps))
-                if position >= total_steps and int(step_var.numpy()) < total_steps:
-                    logger.info("time limit %.0f s reached at step %d", config.time_limit_s, int(step_var.numpy()))
-                    stopped = True
-                    break
-            seconds = time.perf_counter() - started
-            state["train_time_s"] += seconds
-            lr_now = schedule(0)
-            row: dict[str, float] = {
-                "epoch": epoch + 1,
-                "step": int(step_var.numpy()),
-                "lr": float(lr_now),
-                "loss": float(np.mean(losses)),
-                **_summarise(confusion, config.iou_class),
-                "steps_per_s": steps_done / seconds,
-                "px_per_s": steps_done * config.batch_size * config.crop**2 / seconds,
-            }
-            if val_shards:
-                val_ds = make_dataset(
-                    val_shards, val_crop, config.batch_size, training=False, seed=config.seed,
-                    downsample=config.downsample, num_classes=num_classes, band_stats=val_stats,
-                )
-                if config.val_steps:
-                    val_ds = val_ds.take(config.val_steps)
-                val_losses, val_conf = [], np.zeros((num_classes, num_classes), np.int64)
-                for batch in strategy.experimental_distribute_dataset(val_ds):
-                    loss, conf = val_step(batch)
-                    val_losses.append(float(loss))
-                    val_conf += conf.numpy()
-                row["val_loss"] = float(np.mean(val_losses)) if val_losses else float("nan")
-                row.update(_summarise(val_conf, config.iou_class, "val_"))
-            history.add(row)
-            logger.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
-
-            score = row.get("val_iou", row["iou"])
-            score = -1.0 if not np.isfinite(score) else score
-            if score > state["best_iou"]:
-                state.update(best_iou=score, best_epoch=epoch + 1, bad_epochs=0, best_row=row)
-                with atomic_path(ckpt_dir / "best.weights.h5", suffix=".weights.h5") as tmp:
-                    model.save_weights(tmp)
-            else:
-                state["bad_epochs"] += 1
-            epoch_var.assign(epoch + 1)
-            manager.save(checkpoint_number=epoch + 1)
-            state["history"] = history.rows
-            write_text_atomic(state_path, json.dumps(state, indent=1))
-            if config.patience is not None and state["bad_epochs"] >= config.patience:
-                logger.info("early stop: no better val IoU for %d epochs", config.patience)
-                break
+        val_ds = None
+        if val_shards:
+            val_ds = make_dataset(
+                val_shards, val_crop, config.batch_size, training=False, seed=config.seed,
+                downsample=config.downsample, num_classes=num_classes, band_stats=val_stats,
+            )
+            if config.val_steps:
+                val_ds = val_ds.take(config.val_steps)
+        timer = TrainingClock(config, clock, int(step_var.numpy()), state["train_time_s"])
+        recorder = RunRecorder(config, run_dir, state, timer, schedule, checkpoint, manager, epoch_var, step_var)
+        task.fit(ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, initial_epoch=start_epoch,
+                 validation_data=val_ds, callbacks=[timer, recorder], shuffle=False, verbose=0)
 
         if (ckpt_dir / "best.weights.h5").is_file():
             model.load_weights(ckpt_dir / "best.weights.h5")
@@ -567,14 +390,14 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
         best = state.get("best_row", {})
         metrics = {
             "best_epoch": state["best_epoch"],
-            "epochs_run": len(history.rows),
-            "steps": int(step_var.numpy()),
+            "epochs_run": len(state["history"]),
+            "steps": timer.step,
             "train_time_s": state["train_time_s"],
             "selected_on": "val_iou" if val_shards else "iou (no val split)",
             **{k: v for k, v in best.items() if k.startswith("val_")},
             "train_iou_at_best": best.get("iou"),
             "classes": config.classes,
-            "iou_class": config.classes[config.iou_class] if config.iou_class < num_classes else config.iou_class,
+            "iou_class": config.classes[config.iou_class],
             "stride": stride_of(final),
             "precision": precision,
         }

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from geolabel.losses import CrossEntropy, CrossEntropyJaccard, SoftJaccard, get_loss
-from geolabel.metrics import CumulativeIoU, PixelAccuracy, confusion_matrix, iou_per_class, pixel_accuracy
+from geolabel.metrics import SegmentationScores, confusion_matrix, iou_per_class, pixel_accuracy
 
 
 def probs_from(pred: np.ndarray, confidence: float = 0.9) -> np.ndarray:
@@ -82,21 +82,25 @@ def test_losses_serialise():
     assert clone.get_config() == loss.get_config()
 
 
-def test_cumulative_iou_sums_over_batches_not_mean_of_images():
+def test_training_scores_sum_over_batches_not_mean_of_images():
     y1, p1 = np.array([[[1, 1, 0, 0]]]), np.array([[[1, 1, 0, 0]]])  # IoU 1 on 2 px
     y2, p2 = np.array([[[1, 0, 0, 0]]]), np.array([[[0, 1, 1, 1]]])  # IoU 0 on 4 px union
-    metric = CumulativeIoU(1)
+    metric = SegmentationScores(2, class_id=1)
     metric.update_state(y1, probs_from(p1))
     metric.update_state(y2, probs_from(p2))
-    assert float(metric.result()) == pytest.approx(2 / 6)
+    scores = {k: float(v) for k, v in metric.result().items()}
     confusion = confusion_matrix(np.concatenate([y1, y2]), np.concatenate([p1, p2]), 2)
-    assert iou_per_class(confusion)[1] == pytest.approx(2 / 6)
+    assert scores["iou"] == pytest.approx(2 / 6) == pytest.approx(iou_per_class(confusion)[1])
+    assert scores["mean_iou"] == pytest.approx(np.nanmean(iou_per_class(confusion)))
+    assert scores["pixel_accuracy"] == pytest.approx(pixel_accuracy(confusion))
+    metric.reset_state()
+    assert np.isnan(float(metric.result()["iou"]))
 
 
-def test_pixel_accuracy_ignores_nodata():
+def test_training_scores_ignore_nodata_as_the_raster_scores_do():
     y = np.array([[[1, 0, 255, 255]]])
     p = np.array([[[1, 1, 0, 1]]])
-    metric = PixelAccuracy()
+    metric = SegmentationScores(2)
     metric.update_state(y, probs_from(p))
-    assert float(metric.result()) == pytest.approx(0.5)
+    assert float(metric.result()["pixel_accuracy"]) == pytest.approx(0.5)
     assert pixel_accuracy(confusion_matrix(y, p, 2)) == pytest.approx(0.5)
