@@ -29,6 +29,8 @@ os.environ.setdefault("GEOLABEL_NO_PROGRESS", "1")
 
 from oam_cities import CITIES, ROOT, city_buildings, city_chips, load_city  # noqa: E402
 
+from geolabel.predict.predictor import DEFAULT_TTA, TTA_TRANSFORMS  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "out" / "generalisation"
 RUNS = ROOT / "runs"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,12 +63,12 @@ def city_dataset(city: str) -> Path:
 
 
 def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 2048, margin: int = 256,
-                 tta: bool = False, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                 tta: int = DEFAULT_TTA, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins,
     and the building probability of every pixel (uint8, x 255).
 
-    `tta` averages the 8 dihedral transforms of every tile (inference only: the training
-    budget is unchanged). The model runs as `geolabel predict` runs it (`KerasPredictor`).
+    `tta` averages that many dihedral transforms of every tile (`geolabel.predict.tta_predict`;
+    inference only: the training budget is unchanged). The model runs as `geolabel predict` runs it (`KerasPredictor`).
     """
     from geolabel.metrics import confusion_matrix
     from geolabel.predict import KerasPredictor, tta_predict
@@ -88,11 +90,22 @@ def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 204
             ph, pw = -tile.shape[0] % stride, -tile.shape[1] % stride
             tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
             batch = tile[None].astype("float32")
-            probs = (tta_predict(run, batch) if tta else run(batch))[0]
+            probs = tta_predict(run, batch, transforms=tta)[0]
             core_probs = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]]
             confusion += confusion_matrix(lab, core_probs.argmax(-1), 2)
             building[r : r + core, c : c + core] = np.round(core_probs[..., 1] * 255).astype(np.uint8)
     return confusion, building
+
+
+def transforms_of(config: dict) -> int:
+    """Test-time transforms a row was scored with (rows before `--tta N` recorded True = all 8)."""
+    tta = config.get("tta", 1)
+    return 8 if tta is True else 1 if tta is False else int(tta)
+
+
+def saved_map(run_dir: Path, tta: int) -> Path:
+    """The held-out city's building probabilities a run's scoring saved (`-tta` = all 8 transforms)."""
+    return run_dir / f"building-prob{'' if tta == 1 else '-tta' if tta == 8 else f'-tta{tta}'}.npy"
 
 
 def training_config(args: argparse.Namespace, datasets: list[str], seed: int):
@@ -168,7 +181,7 @@ def select_postprocessing(args: argparse.Namespace) -> None:
     table = {}  # (city, seed) -> {(core, area, conf): (tp, predicted, reference)}
     objects = {}  # (city, seed) -> (features, matched, counted, area, reference) of the default objects
     for r in rows:
-        saved = ROOT / r["run_dir"] / f"building-prob{'-tta' if r['config'].get('tta') else ''}.npy"
+        saved = saved_map(ROOT / r["run_dir"], transforms_of(r["config"]))
         if not saved.is_file():
             continue
         building = np.load(saved)
@@ -340,7 +353,7 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
     trained = load_run_config(run_dir)
     image, labels, source = load_scene(held_out, trained.scene_norm, trained.scene_contrast)
     known = labels != 255
-    saved = run_dir / f"building-prob{'-tta' if args.tta else ''}.npy"
+    saved = saved_map(run_dir, args.tta)
     t0 = time.perf_counter()
     if args.rescore and saved.is_file():  # the map this run's prediction saved: score it again
         building = np.load(saved)
@@ -415,7 +428,8 @@ def write_table(results: list[dict]) -> None:
         "(`TrainConfig.scene_norm`: each training city's band means and standard deviations mapped to one "
         "reference, the held-out raster mapped the same way from its own statistics); `-snm` = the same "
         "with band means only (`scene_contrast=False`: each scene keeps its contrast); `-tta` = the same "
-        "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta`: training unchanged); "
+        "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta 8`: training unchanged); "
+        "`-tta2` / `-tta4` = the same with 2 transforms (identity + mirror) / 4 (+ half turn and its mirror); "
         "`-fastgn` = the `-snm` recipe re-run with geolabel's `GroupNorm` layer (same function as Keras' "
         "GroupNormalization, 1.18x faster training step: ~2900 steps instead of ~2600 in the 10 min); "
         "`fcn-x4-...-c128` = the seed's FCN (Maggiori et al.: 4 convolutions, no normalisation) in place "
@@ -502,6 +516,11 @@ def write_table(results: list[dict]) -> None:
         cfg = dict(next(r["config"] for r in results if r["tag"] == tag))
         if tag.startswith("unet16bn"):  # recorded before GroupNorm became the U-Net default
             cfg["model_config"] = json.dumps({**json.loads(cfg["model_config"]), "norm": "batch"})
+        cfg["tta"] = transforms_of(cfg)  # always written: the default changed to the mirror pair
+        rows = [r for r in results if r["tag"] == tag]
+        cities = sorted({r["held_out"] for r in rows})
+        held_out = "all" if len(cities) == len(CITIES) else ",".join(cities)
+        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
         flags = " ".join(
             f"--{k.replace('_', '-')}" if v is True
             else f"--{k.replace('_', '-')} '{v}'" if isinstance(v, str) and " " in v
@@ -509,7 +528,7 @@ def write_table(results: list[dict]) -> None:
             for k, v in cfg.items() if v is not None and v is not False and k not in skip
         )
         note = " (schedule no longer reproducible: see above)" if tag.endswith("steplr") else ""
-        lines.append(f"- `{tag}`{note}: `.venv/bin/python benchmarks/bench_generalisation.py --tag {tag} {flags} --held-out all --seeds 0`")
+        lines.append(f"- `{tag}`{note}: `.venv/bin/python benchmarks/bench_generalisation.py --tag {tag} {flags} --held-out {held_out} --seeds {seeds}`")
     (RESULTS / "generalisation.md").write_text("\n".join(lines) + "\n")
 
 
@@ -616,7 +635,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene-means-only", action="store_const", const=True,
                         help="with --scene-norm: shift band means only (= --no-scene-contrast)")
     parser.add_argument("--precision", help="compute precision (preset: auto = bfloat16 on bf16 CPUs)")
-    parser.add_argument("--tta", action="store_true", help="score with D4 test-time augmentation")
+    parser.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=sorted(TTA_TRANSFORMS),
+                        help="dihedral transforms averaged at prediction (default: geolabel predict's; 1 = none)")
     parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
     parser.add_argument("--min-area", type=float, default=2.0, help="building objects smaller than this (m2) are dropped")
     parser.add_argument("--min-confidence", type=float, default=0.8, help="building objects less confident are dropped")

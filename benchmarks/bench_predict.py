@@ -134,7 +134,9 @@ def child(model_name: str, raster: str, out: str, window: int, batch: int, preci
     for _ in range(MODEL_ONLY_CALLS):
         fn(x)
     model_only = MODEL_ONLY_CALLS * batch * side * side / (time.perf_counter() - t0) / 1e6
-    result = predict_raster(fn, raster, out, window=window, overlap=OVERLAP, batch_size=batch, preview=True)
+    # one model pass per window (tta=1): these rows measure the model inside the predictor; the CLI rows
+    # run `geolabel predict`'s defaults, test-time mirror included
+    result = predict_raster(fn, raster, out, window=window, overlap=OVERLAP, batch_size=batch, tta=1, preview=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from geolabel.perf import flops_per_pixel
 

@@ -9,6 +9,7 @@ import click
 from geolabel.cli import output
 from geolabel.data.vectors import VECTOR_FORMATS
 from geolabel.precision import PRECISIONS
+from geolabel.predict.predictor import DEFAULT_TTA, TTA_TRANSFORMS
 from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 
 
@@ -20,7 +21,9 @@ from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
               help="Largest window side, pixels (shrunk to the smallest side that needs as many windows).")
 @click.option("--overlap", default=64, show_default=True, type=click.IntRange(0), help="Overlap of neighbouring windows, pixels.")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1), help="Windows per model call.")
-@click.option("--tta", is_flag=True, help="Average the 8 dihedral transforms (D4 test-time augmentation).")
+@click.option("--tta", default=str(DEFAULT_TTA), show_default=True, is_flag=False, flag_value="8",
+              type=click.Choice([str(n) for n in TTA_TRANSFORMS]),
+              help="Dihedral transforms averaged per window (test-time augmentation; 1 = off, --tta alone = all 8).")
 @click.option("--bands", default=None, help="Comma-separated 1-based input bands (default: the first ones).")
 @click.option("--scene-norm/--no-scene-norm", default=None,
               help="Map the input's colours to the reference first (default: as the MODEL run was trained).")
@@ -48,7 +51,7 @@ from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
               help="Resample INPUT to the resolution MODEL was trained at when its model card says it differs.")
 @click.option("--yes", is_flag=True, help="Predict an input of more than 4 gigapixels (refused otherwise, with its size).")
 def predict(
-    model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: bool,
+    model: str, input_path: str, out_dir: str, window: int, overlap: int, batch_size: int, tta: str,
     bands: str | None, scene_norm: bool | None, scene_contrast: bool | None, xla: bool, polygonizer: str | None, tolerance: float, polycnn_model: str | None, min_area: float, min_confidence: float, separate: bool,
     precision: str, endpoint: str | None, resample: bool = True,
     beam: bool = False, beam_args: str = "", vector_formats: tuple[str, ...] = ("gpkg", "geojson"), pmtiles: bool = False,
@@ -111,7 +114,7 @@ def predict(
         if pmtiles:
             raise click.UsageError("--beam writes polygons.gpkg and polygons.geojson only; drop --pmtiles")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
-                                          tta=tta, bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
+                                          tta=int(tta), bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
                                           min_confidence=min_confidence, separate=separate, scene_norm=scene_norm,
                                           scene_contrast=scene_contrast, scaling=expects.scaling)))
         return
@@ -121,7 +124,7 @@ def predict(
         start_workers_early(width, height)
     predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
-                               batch_size=batch_size, tta=tta, bands=band_list, scene_norm=scene_norm,
+                               batch_size=batch_size, tta=int(tta), bands=band_list, scene_norm=scene_norm,
                                scene_contrast=scene_contrast, tags=tags, scaling=expects.scaling)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3),

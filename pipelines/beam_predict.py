@@ -427,7 +427,7 @@ def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) 
 
 
 def predict_cli(model: str, input_path: str, out_dir: str, beam_args: str, *, window: int, overlap: int, batch_size: int,
-                tta: bool, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float,
+                tta: int, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float,
                 min_confidence: float, separate: bool, scene_norm: bool = False, scene_contrast: bool = True,
                 scaling: Any = None) -> dict:
     """What `geolabel predict ... --beam [--beam-args FLAGS]` runs; returns the summary the command prints."""

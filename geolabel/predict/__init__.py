@@ -8,6 +8,8 @@ from geolabel.predict.predictor import (
     predict_raster,
     render_preview,
     tta_predict,
+    TTA_TRANSFORMS,
+    DEFAULT_TTA,
     write_preview,
 )
 from geolabel.predict.windows import (
@@ -32,6 +34,8 @@ __all__ = [
     "predict_raster",
     "render_preview",
     "tta_predict",
+    "TTA_TRANSFORMS",
+    "DEFAULT_TTA",
     "window_geometry",
     "write_preview",
 ]

@@ -139,26 +139,47 @@ def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:
     return np.stack([dx, dy], axis=-1)
 
 
+TTA_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+DEFAULT_TTA = 2
+"""Transforms `geolabel predict` averages unless told: on unseen cities the mirror pair gains as much
+building F1 as all eight at a quarter of their cost (`benchmarks/results/generalisation.md`)."""
+"""Dihedral transforms (`_d4`'s k) averaged for each `tta` count: a subgroup each time (identity;
++ mirror; + half turn and its mirror; all of D4), so every count treats directions evenly."""
+
+
+def check_tta(tta: int) -> int:
+    """`tta` as a transform count, or InputError naming the option."""
+    if isinstance(tta, bool) or tta not in TTA_TRANSFORMS:
+        raise InputError("--tta", f"{tta!r} transforms: use one of {', '.join(map(str, TTA_TRANSFORMS))}")
+    return int(tta)
+
+
 def tta_predict(
     predict_fn: PredictFn | Callable[[list[np.ndarray]], np.ndarray],
     inputs: np.ndarray | list[np.ndarray],
     vectors: bool = False,
+    transforms: int = 8,
 ) -> np.ndarray:
-    """Mean of `predict_fn` over the 8 dihedral transforms of square windows, mapped back.
+    """Mean of `predict_fn` over `transforms` dihedral transforms of square windows (`TTA_TRANSFORMS`),
+    mapped back; 1 is the plain prediction.
 
     Args:
         inputs: a (B, H, W, C) batch, or a list of them transformed alike (image and map).
         vectors: the output is a displacement field (dx, dy): its vectors turn with the
             windows, so a bias in a fixed direction averages out instead of adding up.
+        transforms: 1, 2, 4 or 8.
     """
+    ks = TTA_TRANSFORMS[check_tta(transforms)]
+    if ks == (0,):
+        return np.asarray(predict_fn(inputs), np.float32)
     total = None
-    for k in range(8):
+    for k in ks:
         x = [_d4(a, k) for a in inputs] if isinstance(inputs, (list, tuple)) else _d4(inputs, k)
         out = _d4_inverse(np.asarray(predict_fn(x), np.float32), k)
         if vectors:
             out = _d4_vectors_inverse(out, k)
         total = out.copy() if total is None else total + out
-    return total / 8.0
+    return total / len(ks)
 
 
 # --------------------------------------------------------------------------- result
@@ -317,7 +338,7 @@ def predict_raster(
     overlap: int = 64,
     fit_to_raster: bool = True,
     batch_size: int = 1,
-    tta: bool = False,
+    tta: int = DEFAULT_TTA,
     classes: ClassMap | Sequence[str] | None = None,
     bands: Sequence[int] | None = None,
     scene_norm: bool | BandStats = False,
@@ -349,7 +370,8 @@ def predict_raster(
         batch_size: windows per `predict_fn` call (a last partial batch is padded to it). One is
             fastest on CPU: whole windows keep both cores busy, and single images take
             `GroupNorm`'s fused path.
-        tta: average over the 8 dihedral transforms (D4 test-time augmentation).
+        tta: dihedral transforms averaged per window (test-time augmentation: 1 = off, 2, 4 or 8 =
+            all of D4; `TTA_TRANSFORMS`), each one more model run.
         classes: class names or a ClassMap (default: by the number of classes predicted).
         bands: 1-based input bands fed to the model (default: the first C, C from the model).
         scene_norm: map the raster's band statistics to the reference first, as for a model
@@ -421,7 +443,7 @@ class RegionPrediction:
 
 
 def predict_region(predict_fn: PredictFn | Any, input_path: str | os.PathLike, region: Window, *, window: int = 1024,
-                   overlap: int = 64, fit_to_raster: bool = True, batch_size: int = 1, tta: bool = False,
+                   overlap: int = 64, fit_to_raster: bool = True, batch_size: int = 1, tta: int = DEFAULT_TTA,
                    classes: ClassMap | Sequence[str] | None = None, bands: Sequence[int] | None = None,
                    scene_norm: bool | BandStats = False, scene_contrast: bool = True, tile: int = 512,
                    probability_dtype: str = "uint8", queue_size: int = 3, precision: str = "auto",
@@ -492,6 +514,7 @@ def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, win
     `open_outputs(stack, grid, class_map, tags)`'s writers as they finish."""
     if probability_dtype not in ("uint8", "float32"):
         raise InputError("probability_dtype", f"must be uint8 or float32, got {probability_dtype!r}")
+    check_tta(tta)
     if batch_size < 1:
         raise InputError("--batch-size", "must be >= 1")
     if tile % 16:
@@ -616,7 +639,7 @@ def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, win
             cmap = _class_map(classes, k)
             state["cmap"] = cmap
             file_tags = {**(tags or {}), "classes": json.dumps(list(cmap.names)), "window": str(size),
-                         "overlap": str(overlap), "tta": str(bool(tta)), "software": "geolabel predict"}
+                         "overlap": str(overlap), "tta": str(tta), "software": "geolabel predict"}
             if scene_stats:
                 file_tags["scene_band_stats"] = json.dumps(scene_stats.with_contrast(scene_contrast).to_dict())
             state["file_tags"] = file_tags
@@ -659,7 +682,7 @@ def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, win
                     timings["windows_skipped"] += len(batch)
                 else:
                     t0 = time.perf_counter()
-                    probs = tta_predict(predict_fn, x) if tta else np.asarray(predict_fn(x), np.float32)
+                    probs = tta_predict(predict_fn, x, transforms=tta)
                     timings["predict"] += time.perf_counter() - t0
                     state["classes"] = probs.shape[-1]
                 if probs.shape[:3] != x.shape[:3]:

@@ -134,7 +134,7 @@ def test_in_memory_tiles_equal_a_whole_scene_run(austin, tile, margin, stride):
 
 
 def test_tiled_blended_output_equals_whole_image_run(austin, unet, tmp_path):
-    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, batch_size=3,
+    result = predict_raster(unet, austin, tmp_path, window=128, overlap=32, batch_size=3, tta=1,
                             probability_dtype="float32", precision="float32", preview=False)
     assert result.windows == 9
     tiled = _read(result.probabilities).transpose(1, 2, 0)
@@ -244,7 +244,7 @@ def test_all_nodata_windows_are_not_run(austin, tmp_path):
         calls.append(len(x))
         return predict_fn(x)
 
-    result = predict_raster(counting, path, tmp_path / "out", window=128, overlap=32, batch_size=1,
+    result = predict_raster(counting, path, tmp_path / "out", window=128, overlap=32, batch_size=1, tta=1,
                             probability_dtype="float32", precision="float32", preview=False)
     assert result.timings["windows_skipped"] > 0
     assert len(calls) + result.timings["windows_skipped"] == len(plan_windows(320, 320, 128, 32))
@@ -283,13 +283,44 @@ def test_interrupted_run_leaves_no_partial_output(austin, unet, tmp_path, error)
     assert [p.name for p in out.iterdir()] == [] if out.exists() else True
 
 
-def test_tta_equals_plain_run_for_a_pixelwise_model(austin, tmp_path):
+@pytest.mark.parametrize("transforms", [2, 8])
+def test_tta_equals_plain_run_for_a_pixelwise_model(austin, tmp_path, transforms):
     model = _pixelwise_model()
     plain = predict_raster(model, austin, tmp_path / "a", window=128, overlap=32, probability_dtype="float32", precision="float32",
                            preview=False)
     tta = predict_raster(model, austin, tmp_path / "b", window=128, overlap=32, probability_dtype="float32", precision="float32",
-                         tta=True, preview=False)
+                         tta=transforms, preview=False)
     np.testing.assert_allclose(_read(tta.probabilities), _read(plain.probabilities), atol=1e-5)
+    with pytest.raises(InputError, match="--tta"):
+        predict_raster(model, austin, tmp_path / "c", tta=True)
+
+
+def test_predict_averages_each_window_with_its_mirror_by_default(austin, tmp_path):
+    predict_fn = keras_predict_fn(_pixelwise_model(), precision="float32")
+    calls = []
+
+    def counting(x):
+        calls.append(len(x))
+        return predict_fn(x)
+
+    result = predict_raster(counting, austin, tmp_path, window=128, overlap=32, preview=False)
+    assert len(calls) == 2 * result.windows
+    with rasterio.open(result.probabilities) as src:
+        assert src.tags()["tta"] == "2"
+
+
+def test_tta_maps_each_transform_back_before_averaging():
+    """A 'model' that answers each pixel's row: a mirror keeps rows, a half turn reverses them, so
+    2 transforms (identity + mirror) give the rows back and 4 (+ half turn) their mean everywhere."""
+    from geolabel.predict import tta_predict
+
+    def rows(batch):
+        b, h, w, _ = batch.shape
+        return np.broadcast_to(np.arange(h, dtype=np.float32)[None, :, None, None], (b, h, w, 1))
+
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    np.testing.assert_allclose(tta_predict(rows, x, transforms=2), rows(x))
+    np.testing.assert_allclose(tta_predict(rows, x, transforms=4), np.full((1, 6, 6, 1), 2.5))
 
 
 def test_scene_norm_predicts_the_standardised_scene(austin, tmp_path):
