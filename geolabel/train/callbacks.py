@@ -126,10 +126,10 @@ class RunRecorder(keras.callbacks.Callback):
     SCORES = ("loss", "iou", "pixel_accuracy", "mean_iou")  # history.csv's columns, in this order
 
     def __init__(self, config: TrainConfig, run_dir: Path, state: dict[str, Any], clock: TrainingClock,
-                 schedule, checkpoint, manager, epoch_var, step_var):
+                 schedule, manager, epoch_var, step_var):
         super().__init__()
         self.config, self.run_dir, self.state, self.clock = config, run_dir, state, clock
-        self.schedule, self.checkpoint, self.manager = schedule, checkpoint, manager
+        self.schedule, self.manager = schedule, manager
         self.epoch_var, self.step_var = epoch_var, step_var
         self.history = _History(run_dir, state["history"])
 

@@ -372,7 +372,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
             if config.val_steps:
                 val_ds = val_ds.take(config.val_steps)
         timer = TrainingClock(config, clock, int(step_var.numpy()), state["train_time_s"])
-        recorder = RunRecorder(config, run_dir, state, timer, schedule, checkpoint, manager, epoch_var, step_var)
+        recorder = RunRecorder(config, run_dir, state, timer, schedule, manager, epoch_var, step_var)
         task.fit(ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, initial_epoch=start_epoch,
                  validation_data=val_ds, callbacks=[timer, recorder], shuffle=False, verbose=0)
 

@@ -91,6 +91,19 @@ def test_two_stage_freezes_encoder_then_finetunes(austin_dataset, tmp_path):
     assert load_run_config(tmp_path / "run").init == str(tmp_path / "run" / "pretrain")
 
 
+def test_encoder_moves_once_its_frozen_steps_are_done(austin_dataset, tmp_path):
+    pre = tiny(austin_dataset, epochs=1)
+    train(pre, tmp_path / "pre")
+    encoders = {}
+    for frozen in (2, 1):  # all of the 2 steps frozen, then only the first
+        fine = tiny(austin_dataset, epochs=1, freeze_encoder_steps=frozen, init=str(tmp_path / "pre"), lr=1e-2)
+        train(fine, tmp_path / f"fine{frozen}")
+        encoders[frozen] = load_model(tmp_path / f"fine{frozen}").get_layer("encoder").get_weights()
+    start = load_model(tmp_path / "pre").get_layer("encoder").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(start, encoders[2]))
+    assert not all(np.array_equal(a, b) for a, b in zip(start, encoders[1]))
+
+
 def test_mixed_precision_and_downsampled_training_save_a_float32_full_resolution_model(austin_dataset, tmp_path):
     config = tiny(austin_dataset, epochs=1, precision="bfloat16", downsample=2, crop=32, cache=True)
     train(config, tmp_path / "run")
