@@ -56,7 +56,7 @@ def score_east(run: Path, city: str) -> dict:
     image, labels, _ = load_scene(city, config.scene_norm, config.scene_contrast)
     east = labels.copy()
     east[:, : labels.shape[1] // 2] = 255
-    confusion, building = predict_city(load_model(run), image, east)
+    confusion, building = predict_city(load_model(run), image, east, valid=labels != 255)
     truth_ids, pixel_size = city_buildings(city)
     scores = building_scores(building, east != 255, truth_ids, pixel_size, min_confidence=0.8)
     return {"building_iou": float(iou_per_class(confusion)[1]), "buildings": scores}

@@ -62,39 +62,56 @@ def city_dataset(city: str) -> Path:
     return folder
 
 
-def predict_city(model, image: np.ndarray, labels: np.ndarray, window: int = 2048, margin: int = 256,
-                 tta: int = DEFAULT_TTA, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Confusion matrix of `model` over the labelled pixels of a whole raster, tiled with margins,
-    and the building probability of every pixel (uint8, x 255).
+def scene_raster(image: np.ndarray, valid: np.ndarray) -> Path:
+    """`image` as a GeoTIFF whose mask is `valid` (what `geolabel predict` reads), written once per
+    content under benchmarks/out/generalisation/rasters (cities are re-scored many times)."""
+    import hashlib
 
-    `tta` averages that many dihedral transforms of every tile (`geolabel.predict.tta_predict`;
-    inference only: the training budget is unchanged). The model runs as `geolabel predict` runs it (`KerasPredictor`).
+    import rasterio
+    from rasterio.transform import from_origin
+
+    key = hashlib.blake2b(image.tobytes(), digest_size=8)
+    key.update(np.packbits(valid).tobytes())
+    path = OUT / "rasters" / f"{key.hexdigest()}.tif"
+    if not path.is_file():
+        from geolabel.atomic import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = {"driver": "GTiff", "width": image.shape[1], "height": image.shape[0], "count": image.shape[2],
+                   "dtype": "uint8", "crs": "EPSG:3857", "transform": from_origin(0, 0, 0.075, 0.075), "tiled": True,
+                   "blockxsize": 512, "blockysize": 512, "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER"}
+        with atomic_path(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(image.transpose(2, 0, 1))
+            dst.write_mask(valid.astype(np.uint8) * 255)
+    return path
+
+
+def predict_city(model, image: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None,
+                 window: int = 1024, overlap: int = 64, tta: int = DEFAULT_TTA,
+                 precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Confusion matrix of `model` over the labelled pixels of a whole raster, and the building
+    probability of every pixel (uint8, x 255).
+
+    The raster goes through `predict_raster` as `geolabel predict` runs it (windows, blending,
+    `tta` test-time transforms, precision); `valid` (default: the labelled pixels) is its imagery
+    mask, so pixels outside it are nodata and unlabelled imagery still gives context.
     """
-    from geolabel.metrics import confusion_matrix
-    from geolabel.predict import KerasPredictor, tta_predict
+    import tempfile
 
-    run = KerasPredictor(model, precision=precision)
-    stride = run.stride
-    h, w = labels.shape
-    confusion = np.zeros((2, 2), np.int64)
-    building = np.zeros((h, w), np.uint8)
-    core = window - 2 * margin
-    for r in range(0, h, core):
-        for c in range(0, w, core):
-            lab = labels[r : r + core, c : c + core]
-            if not (lab != 255).any():
-                continue
-            r0, c0 = max(r - margin, 0), max(c - margin, 0)
-            r1, c1 = min(r + core + margin, h), min(c + core + margin, w)
-            tile = image[r0:r1, c0:c1]
-            ph, pw = -tile.shape[0] % stride, -tile.shape[1] % stride
-            tile = np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-            batch = tile[None].astype("float32")
-            probs = tta_predict(run, batch, transforms=tta)[0]
-            core_probs = probs[r - r0 : r - r0 + lab.shape[0], c - c0 : c - c0 + lab.shape[1]]
-            confusion += confusion_matrix(lab, core_probs.argmax(-1), 2)
-            building[r : r + core, c : c + core] = np.round(core_probs[..., 1] * 255).astype(np.uint8)
-    return confusion, building
+    import rasterio
+
+    from geolabel.metrics import confusion_matrix
+    from geolabel.predict import keras_predict_fn, predict_raster
+
+    raster = scene_raster(image, labels != 255 if valid is None else valid)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        result = predict_raster(keras_predict_fn(model, precision=precision), raster, tmp, window=window,
+                                overlap=overlap, tta=tta, preview=False)
+        with rasterio.open(result.classes) as src:
+            classes = src.read(1)
+        with rasterio.open(result.probabilities) as src:
+            building = src.read(2)
+    return confusion_matrix(labels, classes, 2), building
 
 
 def transforms_of(config: dict) -> int:
@@ -103,9 +120,19 @@ def transforms_of(config: dict) -> int:
     return 8 if tta is True else 1 if tta is False else int(tta)
 
 
-def saved_map(run_dir: Path, tta: int) -> Path:
-    """The held-out city's building probabilities a run's scoring saved (`-tta` = all 8 transforms)."""
-    return run_dir / f"building-prob{'' if tta == 1 else '-tta' if tta == 8 else f'-tta{tta}'}.npy"
+def saved_map(run_dir: Path, args: argparse.Namespace) -> Path:
+    """Where a run's scoring saves the held-out city's building probabilities (`predict_city`)."""
+    windows = "" if (args.window, args.overlap) == (1024, 64) else f"-w{args.window}o{args.overlap}"
+    return run_dir / f"predicted-building-tta{args.tta}{windows}.npy"
+
+
+def row_map(row: dict) -> Path:
+    """The saved map of a result row; rows scored before `predict_city` ran `predict_raster` (their
+    own tiling) name theirs by the old scheme."""
+    if "building_map" in row:
+        return ROOT / row["building_map"]
+    tta = transforms_of(row["config"])
+    return ROOT / row["run_dir"] / f"building-prob{'' if tta == 1 else '-tta' if tta == 8 else f'-tta{tta}'}.npy"
 
 
 def training_config(args: argparse.Namespace, datasets: list[str], seed: int):
@@ -181,7 +208,7 @@ def select_postprocessing(args: argparse.Namespace) -> None:
     table = {}  # (city, seed) -> {(core, area, conf): (tp, predicted, reference)}
     objects = {}  # (city, seed) -> (features, matched, counted, area, reference) of the default objects
     for r in rows:
-        saved = saved_map(ROOT / r["run_dir"], transforms_of(r["config"]))
+        saved = row_map(r)
         if not saved.is_file():
             continue
         building = np.load(saved)
@@ -353,13 +380,14 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
     trained = load_run_config(run_dir)
     image, labels, source = load_scene(held_out, trained.scene_norm, trained.scene_contrast)
     known = labels != 255
-    saved = saved_map(run_dir, args.tta)
+    saved = saved_map(run_dir, args)
     t0 = time.perf_counter()
     if args.rescore and saved.is_file():  # the map this run's prediction saved: score it again
         building = np.load(saved)
         confusion = confusion_matrix(labels, (building >= 128).astype(np.uint8), 2)
     else:
-        confusion, building = predict_city(load_model(run_dir), image, labels, tta=args.tta)
+        confusion, building = predict_city(load_model(run_dir), image, labels, window=args.window,
+                                           overlap=args.overlap, tta=args.tta)
         np.save(saved, building)
     predict_s = time.perf_counter() - t0
     ious = iou_per_class(confusion)
@@ -387,6 +415,7 @@ def evaluate_run(args: argparse.Namespace, held_out: str, seed: int, run_dir: Pa
         "steps_per_s": metrics["steps"] / metrics["train_time_s"],
         "predict_s": predict_s,
         "run_dir": str(run_dir.relative_to(ROOT)),
+        "building_map": str(saved.relative_to(ROOT)),
         "eval_source": source,
         "config": config,
         "last_epoch": history[-1] if len(history) > 1 else "",
@@ -430,6 +459,9 @@ def write_table(results: list[dict]) -> None:
         "with band means only (`scene_contrast=False`: each scene keeps its contrast); `-tta` = the same "
         "trained runs re-scored with D4 test-time augmentation (`--rescore TAG --tta 8`: training unchanged); "
         "`-tta2` / `-tta4` = the same with 2 transforms (identity + mirror) / 4 (+ half turn and its mirror); "
+        "`-predict` = scored through `predict_raster`, the windows and blending of `geolabel predict` (1024 px "
+        "windows, 64 px overlap; rows without it tiled the city themselves: 2048 px windows, 256 px margins "
+        "cut off), `-tta2` after it = with the default test-time mirror; "
         "`-fastgn` = the `-snm` recipe re-run with geolabel's `GroupNorm` layer (same function as Keras' "
         "GroupNormalization, 1.18x faster training step: ~2900 steps instead of ~2600 in the 10 min); "
         "`fcn-x4-...-c128` = the seed's FCN (Maggiori et al.: 4 convolutions, no normalisation) in place "
@@ -567,7 +599,7 @@ def two_stage(args: argparse.Namespace) -> None:
                 freeze_encoder_steps=freeze, encoder_lr_scale=enc_scale, time_limit_s=None,
             )
             metrics = train(config, run_dir)
-            confusion, _ = predict_city(load_model(run_dir), image, test_labels, window=512, margin=64)
+            confusion, _ = predict_city(load_model(run_dir), image, test_labels, window=512)
             rows.append({
                 "variant": variant, "seed": seed, "building_iou": float(iou_per_class(confusion)[1]),
                 "pixel_accuracy": pixel_accuracy(confusion), "steps": metrics["steps"],
@@ -635,6 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene-means-only", action="store_const", const=True,
                         help="with --scene-norm: shift band means only (= --no-scene-contrast)")
     parser.add_argument("--precision", help="compute precision (preset: auto = bfloat16 on bf16 CPUs)")
+    parser.add_argument("--window", type=int, default=1024, help="prediction window side (geolabel predict's default)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of prediction windows (geolabel predict's default)")
     parser.add_argument("--tta", type=int, default=DEFAULT_TTA, choices=sorted(TTA_TRANSFORMS),
                         help="dihedral transforms averaged at prediction (default: geolabel predict's; 1 = none)")
     parser.add_argument("--rescore", metavar="TAG", help="score the finished runs of TAG instead of training")
