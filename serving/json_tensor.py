@@ -189,10 +189,6 @@ def _cut(text: str, limit: int | None) -> str:
     return raw[: max(0, limit - 3)].decode("utf-8", "ignore") + "..."
 
 
-def _pretty(value: Any, level: int) -> str:
-    return "".join(_pretty_pieces(value, level))
-
-
 def _pretty_pieces(value: Any, level: int) -> Iterator[str]:
     """rapidjson's PrettyWriter output of `value`, piece by piece (so a caller can stop early)."""
     pad = "    " * (level + 1)
@@ -585,14 +581,6 @@ def _array_pieces(arr: np.ndarray, as_bytes: bool, out: list[str]) -> None:
                 out.append(sep)
             _array_pieces(arr[i], as_bytes, out)
     out.append("]")
-
-
-def array_json_items(arr: np.ndarray, as_bytes: bool = False, keep_first: bool = False) -> Any:
-    """JSON text of an array (nested lists), or with `keep_first` the list of its rows' texts."""
-    arr = np.asarray(arr)
-    if keep_first:
-        return [array_json(row, as_bytes) for row in arr]
-    return array_json(arr, as_bytes)
 
 
 def array_json(arr: np.ndarray, as_bytes: bool = False) -> str:

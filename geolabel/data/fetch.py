@@ -28,7 +28,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -500,11 +500,6 @@ def fetch_for_pipeline(source: dict, classes: list[str], out_dir: str | os.PathL
         place=source.get("place"), geocoder_url=extra.get("geocoder_url"), classes=list(classes), options=options,
         command=extra.get("command") or f"geolabel pipeline fetch {json.dumps(source, sort_keys=True, default=str)}",
     )
-
-
-def options_dict(options: FetchOptions) -> dict:
-    """FetchOptions as a plain dict (for logs and manifests)."""
-    return asdict(options)
 
 
 __all__ = ["FetchOptions", "LabelAlignment", "fetch_dataset", "fetch_for_pipeline", "fetch_imagery", "fetch_labels", "write_chips"]

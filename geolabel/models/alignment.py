@@ -229,10 +229,3 @@ class MultiscaleAligner(keras.Model):
             "focus": self.focus,
             "focus_radius": self.focus_radius,
         }
-
-
-def build_aligner(
-    scales: Sequence[int] = (8, 4, 2, 1), filters: Sequence[int] = (32, 32, 64), map_channels: int = 3
-) -> MultiscaleAligner:
-    """A MultiscaleAligner (built lazily on its first call)."""
-    return MultiscaleAligner(scales=scales, filters=filters, map_channels=map_channels)
