@@ -140,11 +140,11 @@ def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:
 
 
 TTA_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+"""Dihedral transforms (`_d4`'s k) averaged for each `tta` count: a subgroup each time (identity;
++ mirror; + half turn and its mirror; all of D4), so every count treats directions evenly."""
 DEFAULT_TTA = 2
 """Transforms `geolabel predict` averages unless told: on unseen cities the mirror pair gains as much
 building F1 as all eight at a quarter of their cost (`benchmarks/results/generalisation.md`)."""
-"""Dihedral transforms (`_d4`'s k) averaged for each `tta` count: a subgroup each time (identity;
-+ mirror; + half turn and its mirror; all of D4), so every count treats directions evenly."""
 
 
 def check_tta(tta: int) -> int:
