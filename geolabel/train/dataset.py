@@ -214,6 +214,9 @@ def make_dataset(
         for part in parts[1:]:
             ds = ds.concatenate(part)
 
+    def static_shape(image, mask):  # known crop sides: `fit` traces the model for them
+        return tf.ensure_shape(image, [crop, crop, channels]), tf.ensure_shape(mask, [crop, crop])
+
     def augment(index, example):
         image, mask = example
         image, mask = _pad_to(image, mask, crop)
@@ -239,25 +242,19 @@ def make_dataset(
             grey = tf.image.rgb_to_grayscale(image[..., :3])
             make_grey = tf.random.stateless_uniform([], seeds[7]) < grayscale
             image = tf.where(make_grey, tf.concat([tf.repeat(grey, 3, axis=-1), image[..., 3:]], axis=-1), image)
-        return image, mask
+        return static_shape(image, mask)
 
     def center(image, mask):
         image, mask = _pad_to(image, mask, crop)
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         top, left = (h - crop) // 2, (w - crop) // 2
-        return (
-            tf.cast(image[top : top + crop, left : left + crop], tf.float32),
-            mask[top : top + crop, left : left + crop],
-        )
-
-    def static_shape(image, mask):  # known crop sides: `fit` traces the model for them
-        return tf.ensure_shape(image, [crop, crop, channels]), tf.ensure_shape(mask, [crop, crop])
+        return static_shape(tf.cast(image[top : top + crop, left : left + crop], tf.float32),
+                            mask[top : top + crop, left : left + crop])
 
     if training:
-        ds = ds.enumerate().map(lambda i, e: static_shape(*augment(i, e)), num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True)
+        ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = ds.map(lambda x, y: static_shape(*center(x, y)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(center, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     if not training:  # a known length: Keras then reads the whole pass each epoch, no "ran out of data"
         chips = sum(int(tf.data.TFRecordDataset([str(p) for p in g], compression_type=COMPRESSION)
