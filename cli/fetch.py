@@ -39,19 +39,21 @@ def _label_alignment(model_path: str, downsample: int):
 @click.option("--place", help='Area of interest as a place name, geocoded through osmnx (e.g. "Virac, Catanduanes").')
 @click.option("--geocoder-url", help="Nominatim endpoint for --place (default: nominatim.openstreetmap.org).")
 @click.option("--imagery", required=True, help="XYZ/TMS/WMS URL template ({z}/{x}/{y}, {-y}, {s}, {q}, {bbox-epsg-3857}) or a local/remote GeoTIFF/COG.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML with FetchOptions fields (geolabel.data.fetch); flags override it.")
 @click.option("--zoom", type=int, help="Tile zoom level (tile and WMS sources).")
-@click.option("--tile-size", type=int, default=256, show_default=True, help="Tile side in pixels.")
-@click.option("--subdomains", default="abc", show_default=True, help="Values of {s}: letters, or a comma-separated list.")
+@click.option("--tile-size", type=int, help="Tile side in pixels (default 256).")
+@click.option("--subdomains", help="Values of {s}: letters, or a comma-separated list (default abc).")
 @click.option("--labels", default="osm", show_default=True, help='"osm" (Overpass), an .osm/.osm.bz2/.osm.pbf extract, or a vector file.')
 @click.option("--overpass-url", help="Overpass interpreter endpoint for --labels osm.")
 @click.option("--classes", default="background,building", show_default=True, help="Class names, background first (building, road, water, landuse for OSM).")
 @click.option("--class-column", help="Column of a vector label file holding class names or ids.")
-@click.option("--chip-size", type=int, default=256, show_default=True, help="Training chip side in pixels.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of spatial blocks used for validation.")
-@click.option("--split-block", type=int, default=4, show_default=True, help="Side of a train/val split block, in chips.")
-@click.option("--connections", type=int, default=8, show_default=True, help="Concurrent HTTP requests.")
-@click.option("--retries", type=int, default=6, show_default=True, help="Retries of a failing request (timeouts, 429, 5xx).")
-@click.option("--timeout", type=float, default=20.0, show_default=True, help="HTTP timeout in seconds.")
+@click.option("--chip-size", type=int, help="Training chip side in pixels (default 256).")
+@click.option("--val-fraction", type=float, help="Share of spatial blocks used for validation (default 0.2).")
+@click.option("--split-block", type=int, help="Side of a train/val split block, in chips (default 4).")
+@click.option("--connections", type=int, help="Concurrent HTTP requests (default 8).")
+@click.option("--retries", type=int, help="Retries of a failing request: timeouts, 429, 5xx (default 6).")
+@click.option("--timeout", type=float, help="HTTP timeout in seconds (default 20).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tile cache folder (default: OUT/cache/tiles).")
 @click.option("--attribution", help="Imagery attribution line for the manifest.")
 @click.option("--name", help="Dataset name written into the chips (default: the folder name).")
@@ -61,9 +63,8 @@ def _label_alignment(model_path: str, downsample: int):
               help="Average the imagery down by this factor for --align (the alignment model's training resolution).")
 @click.option("--yes", is_flag=True, help="Fetch a tile job of more than 100,000 tiles (refused otherwise, with its size).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Dataset folder (re-running resumes).")
-def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdomains, labels, overpass_url, classes, class_column,
-          chip_size, val_fraction, split_block, connections, retries, timeout, cache_dir, attribution, name,
-          align_model, align_downsample, yes, out) -> None:
+def fetch(bbox, aoi_file, place, geocoder_url, imagery, config_file, labels, classes, align_model, align_downsample, yes, out,
+          subdomains, **flags) -> None:
     """Fetch imagery and labels for an area into a dataset folder.
 
     Writes OUT/imagery.tif (COG), labels.tif, labels.gpkg, manifest.json and chips/
@@ -71,20 +72,21 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, zoom, tile_size, subdoma
     finished work. With --align, the fetched labels are kept as labels-source.gpkg and
     labels.gpkg holds them aligned to the imagery.
     """
+    from dataclasses import replace
+
     from geolabel.cli import output
+    from geolabel.config import load_config
     from geolabel.data.fetch import FetchOptions, fetch_dataset
 
-    options = FetchOptions(
-        zoom=zoom, tile_px=tile_size,
-        subdomains=tuple(s for s in (subdomains.split(",") if "," in subdomains else list(subdomains)) if s),
-        overpass_url=overpass_url, class_column=class_column, chip_size=chip_size, val_fraction=val_fraction,
-        split_block=split_block, connections=connections, retries=retries, timeout=timeout, cache_dir=cache_dir,
-        attribution=attribution, name=name, **({"max_tiles": None} if yes else {}),
-    )
+    if subdomains is not None:
+        flags["subdomains"] = [s for s in (subdomains.split(",") if "," in subdomains else subdomains) if s]
+    options = load_config(FetchOptions, config_file, **flags)
+    if yes:
+        options = replace(options, max_tiles=None)
     command = "geolabel " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fetch"):]) if "fetch" in sys.argv else None
     align = _label_alignment(align_model, align_downsample) if align_model else None
     output(out, command="fetch", marks=("manifest.json", ".fetch-state.json", "imagery.tif", "cache"),
-           inputs=(imagery, labels, aoi_file, align_model))
+           inputs=(imagery, labels, aoi_file, align_model, config_file))
     manifest = fetch_dataset(
         out, imagery, labels, bbox=bbox, aoi=aoi_file, place=place, geocoder_url=geocoder_url, classes=_classes(classes),
         options=options, command=command, align=align,

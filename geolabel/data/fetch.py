@@ -35,6 +35,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from geolabel.atomic import atomic_path, write_text_atomic
+from geolabel.config import load_config
 from geolabel.classes import IGNORE, ClassMap
 from geolabel.data import chips as chipfmt
 from geolabel.data.aoi import AOI, resolve_aoi
@@ -69,7 +70,7 @@ class FetchOptions:
 
     Args:
         zoom: tile zoom level (tile/WMS sources).
-        tile_px: tile side in pixels.
+        tile_size: tile side in pixels.
         subdomains: values of `{s}` in a tile template.
         overpass_url: Overpass endpoint for labels="osm".
         class_column: class column of a vector label file (names or ids).
@@ -91,7 +92,7 @@ class FetchOptions:
     """
 
     zoom: int | None = None
-    tile_px: int = 256
+    tile_size: int = 256
     subdomains: tuple[str, ...] = ("a", "b", "c")
     overpass_url: str | None = None
     class_column: str | None = None
@@ -112,7 +113,8 @@ class FetchOptions:
     road_widths: dict[str, float] | None = None
     max_tiles: int | None = MAX_TILES
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
+        """Checked when made, so a bad option fails before any download."""
         if self.chip_size <= 0 or self.chip_size % 16:
             raise InputError("--chip-size", f"{self.chip_size} is not a positive multiple of 16")
         if not 0 <= self.val_fraction < 1:
@@ -189,9 +191,9 @@ def fetch_imagery(imagery: str, aoi: AOI, out: Path, options: FetchOptions, clie
     if is_tile_template(imagery):
         if options.zoom is None:
             raise InputError("--zoom", "is required for a tile or WMS source")
-        template = TileTemplate(imagery, tuple(options.subdomains), options.tile_px)
+        template = TileTemplate(imagery, tuple(options.subdomains), options.tile_size)
         trange = tile_range(aoi.bbox, options.zoom)
-        size = f"{len(trange):,} tiles at zoom {trange.z} (about {_bytes(download_bytes(trange, options.tile_px))} to download)"
+        size = f"{len(trange):,} tiles at zoom {trange.z} (about {_bytes(download_bytes(trange, options.tile_size))} to download)"
         if options.max_tiles is not None and len(trange) > options.max_tiles:
             raise InputError(aoi.source, f"{size} is more than the {options.max_tiles:,} fetched without asking; "
                                          "use a smaller area or zoom, or pass --yes (max_tiles=None) to fetch it all")
@@ -200,14 +202,14 @@ def fetch_imagery(imagery: str, aoi: AOI, out: Path, options: FetchOptions, clie
         cache = TileCache(root / template.key)
         fetch_tiles(template, trange.tiles(), cache, client, total=len(trange))
         mosaic = mosaic_tiles(
-            cache, trange, out, options.tile_px, block_tiles=max(1, options.block // options.tile_px),
+            cache, trange, out, options.tile_size, block_tiles=max(1, options.block // options.tile_size),
             tags={"source": imagery, "zoom": str(trange.z)}, source=imagery,
         )
         if mosaic["tiles"] == 0:
             out.unlink(missing_ok=True)
             raise InputError(imagery, f"the server has none of the {len(trange)} tiles of the area at zoom {trange.z}")
         return {
-            "kind": "wms" if template.is_wms else "tiles", "url": imagery, "zoom": trange.z, "tile_px": options.tile_px,
+            "kind": "wms" if template.is_wms else "tiles", "url": imagery, "zoom": trange.z, "tile_px": options.tile_size,
             "tile_range": {"z": trange.z, "x": [trange.x0, trange.x1], "y": [trange.y0, trange.y1]},
             "tiles": {"total": len(trange), "present": mosaic["tiles"], "missing": mosaic["missing"]},
             "crs": "EPSG:3857",
@@ -365,14 +367,13 @@ def fetch_dataset(
             ones are kept as `labels-source.gpkg`, the aligned ones become `labels.gpkg`.
     """
     options = options or FetchOptions()
-    options.check()
     classes = classes if isinstance(classes, ClassMap) else classes_from_names(classes)
     if not imagery:
         raise InputError("--imagery", "an imagery source is required")
     if not labels:
         raise InputError("--labels", "a label source is required")
     if is_tile_template(imagery):
-        TileTemplate(imagery, tuple(options.subdomains), options.tile_px)  # fail fast on a bad template
+        TileTemplate(imagery, tuple(options.subdomains), options.tile_size)  # fail fast on a bad template
     area = resolve_aoi(bbox=bbox, aoi=aoi, place=place, geocoder_url=geocoder_url)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -384,7 +385,7 @@ def fetch_dataset(
     paths = {k: folder / f for k, f in (("imagery", "imagery.tif"), ("labels", "labels.gpkg"), ("raster", "labels.tif"), ("manifest", "manifest.json"))}
     name = options.name or folder.resolve().name
 
-    k_img = _key(FORMAT_VERSION, imagery, area.to_json(), options.zoom, options.tile_px, list(options.subdomains), options.block)
+    k_img = _key(FORMAT_VERSION, imagery, area.to_json(), options.zoom, options.tile_size, list(options.subdomains), options.block)
     img = state.done("imagery", k_img, paths["imagery"])
     if img is None:
         img = state.finish("imagery", k_img, fetch_imagery(imagery, area, paths["imagery"], options, client))
@@ -453,7 +454,7 @@ def _dataset_claim(state: _State, out_dir: str | os.PathLike, imagery: str, area
     silently replace its imagery, labels and chips (and the runs trained on them would no
     longer match their data).
     """
-    key = _key(imagery, area.to_json()["geometry"], options.zoom, options.tile_px)
+    key = _key(imagery, area.to_json()["geometry"], options.zoom, options.tile_size)
     held = state.steps.get("dataset")
     if held is not None and held["key"] != key:
         old = held["result"]
@@ -487,18 +488,13 @@ def _default_command() -> str:
 def fetch_for_pipeline(source: dict, classes: list[str], out_dir: str | os.PathLike) -> dict:
     """Run a fetch from a pipeline `SourceConfig` (as a dict) into `out_dir`; return the manifest."""
     extra = dict(source.get("options") or {})
-    allowed = {f for f in FetchOptions.__dataclass_fields__}
-    unknown = set(extra) - allowed - {"geocoder_url", "command"}
-    if unknown:
-        raise InputError("options", f"unknown fetch option(s) {', '.join(sorted(unknown))}")
-    options = FetchOptions(
-        zoom=source.get("zoom"), overpass_url=source.get("overpass_url"), chip_size=source.get("chip_size", 256),
-        **{k: v for k, v in extra.items() if k in allowed},
-    )
+    geocoder_url, command = extra.pop("geocoder_url", None), extra.pop("command", None)
+    options = load_config(FetchOptions, zoom=source.get("zoom"), overpass_url=source.get("overpass_url"),
+                          chip_size=source.get("chip_size"), **extra)
     return fetch_dataset(
         out_dir, source.get("imagery"), source.get("labels", "osm"), bbox=source.get("bbox"), aoi=source.get("aoi"),
-        place=source.get("place"), geocoder_url=extra.get("geocoder_url"), classes=list(classes), options=options,
-        command=extra.get("command") or f"geolabel pipeline fetch {json.dumps(source, sort_keys=True, default=str)}",
+        place=source.get("place"), geocoder_url=geocoder_url, classes=list(classes), options=options,
+        command=command or f"geolabel pipeline fetch {json.dumps(source, sort_keys=True, default=str)}",
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from click.testing import CliRunner
 
@@ -16,9 +18,11 @@ VIRAC = TileRange(21, 1772464, 966380, 1772467, 966383)
 def test_fetch_command_writes_a_dataset(shared_data, tmp_path):
     city = shared_data / "oam-osm" / "virac-ph"
     bbox = ",".join(repr(v) for v in VIRAC.bounds_lonlat())
+    config = tmp_path / "fetch.yaml"
+    config.write_text("zoom: 19\nsplit_block: 1\n")  # a flag overrides the file: zoom 21
     with TileServer(city / "tiles") as server:
-        args = ["fetch", "--bbox", bbox, "--imagery", server.template("jpg"), "--zoom", "21",
-                "--labels", str(city / "osm-buildings.geojson"), "--split-block", "1", "-o", str(tmp_path / "ds")]
+        args = ["fetch", "--bbox", bbox, "--imagery", server.template("jpg"), "--zoom", "21", "--config", str(config),
+                "--labels", str(city / "osm-buildings.geojson"), "-o", str(tmp_path / "ds")]
         result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "chips train 13 val 3" in result.output
@@ -31,6 +35,20 @@ def test_fetch_command_reports_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["fetch", "--bbox", "0,0,1,1", "--imagery", "http://127.0.0.1:9/tiles.png", "-o", str(tmp_path)])
     assert result.exit_code != 0
     assert "not a readable raster" in str(result.exception) or "not a readable raster" in result.output
+
+
+def test_fetch_options_are_checked_before_any_work(tmp_path):
+    config = tmp_path / "fetch.yaml"
+    config.write_text("chip_size: 128\ntile_px: 512\n")
+    args = ["fetch", "--bbox", "0,0,1,1", "--imagery", "http://127.0.0.1:9/{z}/{x}/{y}.png", "--config", str(config),
+            "-o", str(tmp_path / "ds")]
+    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"{config}: unknown option(s) tile_px" in result.stderr and "Traceback" not in result.stderr
+    config.write_text("chip_size: 100\n")
+    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--chip-size: 100 is not a positive multiple of 16" in result.stderr
+    assert not (tmp_path / "ds").exists()
 
 
 def test_fetch_for_pipeline_takes_a_source_config(shared_data, tmp_path):
