@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geolabel.precision import EXPORT_PRECISIONS
+
 
 @click.command("export")
 @click.argument("run")
@@ -15,6 +17,8 @@ import click
 )
 @click.option("--model-name", default="geolabel", show_default=True, help="Model name written in the warm-up requests.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default="float32", show_default=True,
+              help="Compute type of the segmentation graph: bfloat16 for servers whose CPUs have AMX, float16 for GPU servers.")
 def export(
     run: str,
     out_base: str,
@@ -23,6 +27,7 @@ def export(
     align_update_run: str | None,
     model_name: str,
     overwrite: bool,
+    precision: str,
 ) -> None:
     """Export RUN (a run folder, a .keras file or `pretrained`) to OUT/VERSION as a SavedModel that TF Serving loads."""
     from geolabel.cli import output
@@ -37,5 +42,6 @@ def export(
         align_update_run=align_update_run,
         model_name=model_name,
         overwrite=overwrite,
+        precision=precision,
     )
     click.echo(f"wrote {path}")

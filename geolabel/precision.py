@@ -16,6 +16,9 @@ from typing import Any
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 """Spellings accepted by `TrainConfig.precision`, `geolabel predict --precision`."""
 
+EXPORT_PRECISIONS = ("float32", "bfloat16", "float16")
+"""What `geolabel export --precision` takes: "auto" would mean the exporting machine, not the server."""
+
 _POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16", "float32": "float32"}
 _BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
 

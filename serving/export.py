@@ -261,11 +261,14 @@ def export_saved_model(
     model_name: str = "geolabel",
     overwrite: bool = False,
     expects: Any = None,
+    precision: str = "float32",
 ) -> Path:
     """Write `model` (and optional PolyCNN / align-update models) as `out_base/version/`.
 
     `expects` (a `RunInputs`, default: pixels as they are) is the run's input contract, put
-    into every segmentation signature.
+    into every segmentation signature. `precision` is the segmentation graph's compute type:
+    float32 runs anywhere; bfloat16 is for servers whose CPUs have bf16 units (AMX), float16
+    for GPU servers (probabilities stay float32 either way).
 
     The version folder is assembled under a hidden temporary name beside it and renamed
     into place at the end, so a polling server never sees a half-written version.
@@ -273,7 +276,7 @@ def export_saved_model(
     """
     with _symbolic_resize():
         return _export(model, out_base, version, polycnn, align_update, class_names, sources, model_name, overwrite,
-                       expects)
+                       expects, precision)
 
 
 def _export(
@@ -287,16 +290,20 @@ def _export(
     model_name: str,
     overwrite: bool,
     expects: Any,
+    precision: str,
 ) -> Path:
     import keras
     import numpy as np
     import tensorflow as tf
 
     from geolabel.models import stride_of
+    from geolabel.precision import EXPORT_PRECISIONS, with_precision
     from geolabel.predict.fused import with_portable_rewrites
     from geolabel.predict.run_inputs import RunInputs
 
     expects = expects or RunInputs()
+    if precision not in EXPORT_PRECISIONS:
+        raise InputError("--precision", f"must be one of {', '.join(EXPORT_PRECISIONS)}, not {precision!r}")
 
     if int(version) < 0:
         raise InputError("--version", f"must be a non-negative integer, got {version}")
@@ -309,7 +316,7 @@ def _export(
     stride = stride_of(model)
     bands = int(model.input_shape[-1])
     num_classes = int(model.output_shape[-1])
-    model = with_portable_rewrites(model)  # the predictor's exact rewrites; TF Serving runs their ops
+    model = with_portable_rewrites(with_precision(model, precision))  # the predictor's rewrites: plain TF ops
     if bands not in (1, 3, 4):
         logger.warning("model has %d bands: the serving_bytes signature decodes only 1, 3 or 4", bands)
     min_size = min_input_size(
@@ -424,6 +431,7 @@ def _export(
             "inputs": {"scene_norm": expects.scene_norm, "scene_contrast": expects.scene_contrast,
                        "scaling": expects.scaling.to_dict() if expects.scaling else None},
             "num_classes": num_classes,
+            "precision": precision,
             "class_names": list(class_names) if class_names else None,
             "signatures": signatures,
             "sources": dict(sources or {}),
@@ -450,6 +458,7 @@ def export_run(
     align_update_run: str | os.PathLike | None = None,
     model_name: str = "geolabel",
     overwrite: bool = False,
+    precision: str = "float32",
 ) -> Path:
     """Load the runs (folders, `.keras` files or `pretrained`) and export them; see `export_saved_model`."""
     from geolabel.models import load_model
@@ -474,6 +483,7 @@ def export_run(
         model_name=model_name,
         overwrite=overwrite,
         expects=RunInputs.of(run),
+        precision=precision,
     )
 
 
