@@ -38,26 +38,30 @@ def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFA
             of the thinner piece's width (`_merge_wide_junctions`).
     """
     mask = np.asarray(mask, bool)
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
     distance = ndimage.distance_transform_edt(mask)
     core_px = core_m / pixel_size
-    markers, n = ndimage.label(distance >= core_px)
     blobs, n_blobs = ndimage.label(mask)
-    # blobs with no core keep their own id (the watershed would give them to the background)
-    has_core = np.zeros(n_blobs + 1, bool)
-    has_core[np.unique(blobs[markers > 0])] = True
-    coreless = ~has_core[blobs] & mask
-    markers[coreless] = blobs[coreless] + n
-    background = n + n_blobs + 1
-    markers[~mask] = background
-    if n <= 1:  # nothing to split: one core per blob at most
-        return np.where(mask, blobs, 0).astype(np.int32)
-    # flood from the cores downhill in distance; the background is its own (fixed) basin
-    cost = np.round((1.0 - np.minimum(distance, core_px) / core_px) * 65535).astype(np.uint16)
-    labels = ndimage.watershed_ift(cost, markers.astype(np.int32))
-    labels[~mask] = 0
-    return _merge_wide_junctions(labels.astype(np.int32), distance, neck_ratio)
+    cores, n_cores = ndimage.label(distance >= core_px)
+    core_blob = np.zeros(n_cores + 1, np.int64)
+    core_blob[cores] = blobs  # every core lies inside one blob
+    split = np.flatnonzero(np.bincount(core_blob[1:], minlength=n_blobs + 1) >= 2)
+    instances = blobs.astype(np.int32)  # a blob with one core or none is one building
+    boxes, next_id = ndimage.find_objects(blobs), n_blobs + 1
+    for blob in split:  # only blobs with several cores are flooded: few, and small next to the block
+        rows, cols = boxes[blob - 1]
+        box = (slice(max(rows.start - 1, 0), rows.stop + 1), slice(max(cols.start - 1, 0), cols.stop + 1))
+        inside = blobs[box] == blob
+        own = np.flatnonzero(core_blob == blob)
+        local = np.zeros(n_cores + 1, np.int32)
+        local[own] = np.arange(1, len(own) + 1)
+        # flood from the cores downhill in distance; the blob's surroundings are one fixed basin
+        markers = np.where(inside, local[cores[box]], len(own) + 1).astype(np.int32)
+        cost = np.round((1.0 - np.minimum(distance[box], core_px) / core_px) * 65535).astype(np.uint16)
+        pieces = np.where(inside, ndimage.watershed_ift(cost, markers), 0).astype(np.int32)
+        pieces = _merge_wide_junctions(pieces, distance[box], neck_ratio)
+        instances[box][inside] = pieces[inside] + (next_id - 1)
+        next_id += len(own)
+    return instances
 
 
 def _merge_wide_junctions(labels: np.ndarray, distance: np.ndarray, neck_ratio: float) -> np.ndarray:

@@ -68,3 +68,15 @@ def test_polygons_of_a_class_raster_are_one_per_building(kampala, tmp_path):
     split = polygonize_raster(path, method="dp", min_area=2.0)  # separation is the default
     assert len(merged) < len(split) <= len(polygons)
     assert polygon_scores(split.geometry, polygons)["f1"] > polygon_scores(merged.geometry, polygons)["f1"] + 0.1
+
+
+def test_no_blob_is_lost_to_a_neighbours_flood(shared_data):
+    """Each blob is split on its own. Flooded together, cores reached other blobs across the
+    background, and carving (which keeps each id's largest piece) then dropped whole blobs: 24 of
+    the 23,270 bright regions of the real Austin image below."""
+    with rasterio.open(shared_data / "inria-austin" / "image.tif") as src:
+        grey = src.read().astype(np.float32).mean(axis=0)
+    mask = grey > np.percentile(grey, 60)
+    blobs, n_blobs = ndimage.label(mask)
+    kept = carve_instances(building_instances(mask, PIXEL))
+    assert (np.bincount(blobs[kept], minlength=n_blobs + 1)[1:] > 0).all()
