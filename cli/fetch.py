@@ -64,7 +64,7 @@ def _label_alignment(model_path: str, downsample: int):
 @click.option("--yes", is_flag=True, help="Fetch a tile job of more than 100,000 tiles (refused otherwise, with its size).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Dataset folder (re-running resumes).")
 def fetch(bbox, aoi_file, place, geocoder_url, imagery, config_file, labels, classes, align_model, align_downsample, yes, out,
-          subdomains, **flags) -> None:
+          **flags) -> None:
     """Fetch imagery and labels for an area into a dataset folder.
 
     Writes OUT/imagery.tif (COG), labels.tif, labels.gpkg, manifest.json and chips/
@@ -78,8 +78,6 @@ def fetch(bbox, aoi_file, place, geocoder_url, imagery, config_file, labels, cla
     from geolabel.config import load_config
     from geolabel.data.fetch import FetchOptions, fetch_dataset
 
-    if subdomains is not None:
-        flags["subdomains"] = [s for s in (subdomains.split(",") if "," in subdomains else subdomains) if s]
     options = load_config(FetchOptions, config_file, **flags)
     if yes:
         options = replace(options, max_tiles=None)

@@ -21,12 +21,14 @@ from geolabel.errors import InputError
 C = TypeVar("C")
 
 
-def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides: Any) -> C:
-    """Build `cls` from defaults, then the YAML file at `path`, then non-None `overrides`.
+def load_config(cls: type[C], path: str | os.PathLike | None = None, *, values: dict[str, Any] | None = None,
+                **overrides: Any) -> C:
+    """Build `cls` from defaults, then the YAML file at `path`, then `values` (a mapping from
+    another config, None kept: `max_tiles: null` means no limit), then non-None `overrides` (flags).
 
-    Unknown keys in the file are an error that names the file and the key.
+    Unknown keys are an error that names the file (or "options") and the key.
     """
-    values: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
@@ -37,20 +39,21 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides
             raise InputError(path, f"not valid YAML ({err})") from err
         if not isinstance(loaded, dict):
             raise InputError(path, "config must be a mapping of option names to values")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        merged.update(loaded)
+    merged.update(values or {})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(merged) - known)
     if unknown:
         raise InputError(path or "options", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     hints = typing.get_type_hints(cls)
-    for name, value in values.items():
+    for name, value in merged.items():
         if _plain(hints[name]):  # richer fields (scenes, nested sections) check themselves
             try:
-                values[name] = TypeAdapter(hints[name]).validate_python(value)
+                merged[name] = TypeAdapter(hints[name]).validate_python(value)
             except ValidationError as err:
                 raise InputError(path or "options", f"{name}: {err.errors()[0]['msg'].lower()} (got {value!r})") from None
-    return cls(**values)
+    return cls(**merged)
 
 
 _PLAIN = (int, float, str, bool, type(None), Any)

@@ -316,7 +316,10 @@ def _export(
     stride = stride_of(model)
     bands = int(model.input_shape[-1])
     num_classes = int(model.output_shape[-1])
-    model = with_portable_rewrites(with_precision(model, precision))  # the predictor's rewrites: plain TF ops
+    computing = with_precision(model, precision)
+    if precision != "float32" and computing is model:
+        raise InputError("--precision", f"{model.name} cannot be rebuilt layer by layer in {precision}: export it in float32")
+    model = with_portable_rewrites(computing)  # the predictor's rewrites: plain TF ops
     if bands not in (1, 3, 4):
         logger.warning("model has %d bands: the serving_bytes signature decodes only 1, 3 or 4", bands)
     min_size = min_input_size(

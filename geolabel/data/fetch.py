@@ -71,7 +71,8 @@ class FetchOptions:
     Args:
         zoom: tile zoom level (tile/WMS sources).
         tile_size: tile side in pixels.
-        subdomains: values of `{s}` in a tile template.
+        subdomains: values of `{s}` in a tile template: a list, or one string of letters ("abc")
+            or of comma-separated values ("a1,a2").
         overpass_url: Overpass endpoint for labels="osm".
         class_column: class column of a vector label file (names or ids).
         default_class: class of every feature of a vector file without a class column.
@@ -93,7 +94,7 @@ class FetchOptions:
 
     zoom: int | None = None
     tile_size: int = 256
-    subdomains: tuple[str, ...] = ("a", "b", "c")
+    subdomains: tuple[str, ...] | str = ("a", "b", "c")
     overpass_url: str | None = None
     class_column: str | None = None
     default_class: str | None = None
@@ -115,6 +116,9 @@ class FetchOptions:
 
     def __post_init__(self) -> None:
         """Checked when made, so a bad option fails before any download."""
+        if isinstance(self.subdomains, str):
+            self.subdomains = tuple(self.subdomains.split(",") if "," in self.subdomains else self.subdomains)
+        self.subdomains = tuple(s for s in self.subdomains if s)
         if self.chip_size <= 0 or self.chip_size % 16:
             raise InputError("--chip-size", f"{self.chip_size} is not a positive multiple of 16")
         if not 0 <= self.val_fraction < 1:
@@ -489,8 +493,8 @@ def fetch_for_pipeline(source: dict, classes: list[str], out_dir: str | os.PathL
     """Run a fetch from a pipeline `SourceConfig` (as a dict) into `out_dir`; return the manifest."""
     extra = dict(source.get("options") or {})
     geocoder_url, command = extra.pop("geocoder_url", None), extra.pop("command", None)
-    options = load_config(FetchOptions, zoom=source.get("zoom"), overpass_url=source.get("overpass_url"),
-                          chip_size=source.get("chip_size"), **extra)
+    options = load_config(FetchOptions, values=extra, zoom=source.get("zoom"), overpass_url=source.get("overpass_url"),
+                          chip_size=source.get("chip_size"))
     return fetch_dataset(
         out_dir, source.get("imagery"), source.get("labels", "osm"), bbox=source.get("bbox"), aoi=source.get("aoi"),
         place=source.get("place"), geocoder_url=geocoder_url, classes=list(classes), options=options,

@@ -42,13 +42,23 @@ def test_fetch_options_are_checked_before_any_work(tmp_path):
     config.write_text("chip_size: 128\ntile_px: 512\n")
     args = ["fetch", "--bbox", "0,0,1,1", "--imagery", "http://127.0.0.1:9/{z}/{x}/{y}.png", "--config", str(config),
             "-o", str(tmp_path / "ds")]
-    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     assert f"{config}: unknown option(s) tile_px" in result.stderr and "Traceback" not in result.stderr
     config.write_text("chip_size: 100\n")
-    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--chip-size: 100 is not a positive multiple of 16" in result.stderr
     assert not (tmp_path / "ds").exists()
+
+
+def test_pipeline_fetch_options_keep_null_and_subdomain_strings():
+    from geolabel.config import load_config
+    from geolabel.data.fetch import FetchOptions
+
+    options = load_config(FetchOptions, values={"max_tiles": None, "subdomains": "a1,a2"}, chip_size=128)
+    assert options.max_tiles is None  # a pipeline's `max_tiles: null` lifts the tile limit, as `fetch --yes`
+    assert options.subdomains == ("a1", "a2") and options.chip_size == 128
+    assert load_config(FetchOptions, subdomains="abc").subdomains == ("a", "b", "c")
 
 
 def test_fetch_for_pipeline_takes_a_source_config(shared_data, tmp_path):
