@@ -54,20 +54,30 @@ def building_instances(mask: np.ndarray, pixel_size: float, core_m: float = DEFA
     for blob, start, end in zip(split, starts, ends):  # only blobs with several cores are flooded: few, and small
         own = by_blob[start:end]
         box = boxes[blob - 1]
-        # a ring of background all round: scipy's flood steps from a row's end to the next row's start
         inside, near = np.pad(blobs[box] == blob, 1), np.pad(distance[box], 1)
         local[own] = np.arange(1, len(own) + 1)
-        # flood from the cores downhill in distance; the blob's surroundings are one fixed basin
-        markers = np.where(inside, local[np.pad(cores[box], 1)], len(own) + 1).astype(np.int32)
-        cost = np.round((1.0 - np.minimum(near, core_px) / core_px) * 65535).astype(np.uint16)
-        pieces = ndimage.watershed_ift(cost, markers).astype(np.int32)
-        pieces[~inside | (pieces > len(own))] = 0
+        pieces = _flood(np.where(inside, local[np.pad(cores[box], 1)], 0), near, inside, core_px)
         pieces = _merge_wide_junctions(pieces, near, neck_ratio)[1:-1, 1:-1]
         inside = inside[1:-1, 1:-1]
-        # a pixel no core reached (none in the tests' real masks) keeps the blob id, free since the blob was split
-        instances[box][inside] = np.where(pieces[inside] > 0, pieces[inside] + (next_id - 1), blob)
+        instances[box][inside] = pieces[inside] + (next_id - 1)
         next_id += len(own)
     return instances
+
+
+def _flood(seeds: np.ndarray, distance: np.ndarray, inside: np.ndarray, core_px: float) -> np.ndarray:
+    """Watershed of one blob (`inside`, padded by a ring of outside pixels) from its cores
+    (`seeds`): each pixel joins the core whose flood reaches it first as the level falls from
+    the cores to the blob's edge (depth = `distance`, clipped at `core_px`).
+
+    `ndimage.watershed_ift` weighs a step by the difference of the two pixels' values, so the
+    depth goes on the black squares of a checkerboard and 0 on the white ones: every 4-neighbour
+    step then weighs the depth of its black pixel, and a path its deepest-reaching level. Outside
+    pixels weigh more than any inside step, so no flood leaves the blob.
+    """
+    rows, cols = np.indices(inside.shape)
+    depth = np.round((1.0 - np.minimum(distance, core_px) / core_px) * 32767).astype(np.uint16)
+    levels = np.where(inside, np.where((rows + cols) % 2 == 0, depth, 0), 65535).astype(np.uint16)
+    return np.where(inside, ndimage.watershed_ift(levels, seeds.astype(np.int32)), 0).astype(np.int32)
 
 
 def _merge_wide_junctions(labels: np.ndarray, distance: np.ndarray, neck_ratio: float) -> np.ndarray:
