@@ -80,3 +80,17 @@ def test_no_blob_is_lost_to_a_neighbours_flood(shared_data):
     blobs, n_blobs = ndimage.label(mask)
     kept = carve_instances(building_instances(mask, PIXEL))
     assert (np.bincount(blobs[kept], minlength=n_blobs + 1)[1:] > 0).all()
+
+
+@pytest.mark.parametrize("pixel", [0.3, 0.075])
+def test_two_buildings_joined_by_a_neck_split_at_the_neck(pixel):
+    """Each core floods downhill: the split falls in the neck, each building keeps all of itself."""
+    side = round(3.6 / pixel)  # two 3.6 m squares, 3 m apart, joined by a 0.6 m wide neck
+    mask = np.zeros((side + 10, 2 * side + round(3 / pixel) + 10), bool)
+    left, right = np.s_[5:5 + side, 5:5 + side], np.s_[5:5 + side, 5 + side + round(3 / pixel):-5]
+    mask[left] = mask[right] = True
+    neck = max(1, round(0.3 / pixel))
+    mask[5 + side // 2 - neck:5 + side // 2 + neck, 5 + side:-5 - side] = True
+    instances = building_instances(mask, pixel)
+    assert len(np.unique(instances[left])) == len(np.unique(instances[right])) == 1
+    assert instances[left][0, 0] != instances[right][0, 0]
