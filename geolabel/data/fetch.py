@@ -35,8 +35,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from geolabel.atomic import atomic_path, write_text_atomic
-from geolabel.config import load_config
 from geolabel.classes import IGNORE, ClassMap
+from geolabel.config import load_config
 from geolabel.data import chips as chipfmt
 from geolabel.data.aoi import AOI, resolve_aoi
 from geolabel.data.http import HttpClient
