@@ -119,7 +119,7 @@ against the OSM buildings (objects under 2 m2 or mean probability 0.8 dropped); 
 labelling the whole city in 2048 px blocks (the maps are deterministic, only the cpu s depend on the machine).
 Up to b93c95f the whole block was flooded with `ndimage.watershed_ift` on the clipped distance, where every
 step weighed about the same, so the queue order decided which core took a pixel and a flood could reach
-other blobs; since c7cb554 each blob with several cores is flooded alone, downhill
+other blobs; since a0d4b11 each blob with several cores is flooded alone, downhill
 (`geolabel.vectorize.separate._flood`)."""
 
 if __name__ == "__main__":
