@@ -23,12 +23,15 @@ C = TypeVar("C")
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None, *, values: dict[str, Any] | None = None,
                 **overrides: Any) -> C:
-    """Build `cls` from defaults, then the YAML file at `path`, then `values` (a mapping from
-    another config, None kept: `max_tiles: null` means no limit), then non-None `overrides` (flags).
+    """Build `cls` from defaults, then `values` (a preset or another config's mapping, None kept:
+    `max_tiles: null` means no limit), then the YAML file at `path`, then non-None `overrides` (flags).
 
-    Unknown keys are an error that names the file (or "options") and the key.
+    A bad option is an error naming where its value came from: the flag (`--chip-size`), or the
+    file and the key (`fetch.yaml: chip_size: ...`). Checks in `cls.__post_init__` name the flag
+    (or the field); they are moved onto the file when the value came from it.
     """
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(values or {})
+    from_file: set[str] = set()
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
@@ -40,20 +43,34 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, *, values: 
         if not isinstance(loaded, dict):
             raise InputError(path, "config must be a mapping of option names to values")
         merged.update(loaded)
-    merged.update(values or {})
-    merged.update({k: v for k, v in overrides.items() if v is not None})
+        from_file = set(loaded)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    merged.update(flags)
+    from_file -= set(flags)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(merged) - known)
     if unknown:
         raise InputError(path or "options", f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+    def origin(name: str, reason: str) -> InputError:
+        if name in flags:
+            return InputError(f"--{name.replace('_', '-')}", reason)
+        return InputError(path if name in from_file else "options", f"{name}: {reason}")
+
     hints = typing.get_type_hints(cls)
     for name, value in merged.items():
         if _plain(hints[name]):  # richer fields (scenes, nested sections) check themselves
             try:
                 merged[name] = TypeAdapter(hints[name]).validate_python(value)
             except ValidationError as err:
-                raise InputError(path or "options", f"{name}: {err.errors()[0]['msg'].lower()} (got {value!r})") from None
-    return cls(**merged)
+                raise origin(name, f"{err.errors()[0]['msg'].lower()} (got {value!r})") from None
+    try:
+        return cls(**merged)
+    except InputError as err:
+        name = err.source.removeprefix("--").replace("-", "_")
+        if name in from_file:
+            raise origin(name, err.reason) from None
+        raise
 
 
 _PLAIN = (int, float, str, bool, type(None), Any)

@@ -120,6 +120,22 @@ class TrainConfig:
     scene_norm: bool = False
     scene_contrast: bool = True
 
+    def __post_init__(self) -> None:
+        """Checked when made, so a bad option fails before any data is read."""
+        for name in ("crop", "batch_size", "epochs", "steps_per_epoch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')}", "must be >= 1")
+        if self.lr <= 0:
+            raise InputError("--lr", "must be > 0")
+        if self.downsample < 1:
+            raise InputError("--downsample", "must be >= 1")
+        if not 0 <= self.iou_class < len(self.classes):
+            raise InputError("iou_class", f"{self.iou_class} is not a class index of {self.classes}")
+        if self.precision not in PRECISIONS:
+            raise InputError("--precision", f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        if self.downsample > 1 and self.model_config.get("downsample", 1) != 1:
+            raise InputError("--downsample", "give the factor either to the trainer or in model_config, not both")
+
 
 PRESETS = Path(__file__).parent / "presets"
 DEFAULT_PRESET = "buildings"
@@ -151,16 +167,8 @@ def preset_config(name: str | None = DEFAULT_PRESET, config_file: str | Path | N
 
     A preset may start from another with `extends: NAME` and change only what differs.
     """
-    import yaml
-
-    values = {}
-    if name not in (None, "none"):
-        values.update(_preset_values(name))
-    if config_file is not None:
-        load_config(TrainConfig, config_file)  # names the file and the key of a bad option
-        values.update(yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return load_config(TrainConfig, **values)
+    preset = _preset_values(name) if name not in (None, "none") else {}
+    return load_config(TrainConfig, config_file, values=preset, **overrides)
 
 
 def choose_strategy():
@@ -186,24 +194,6 @@ def _optimizer(config: TrainConfig, lr):
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum, weight_decay=config.weight_decay or None)
     raise InputError("--optimizer", f"unknown optimizer {config.optimizer!r}; use adamw or sgd")
-
-
-def _validate(config: TrainConfig) -> None:
-    if not config.train:
-        raise InputError("--train", "no training dataset given")
-    for name in ("crop", "batch_size", "epochs", "steps_per_epoch"):
-        if getattr(config, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')}", "must be >= 1")
-    if config.lr <= 0:
-        raise InputError("--lr", "must be > 0")
-    if config.downsample < 1:
-        raise InputError("--downsample", "must be >= 1")
-    if not 0 <= config.iou_class < len(config.classes):
-        raise InputError("iou_class", f"{config.iou_class} is not a class index of {config.classes}")
-    if config.precision not in PRECISIONS:
-        raise InputError("--precision", f"unknown precision {config.precision!r}; use {', '.join(PRECISIONS)}")
-    if config.downsample > 1 and config.model_config.get("downsample", 1) != 1:
-        raise InputError("--downsample", "give the factor either to the trainer or in model_config, not both")
 
 
 INPUT_FILE = "input.json"
@@ -259,7 +249,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> dic
     from geolabel.train.callbacks import RunRecorder, TrainingClock
     from geolabel.train.task import SegmentationTask
 
-    _validate(config)
+    if not config.train:
+        raise InputError("--train", "no training dataset given")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     state_path = ckpt_dir / "state.json"

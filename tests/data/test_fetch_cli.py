@@ -47,6 +47,9 @@ def test_fetch_options_are_checked_before_any_work(tmp_path):
     assert f"{config}: unknown option(s) tile_px" in result.stderr and "Traceback" not in result.stderr
     config.write_text("chip_size: 100\n")
     result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and f"{config}: chip_size: 100 is not a positive multiple of 16" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "geolabel.cli", *args, "--chip-size", "100"], capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 2 and "--chip-size: 100 is not a positive multiple of 16" in result.stderr
     assert not (tmp_path / "ds").exists()
 

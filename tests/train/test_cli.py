@@ -143,3 +143,17 @@ def test_a_config_value_of_the_wrong_type_is_one_line_naming_file_and_option(aus
         f"Error: {config_file}: lr: input should be a valid number, unable to parse string as a number (got 'fast')")
     assert not (tmp_path / "run").exists()
     assert preset_config("buildings", lr="0.01").lr == 0.01  # numbers as text, as flags give them, are fine
+
+
+def test_a_bad_option_value_names_the_flag_or_the_file_it_came_from(tmp_path):
+    import pytest
+
+    from geolabel.errors import InputError
+
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("crop: 0\nlr: 0.01\n")
+    with pytest.raises(InputError, match=f"^{config_file}: crop: must be >= 1$"):
+        preset_config("buildings", config_file)
+    with pytest.raises(InputError, match="^--crop: must be >= 1$"):
+        preset_config("buildings", crop=0)
+    assert preset_config("buildings", config_file, crop=64).crop == 64  # the flag mends the file
