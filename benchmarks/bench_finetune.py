@@ -106,12 +106,15 @@ def write_table(rows: list[dict]) -> None:
         steps = f"{r['fine-tuned']['steps']} / {r['from scratch']['steps']}"
         load = f"{r['fine-tuned']['cpu_load_1min']:.1f} / {r['from scratch']['cpu_load_1min']:.1f}"
         lines.append(f"| {r['held_out']} | {r['seed']} | {r['init_tag']} | {r['budget_s']:.0f} | {iou} | {f1} | {steps} | {load} |")
-    if rows:
-        lines += ["", "Means over the rows above:", ""]
-        for arm in ARMS:
-            iou = np.mean([r[arm]["building_iou"] for r in rows])
-            f1 = np.mean([r[arm]["buildings"]["f1"] for r in rows])
-            lines.append(f"- {arm}: IoU {iou:.3f}, bF1 {f1:.3f}")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["init_tag"], r["budget_s"]), []).append(r)
+    if groups:
+        lines += ["", "Means per init and budget over the rows above:", ""]
+    for (tag, budget), group in groups.items():
+        means = ", ".join(f"{arm} IoU {np.mean([r[arm]['building_iou'] for r in group]):.3f} / "
+                          f"bF1 {np.mean([r[arm]['buildings']['f1'] for r in group]):.3f}" for arm in ARMS)
+        lines.append(f"- {tag}, {budget:.0f} s ({len(group)} rows): {means}")
     (RESULTS / "finetune.md").write_text("\n".join(lines) + "\n")
 
 
