@@ -108,13 +108,13 @@ def write_table(rows: list[dict]) -> None:
         lines.append(f"| {r['held_out']} | {r['seed']} | {r['init_tag']} | {r['budget_s']:.0f} | {iou} | {f1} | {steps} | {load} |")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["init_tag"], r["budget_s"]), []).append(r)
+        groups.setdefault((r["init_tag"], r["budget_s"], r["seed"]), []).append(r)  # each city once per mean
     if groups:
-        lines += ["", "Means per init and budget over the rows above:", ""]
-    for (tag, budget), group in groups.items():
+        lines += ["", "Means per init, budget and seed over the rows above:", ""]
+    for (tag, budget, seed), group in groups.items():
         means = ", ".join(f"{arm} IoU {np.mean([r[arm]['building_iou'] for r in group]):.3f} / "
                           f"bF1 {np.mean([r[arm]['buildings']['f1'] for r in group]):.3f}" for arm in ARMS)
-        lines.append(f"- {tag}, {budget:.0f} s ({len(group)} rows): {means}")
+        lines.append(f"- {tag}, {budget:.0f} s, seed {seed} ({len(group)} cities): {means}")
     (RESULTS / "finetune.md").write_text("\n".join(lines) + "\n")
 
 
