@@ -27,7 +27,6 @@ import numpy as np
 import rasterio
 import shapely
 from affine import Affine
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,8 +36,9 @@ import keras  # noqa: E402
 from geolabel.align.apply import FACTORS, SMOOTH_PX, align_geometries, load_alignment_model  # noqa: E402
 from geolabel.align.data import Scene, load_scene, make_batch, rasterize_map, within_image  # noqa: E402
 from geolabel.align.fields import displace, random_smooth_field, vertex_errors  # noqa: E402
-from geolabel.align.training import TimeLimit, train_align_update, train_aligner, train_rnn_refine  # noqa: E402
+from geolabel.align.training import TimeLimit, train_alignment, train_rnn_refine  # noqa: E402
 from geolabel.atomic import write_text_atomic  # noqa: E402
+from geolabel.data.tiles import TileFolder, local_tile_range, mosaic_tiles  # noqa: E402
 from geolabel.mapupdate import building_probability, map_update, osc_problems  # noqa: E402
 from geolabel.models.align_update import AlignUpdateNet  # noqa: E402
 from geolabel.models.alignment import MultiscaleAligner  # noqa: E402
@@ -46,7 +46,6 @@ from geolabel.models.rnn_refine import RNNRefine, refined_model  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "oam-osm"
 AUSTIN = ROOT.parent / "shared" / "data" / "inria-austin"
-HALF = 20037508.342789244
 TRAIN, TEST = ("kampala-ug", "zanzibar-tz"), "virac-ph"
 PLAIN = {"factors": (1,), "tta": False, "smooth": 0.0}  # one pass, as the trained-for-budget rows were scored
 DEFAULT = {"factors": FACTORS, "tta": True, "smooth": SMOOTH_PX}  # what `geolabel align` does
@@ -55,18 +54,8 @@ GRID = [{"factors": (1,) * n, "tta": True, "smooth": s} for n in (1, 2) for s in
 
 def mosaic(city: str, zoom: int, out: Path) -> Path:
     """The city's XYZ tiles as one RGB GeoTIFF (EPSG:3857), missing tiles black."""
-    tiles = sorted((int(p.parent.name), int(p.stem)) for p in (DATA / city / "tiles" / str(zoom)).glob("*/*.jpg"))
-    x0, y0 = min(t[0] for t in tiles), min(t[1] for t in tiles)
-    nx, ny = max(t[0] for t in tiles) - x0 + 1, max(t[1] for t in tiles) - y0 + 1
-    array = np.zeros((3, ny * 256, nx * 256), np.uint8)
-    for x, y in tiles:
-        rgb = np.asarray(Image.open(DATA / city / "tiles" / str(zoom) / str(x) / f"{y}.jpg").convert("RGB"))
-        array[:, (y - y0) * 256 : (y - y0 + 1) * 256, (x - x0) * 256 : (x - x0 + 1) * 256] = rgb.transpose(2, 0, 1)
-    size = 2 * HALF / 2**zoom
-    transform = Affine(size / 256, 0, -HALF + x0 * size, 0, -size / 256, HALF - y0 * size)
-    profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=3, dtype="uint8")
-    with rasterio.open(out, "w", crs="EPSG:3857", transform=transform, **profile) as dst:
-        dst.write(array)
+    folder = DATA / city / "tiles"
+    mosaic_tiles(TileFolder(folder), local_tile_range(folder, zoom), out, source=city)
     return out
 
 
@@ -287,8 +276,8 @@ def run_aligner(scenes: list, cases: list, args: argparse.Namespace, budget: flo
     each set of `extra_cases`, reported under "extra")."""
     aligner = MultiscaleAligner(filters=(8, 8, 16), focus=20.0)
     t0 = time.time()
-    hist = train_aligner(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
-                         max_amplitude=args.amplitude, lr=2e-3, seed=args.seed, time_limit_s=budget)
+    hist = train_alignment(aligner, scenes, epochs=100_000, steps=10, batch=8, size=args.crop,
+                           max_amplitude=args.amplitude, lr=2e-3, seed=args.seed, time_limit_s=budget)
     train_s = time.time() - t0
     extra_cases = extra_cases or {}
     # PLAIN, as every trained row; the consistency set is the test cases themselves
@@ -392,8 +381,8 @@ def main() -> None:
     # B. align and update
     au = AlignUpdateNet(image_base=8, map_base=8, depth=4, max_displacement=args.amplitude * 1.5)
     t0 = time.time()
-    hist = train_align_update(au, align_train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
-                              keep_fraction=0.5, lr=1e-3, time_limit_s=budget)
+    hist = train_alignment(au, align_train, epochs=1000, steps=10, batch=8, size=args.crop, max_amplitude=args.amplitude,
+                           keep_fraction=0.5, lr=1e-3, time_limit_s=budget)
     before_u, after_u, _ = eval_alignment(au, cases)
     results["align_update"] = {"train_s": time.time() - t0, "epochs": len(hist["loss"]), "final_loss": hist["loss"][-1],
                                "before": stats(before_u), "after": stats(after_u),

@@ -45,7 +45,7 @@ import shapely
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GEOLABEL_NO_PROGRESS", "1")
 
-from oam_cities import ROOT, SHARED, _tile_grid, load_city  # noqa: E402
+from oam_cities import ROOT, SHARED, _tile_range, load_city  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "benchmarks" / "out" / "mapupdate"
@@ -202,7 +202,7 @@ def run_city(city: str, run: str, seeds: list[int], out: Path) -> dict:
 
     image, labels, source = load_city(city)
     valid_full = labels != 255
-    _, _, _, _, _, transform = _tile_grid(city, 21)
+    transform = _tile_range(city, 21).transform()
     t0 = time.perf_counter()
     prob_full, prob_source = city_probability(city, run, image, valid_full, transform)
     predict_s = time.perf_counter() - t0

@@ -89,7 +89,7 @@ def build_z21_raster(mpx: int) -> Path:
     from rasterio.windows import Window
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from oam_cities import _tile_grid, load_city
+    from oam_cities import _tile_range, load_city
 
     side = int(round(np.sqrt(mpx * 1024 * 1024) / 512)) * 512
     path = DATA / f"kampala-z21-mosaic-{side}.tif"
@@ -97,7 +97,7 @@ def build_z21_raster(mpx: int) -> Path:
         return path
     r0, c0, n = Z21_BLOCK
     block = load_city(Z21_CITY)[0][r0 : r0 + n, c0 : c0 + n].transpose(2, 0, 1)
-    transform = _tile_grid(Z21_CITY, 21)[-1] * rasterio.Affine.translation(c0, r0)
+    transform = _tile_range(Z21_CITY, 21).transform() * rasterio.Affine.translation(c0, r0)
     DATA.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part.tif")
     profile = dict(driver="GTiff", width=side, height=side, count=3, dtype="uint8", crs="EPSG:3857",

@@ -20,33 +20,26 @@ CACHE = ROOT / "benchmarks" / "out" / "oam-cache"
 CITIES = ("zanzibar-tz", "kampala-ug", "virac-ph")
 
 
-def _tile_grid(city: str, zoom: int):
-    """(tiles [(x, y)], x0, y0, width, height, transform) of a city's XYZ tile mosaic."""
+def _tile_range(city: str, zoom: int):
+    """The `geolabel.data.tiles.TileRange` of a city's XYZ tiles (its `transform()` is the mosaic's)."""
     from geolabel.data.tiles import local_tile_range
 
-    folder = SHARED / city / "tiles"
-    trange = local_tile_range(folder, zoom)
-    tiles = [(int(x.name), int(y.stem)) for x in (folder / str(zoom)).iterdir() for y in x.glob("*.jpg")]
-    return tiles, trange.x0, trange.y0, trange.columns * 256, trange.rows * 256, trange.transform()
+    return local_tile_range(SHARED / city / "tiles", zoom)
 
 
 def _from_tiles(city: str, zoom: int) -> tuple[np.ndarray, np.ndarray]:
     import geopandas as gpd
-    from PIL import Image
     from rasterio.features import rasterize
 
-    folder = SHARED / city / "tiles" / str(zoom)
-    tiles, x0, y0, width, height, transform = _tile_grid(city, zoom)
-    image = np.zeros((height, width, 3), np.uint8)
-    valid = np.zeros((height, width), bool)
-    for x, y in tiles:
-        tile = np.asarray(Image.open(folder / str(x) / f"{y}.jpg").convert("RGB"))
-        r, c = (y - y0) * 256, (x - x0) * 256
-        image[r : r + 256, c : c + 256] = tile
-        valid[r : r + 256, c : c + 256] = True
+    from geolabel.data.tiles import TileFolder, read_tiles
+
+    trange = _tile_range(city, zoom)
+    array, present = read_tiles(TileFolder(SHARED / city / "tiles"), trange, source=city)
+    image = np.ascontiguousarray(array.transpose(1, 2, 0))
+    valid = np.repeat(np.repeat(present, 256, axis=0), 256, axis=1)
     buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson").to_crs("EPSG:3857")
     shapes = [(g, 1) for g in buildings.geometry if g is not None and not g.is_empty]
-    labels = rasterize(shapes, out_shape=(height, width), transform=transform, fill=0, dtype="uint8")
+    labels = rasterize(shapes, out_shape=valid.shape, transform=trange.transform(), fill=0, dtype="uint8")
     labels[~valid] = 255
     return image, labels
 
@@ -88,7 +81,8 @@ def city_buildings(city: str, zoom: int = 21) -> tuple[np.ndarray, float]:
 
     if _from_fetched(city) is not None and zoom == 21:
         raise ValueError(f"{city}: building instances are rasterised on the tile grid, not on {FETCHED / city}")
-    _, _, _, width, height, transform = _tile_grid(city, zoom)
+    trange = _tile_range(city, zoom)
+    width, height, transform = trange.columns * 256, trange.rows * 256, trange.transform()
     buildings = gpd.read_file(SHARED / city / "osm-buildings.geojson")
     west, south, east, north = buildings.total_bounds
     latitude = (south + north) / 2

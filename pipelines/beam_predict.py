@@ -136,20 +136,10 @@ class Grid:
     @classmethod
     def of(cls, src) -> Grid:
         """Ground scale / metric CRS decided exactly as `polygonize_blocks` decides them."""
-        import geopandas as gpd
-        import shapely
-
         from geolabel.data.raster import ground_pixel_size
-        from geolabel.vectorize.polygons import ground_scale
+        from geolabel.vectorize.polygons import metric_frame
 
-        metric_crs, scale = None, 1.0
-        if src.crs is not None:
-            try:
-                scale = ground_scale(src.transform, src.crs, src.width, src.height)
-            except ValueError:
-                left, bottom, right, top = src.bounds
-                box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-                metric_crs = gpd.GeoSeries([box], crs=src.crs).estimate_utm_crs()
+        scale, metric_crs = metric_frame(src.transform, src.crs, src.width, src.height)
         return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs,
                    math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height))))
 

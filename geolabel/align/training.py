@@ -22,7 +22,7 @@ from geolabel.errors import InputError
 from geolabel.models.align_update import AlignUpdateNet, SteppedLevelWeights
 from geolabel.models.alignment import MultiscaleAligner
 from geolabel.models.rnn_refine import RNNRefine
-from geolabel.progress import progress
+from geolabel.progress import progress_bar
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -81,45 +81,31 @@ class AlignmentBatches(keras.utils.PyDataset):
         return x, {"displacement": b["displacement"], "segmentation": b["segmentation"]}
 
 
-def train_aligner(
-    model: MultiscaleAligner,
+def train_alignment(
+    model: MultiscaleAligner | AlignUpdateNet,
     scenes: Sequence[Scene],
     epochs: int,
     steps: int,
     batch: int = 8,
     size: int = 128,
     max_amplitude: float = 8.0,
+    keep_fraction: float = 1.0,
     lr: float = 1e-3,
     seed: int = 0,
     time_limit_s: float | None = None,
 ) -> dict[str, list[float]]:
-    """Fit a MultiscaleAligner on synthetic misregistrations; returns the Keras history."""
-    model.compile(optimizer=keras.optimizers.Adam(lr))
-    data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "aligner", 1.0, seed)
-    return model.fit(data, epochs=epochs, verbose=0, callbacks=[TimeLimit(time_limit_s)]).history
+    """Fit a MultiscaleAligner or an AlignUpdateNet on synthetic misregistrations; returns the Keras history.
 
-
-def train_align_update(
-    model: AlignUpdateNet,
-    scenes: Sequence[Scene],
-    epochs: int,
-    steps: int,
-    batch: int = 8,
-    size: int = 128,
-    max_amplitude: float = 8.0,
-    keep_fraction: float = 0.5,
-    lr: float = 1e-3,
-    seed: int = 0,
-    time_limit_s: float | None = None,
-) -> dict[str, list[float]]:
-    """Fit an AlignUpdateNet with polygons dropped from the input map and stepped level weights.
-
-    With `time_limit_s` the stepped weights advance with the elapsed share of the budget.
+    An AlignUpdateNet also learns to add the polygons dropped from its input map (1 - `keep_fraction`
+    of them), with stepped level weights that advance with the epochs or the elapsed share of
+    `time_limit_s`.
     """
     model.compile(optimizer=keras.optimizers.Adam(lr))
-    data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, "align_update", keep_fraction, seed)
-    stepped = SteppedLevelWeights(epochs, steps=min(4, max(2, epochs)), time_budget_s=time_limit_s)
-    callbacks = [stepped, TimeLimit(time_limit_s)]
+    kind = "align_update" if isinstance(model, AlignUpdateNet) else "aligner"
+    data = AlignmentBatches(scenes, steps, batch, size, max_amplitude, kind, keep_fraction, seed)
+    callbacks: list[keras.callbacks.Callback] = [TimeLimit(time_limit_s)]
+    if kind == "align_update":
+        callbacks.append(SteppedLevelWeights(epochs, steps=min(4, max(2, epochs)), time_budget_s=time_limit_s))
     return model.fit(data, epochs=epochs, verbose=0, callbacks=callbacks).history
 
 
@@ -177,6 +163,38 @@ class AlignerConfig:
     seed: int = 0
 
 
+class RoundSaver(keras.callbacks.Callback):
+    """After each round (an epoch of `data`): the model with its optimiser state (atomic `.keras`)
+    and the run's state (`<out>.json`: config, steps, loss per round, seconds), for `--resume`.
+
+    Each round draws its own crops and fields from its index, resumed or not.
+    """
+
+    def __init__(self, out: Path, state: dict, data: AlignmentBatches):
+        super().__init__()
+        self.out, self.state, self.data = out, state, data
+        self.bar = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if self.bar is None:
+            self.bar = progress_bar("align-train", self.params["epochs"] - epoch, "round")
+        self.data.epoch = epoch
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self.state["steps"] += self.data.steps
+        self.state["loss"].append(float(logs["loss"]))
+        self.state["seconds"] += time.monotonic() - self.started
+        with atomic_path(self.out, suffix=".keras") as tmp:
+            self.model.save(tmp)
+        write_text_atomic(f"{self.out}.json", json.dumps(self.state, indent=1))
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def train_aligner_files(
     scenes: Sequence[tuple[str | os.PathLike, str | os.PathLike]],
     out_path: str | os.PathLike,
@@ -222,18 +240,6 @@ def train_aligner_files(
             raise InputError(image, f"{scene.shape[1]}x{scene.shape[0]} px is smaller than the crop ({config.crop})")
         loaded.append(scene)
     data = AlignmentBatches(loaded, round_steps, config.batch_size, config.crop, config.amplitude, seed=config.seed)
-    start = time.monotonic()
-    rounds = range(state["steps"] // round_steps, -(-config.steps // round_steps))
-    for round_index in progress(rounds, desc="align-train", total=len(rounds), unit="round"):
-        if time_limit_s is not None and time.monotonic() - start > time_limit_s:
-            break
-        data.epoch = round_index  # each round draws its own crops and fields, resumed or not
-        t0 = time.monotonic()
-        history = model.fit(data, epochs=1, verbose=0).history
-        state["steps"] += round_steps
-        state["loss"].append(float(history["loss"][-1]))
-        state["seconds"] += time.monotonic() - t0
-        with atomic_path(out, suffix=".keras") as tmp:
-            model.save(tmp)
-        write_text_atomic(state_path, json.dumps(state, indent=1))
+    model.fit(data, epochs=-(-config.steps // round_steps), initial_epoch=state["steps"] // round_steps, verbose=0,
+              callbacks=[RoundSaver(out, state, data), TimeLimit(time_limit_s)])
     return state

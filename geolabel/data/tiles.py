@@ -211,6 +211,24 @@ class TileCache:
         self.path(tile).unlink(missing_ok=True)
 
 
+class TileFolder:
+    """A local XYZ tile tree `folder/{z}/{x}/{y}.jpg|jpeg|png|webp` (e.g. an OAM export), read as a `TileCache` is."""
+
+    SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path(self, tile: Tile) -> Path:
+        z, x, y = tile
+        base = self.folder / str(z) / str(x) / str(y)
+        return next((base.with_suffix(s) for s in self.SUFFIXES if base.with_suffix(s).is_file()), base)
+
+    def get(self, tile: Tile) -> bytes | None:
+        path = self.path(tile)
+        return path.read_bytes() if path.is_file() else None
+
+
 def _decode(data: bytes, tile_px: int) -> np.ndarray:
     """(3, tile_px, tile_px) uint8 RGB of tile bytes; ValueError saying why they are not such a tile."""
     if not data:
@@ -299,8 +317,28 @@ def fetch_tiles(
     return counts
 
 
+def read_tiles(tiles: TileCache | TileFolder, trange: TileRange, tile_px: int = 256, source: str = "tile",
+               rows: range | None = None, columns: range | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The tiles of `trange` (or its `rows` x `columns`, offsets in tiles) as one (3, H, W) uint8 RGB array,
+    absent tiles 0, and the (rows, columns) boolean grid of the tiles present."""
+    rows = rows if rows is not None else range(trange.rows)
+    columns = columns if columns is not None else range(trange.columns)
+    array = np.zeros((3, len(rows) * tile_px, len(columns) * tile_px), np.uint8)
+    present = np.zeros((len(rows), len(columns)), bool)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            tile = (trange.z, trange.x0 + c, trange.y0 + r)
+            data = tiles.get(tile)
+            if data is not None:
+                present[i, j] = True
+                array[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = decode_tile(
+                    data, tile_px, f"{tiles.path(tile)} (tile {tile} of {source})"
+                )
+    return array, present
+
+
 def mosaic_tiles(
-    cache: TileCache,
+    tiles: TileCache | TileFolder,
     trange: TileRange,
     path: str | os.PathLike,
     tile_px: int = 256,
@@ -309,7 +347,7 @@ def mosaic_tiles(
     tags: dict[str, str] | None = None,
     source: str = "tile",
 ) -> dict[str, int]:
-    """Write the cached tiles of `trange` as an RGB COG in EPSG:3857 (nodata 0), block by block.
+    """Write the tiles of `trange` as an RGB COG in EPSG:3857 (nodata 0), block by block.
 
     Memory holds one block of `block_tiles` x `block_tiles` tiles at a time.
 
@@ -327,20 +365,11 @@ def mosaic_tiles(
         blocks = ((r, c) for r in range(0, trange.rows, block_tiles) for c in range(0, trange.columns, block_tiles))
         total = math.ceil(trange.rows / block_tiles) * math.ceil(trange.columns / block_tiles)
         for r, c in progress(blocks, desc="mosaic", total=total, unit="block"):
-            nr, nc = min(block_tiles, trange.rows - r), min(block_tiles, trange.columns - c)
-            block = np.zeros((3, nr * tile_px, nc * tile_px), np.uint8)
-            for i in range(nr):
-                for j in range(nc):
-                    tile = (trange.z, trange.x0 + c + j, trange.y0 + r + i)
-                    data = cache.get(tile)
-                    if data is None:
-                        counts["missing"] += 1
-                        continue
-                    counts["tiles"] += 1
-                    block[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = decode_tile(
-                        data, tile_px, f"{cache.path(tile)} (cached tile {tile} of {source})"
-                    )
-            writer.write(block, Window(c * tile_px, r * tile_px, nc * tile_px, nr * tile_px))
+            rows, columns = range(r, min(r + block_tiles, trange.rows)), range(c, min(c + block_tiles, trange.columns))
+            block, present = read_tiles(tiles, trange, tile_px, source, rows, columns)
+            counts["tiles"] += int(present.sum())
+            counts["missing"] += int(present.size - present.sum())
+            writer.write(block, Window(c * tile_px, r * tile_px, len(columns) * tile_px, len(rows) * tile_px))
     return counts
 
 

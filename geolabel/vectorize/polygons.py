@@ -236,29 +236,20 @@ def regularize_polygon(polygon: shapely.Polygon, angle_tolerance: float = 20.0, 
 # --------------------------------------------------------------------------- the driver
 
 
-def ground_scale(transform: Affine, crs, width: int, height: int) -> float:
-    """Ground metres per CRS unit at the raster's centre (1 without a CRS)."""
+def metric_frame(transform: Affine, crs, width: int, height: int) -> tuple[float, object]:
+    """Where polygons are measured in metres: (ground metres per CRS unit, None) for a projected
+    CRS or none, (1, a local UTM CRS to work in) for a geographic one."""
     if crs is None:
-        return 1.0
-    from pyproj import CRS, Geod, Transformer
+        return 1.0, None
+    from pyproj import CRS
 
-    crs = CRS.from_user_input(crs)
-    if crs.is_geographic:
-        raise ValueError("geographic CRS")
-    cx, cy = transform * (width / 2, height / 2)
-    step = abs(transform.a) * 10 or 1.0
-    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    geod = Geod(ellps="WGS84")
-    lon0, lat0 = to_ll.transform(cx, cy)
-    dists = []
-    for dx, dy in ((step, 0.0), (0.0, step)):
-        lon1, lat1 = to_ll.transform(cx + dx, cy + dy)
-        dists.append(geod.inv(lon0, lat0, lon1, lat1)[2] / step)
-    ground = float(np.mean(dists)) or 1.0
-    unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
-    # conformal metric projections (UTM, national grids) keep their own units; strongly
-    # scaled ones (Web Mercator away from the equator) are measured on the ground
-    return unit if abs(ground / unit - 1) < 0.01 else ground
+    if CRS.from_user_input(crs).is_geographic:
+        left, top = transform * (0, 0)
+        right, bottom = transform * (width, height)
+        box = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+        return 1.0, gpd.GeoSeries([box], crs=crs).estimate_utm_crs()
+    ground_x, ground_y = ground_pixel_size(transform, crs, width, height)
+    return (ground_x / math.hypot(transform.a, transform.d) + ground_y / math.hypot(transform.b, transform.e)) / 2, None
 
 
 def finish_pieces(pieces: list[_Piece], transform: Affine, crs, scale: float, metric_crs, *, tolerance: float,
@@ -312,15 +303,7 @@ def polygonize_blocks(
     """
     if tolerance < 0 or min_area < 0:
         raise InputError("--tolerance/--min-area", "must be >= 0")
-    metric_crs, scale = None, 1.0
-    if crs is not None:
-        try:
-            scale = ground_scale(transform, crs, width, height)
-        except ValueError:
-            left, top = transform * (0, 0)
-            right, bottom = transform * (width, height)
-            metric_crs = gpd.GeoSeries([shapely.box(min(left, right), min(top, bottom), max(left, right),
-                                                    max(top, bottom))], crs=crs).estimate_utm_crs()
+    scale, metric_crs = metric_frame(transform, crs, width, height)
     if regularize:
         if regular_classes is None:
             names = class_map.names if class_map else ()

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.align.oam_mosaic import mosaic
+from geolabel.data.tiles import TileFolder, local_tile_range, mosaic_tiles
 
 
 @pytest.fixture(scope="session")
 def virac(shared_data, tmp_path_factory) -> tuple[Path, Path]:
     """(imagery GeoTIFF, OSM buildings GeoJSON) of Virac, Philippines."""
     city = shared_data / "oam-osm" / "virac-ph"
-    image = mosaic(city, 19, tmp_path_factory.mktemp("virac") / "imagery.tif")
+    image = tmp_path_factory.mktemp("virac") / "imagery.tif"
+    mosaic_tiles(TileFolder(city / "tiles"), local_tile_range(city / "tiles", 19), image)
     return image, city / "osm-buildings.geojson"
 
 

@@ -62,7 +62,7 @@ def mosaic_local_tiles(tiles_dir: str | os.PathLike, zoom: int | None = None) ->
     boolean `covered` mask: pixels of missing tiles are 0 and not covered.
     """
     from geolabel.data.raster import GeoBlock
-    from geolabel.data.tiles import decode_tile, local_tile_range
+    from geolabel.data.tiles import TileFolder, local_tile_range, read_tiles
 
     root = Path(tiles_dir)
     if zoom is None:
@@ -72,15 +72,8 @@ def mosaic_local_tiles(tiles_dir: str | os.PathLike, zoom: int | None = None) ->
             raise InputError(root, f"give the zoom level of this tile folder (--zoom; levels found: {found})")
         zoom = levels[0]
     trange = local_tile_range(root, zoom)
-    array = np.zeros((3, trange.rows * TILE, trange.columns * TILE), dtype="uint8")
-    covered = np.zeros(array.shape[1:], dtype=bool)
-    for path in sorted((root / str(zoom)).glob("*/*.*")):
-        x, y = path.parent.name, path.name.split(".")[0]
-        if path.suffix not in (".jpg", ".jpeg", ".png", ".webp") or not (x.isdigit() and y.isdigit()):
-            continue
-        r, c = (int(y) - trange.y0) * TILE, (int(x) - trange.x0) * TILE
-        array[:, r : r + TILE, c : c + TILE] = decode_tile(path.read_bytes(), TILE, str(path))
-        covered[r : r + TILE, c : c + TILE] = True
+    array, present = read_tiles(TileFolder(root), trange, TILE, str(root))
+    covered = np.repeat(np.repeat(present, TILE, axis=0), TILE, axis=1)
     return GeoBlock(array=array, transform=trange.transform(TILE), crs="EPSG:3857", nodata=0), covered
 
 

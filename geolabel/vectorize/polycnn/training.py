@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from geolabel.atomic import atomic_path, write_text_atomic
 from geolabel.errors import InputError
 from geolabel.models.polycnn import PATCH
-from geolabel.progress import logger, progress
+from geolabel.progress import logger, progress_bar
 from geolabel.vectorize.polycnn.geometry import score_quads
 from geolabel.vectorize.polycnn.inference import regress_scene
 from geolabel.vectorize.polycnn.samples import Scene, augmented_batches, load_scene, scene_examples
@@ -92,11 +93,38 @@ def set_trainable(model: Any, extractor: bool, encoder: bool, decoder: bool) -> 
     model.get_layer("decoder").trainable = decoder
 
 
+class _StageRows(keras.callbacks.Callback):
+    """Stops a stage after its `steps` and appends one history row per epoch (mean loss, seconds)."""
+
+    def __init__(self, stage: str, steps: int, history: list[dict]):
+        super().__init__()
+        self.stage, self.steps, self.history = stage, steps, history
+        self.first = int(history[-1]["step"]) if history else 0
+        self.done = 0
+        self.bar = progress_bar(f"polycnn {stage}", steps, "step")
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.done += 1
+        self.bar.update(1)
+        if self.done >= self.steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        step = self.first + self.done
+        self.history.append({"stage": self.stage, "step": step, "loss": float(logs["loss"]),
+                             "seconds": round(time.perf_counter() - self.started, 3)})
+        logger.info("polycnn %s step %d loss %.4f", self.stage, step, self.history[-1]["loss"])
+
+    def on_train_end(self, logs=None) -> None:
+        self.bar.close()
+
+
 def _fit_steps(model: Any, batches: Iterator, steps: int, lr: float, stage: str, history: list[dict]) -> None:
     """Compile with the current trainable flags and `fit` `steps` optimiser steps, one history row
     (mean loss) per 50 steps."""
-    import keras
-
     from geolabel.models.polycnn import CyclicVertexDistance, CyclicVertexLoss
 
     if steps <= 0:
@@ -104,15 +132,9 @@ def _fit_steps(model: Any, batches: Iterator, steps: int, lr: float, stage: str,
     model.compile(
         optimizer=keras.optimizers.Adam(lr), loss=CyclicVertexLoss(), metrics=[CyclicVertexDistance()]
     )
-    done = int(history[-1]["step"]) if history else 0
     chunk = max(1, min(50, steps))
-    for start in progress(range(0, steps, chunk), desc=f"polycnn {stage}", total=math.ceil(steps / chunk)):
-        n = min(chunk, steps - start)
-        t0 = time.perf_counter()
-        loss = model.fit(batches, steps_per_epoch=n, epochs=1, shuffle=False, verbose=0).history["loss"][-1]
-        history.append({"stage": stage, "step": done + start + n, "loss": float(loss),
-                        "seconds": round(time.perf_counter() - t0, 3)})
-        logger.info("polycnn %s step %d loss %.4f", stage, done + start + n, history[-1]["loss"])
+    model.fit(batches, steps_per_epoch=chunk, epochs=math.ceil(steps / chunk), shuffle=False, verbose=0,
+              callbacks=[_StageRows(stage, steps, history)])
 
 
 def pretrain_artificial(
