@@ -97,15 +97,11 @@ def align_geometries(
 
 def load_alignment_model(path: str | os.PathLike) -> keras.Model:
     """Load a saved MultiscaleAligner / AlignUpdateNet (.keras); InputError names a bad path or another kind of model."""
+    from geolabel.models import load_model
     from geolabel.models.align_update import AlignUpdateNet
     from geolabel.models.alignment import MultiscaleAligner
 
-    if not Path(path).is_file():
-        raise InputError(path, "no such model file (expected a .keras file)")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for foreign files
-        raise InputError(path, f"not a loadable Keras model ({str(err).splitlines()[0][:200]})") from err
+    model = load_model(path)
     if not isinstance(model, (MultiscaleAligner, AlignUpdateNet)):
         raise InputError(path, f"is a {type(model).__name__} model, not an alignment model "
                                "(a MultiscaleAligner from `geolabel align-train`, or an AlignUpdateNet)")

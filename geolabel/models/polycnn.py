@@ -62,7 +62,9 @@ def load_feature_weights(extractor: keras.Model, path: str | os.PathLike) -> Non
         raise InputError(path, "feature-extractor weights file not found")
     try:
         if path.endswith(".keras"):
-            source = keras.saving.load_model(path, compile=False)
+            from geolabel.models.loading import load_model
+
+            source = load_model(path)
             if source.name != "feature_extractor":
                 source = source.get_layer("feature_extractor")
             extractor.set_weights(source.get_weights())

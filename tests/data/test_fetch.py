@@ -16,7 +16,7 @@ from geolabel.data.chips import read_chips, shard_paths
 from geolabel.data.fetch import FetchOptions, fetch_dataset
 from geolabel.data.http import HttpClient
 from tests.cog import cog_problems
-from geolabel.data.tiles import TileCache, TileRange, TileTemplate, fetch_tiles, mosaic_tiles, tile_range
+from geolabel.data.tiles import TileCache, TileFolder, TileRange, TileTemplate, fetch_tiles, mosaic_tiles, read_tiles, tile_range
 from geolabel.data.tileserver import TileServer
 from geolabel.errors import InputError
 from tests.servers import OSM_BASE, MockOverpass
@@ -50,6 +50,26 @@ def test_template_placeholders_and_validation():
         TileTemplate("http://h/tiles/{x}/{y}.png")
     with pytest.raises(InputError, match="unknown placeholder"):
         TileTemplate("http://h/{z}/{x}/{y}/{zoom}.png")
+
+
+def test_a_local_tile_folder_mosaics_as_the_fetched_cache_does(shared_data, tmp_path):
+    """One tile assembler: the shared XYZ folder read in place gives the fetched cache's mosaic, pixel for pixel,
+    with absent tiles as nodata and counted."""
+    tiles = shared_data / "oam-osm" / "zanzibar-tz" / "tiles"
+    cache = TileCache(tmp_path / "cache")
+    with TileServer(tiles) as server:
+        fetch_tiles(TileTemplate(server.template("jpg")), ZANZIBAR.tiles(), cache, HttpClient(connections=4))
+    wider = TileRange(ZANZIBAR.z, ZANZIBAR.x0, ZANZIBAR.y0, ZANZIBAR.x1 + 1, ZANZIBAR.y1)  # + 4 tiles not in the cache
+    fetched = mosaic_tiles(cache, wider, tmp_path / "fetched.tif", block_tiles=3)
+    local = mosaic_tiles(TileFolder(tiles), ZANZIBAR, tmp_path / "local.tif", block_tiles=3)
+    assert fetched == {"tiles": 16, "missing": 4} and local == {"tiles": 16, "missing": 0}
+    with rasterio.open(tmp_path / "fetched.tif") as a, rasterio.open(tmp_path / "local.tif") as b:
+        assert np.array_equal(a.read(window=((0, 1024), (0, 1024))), b.read())
+        assert a.transform == b.transform and not a.read(window=((0, 1024), (1024, 1280))).any()
+    array, present = read_tiles(TileFolder(tiles), ZANZIBAR, rows=range(1, 2), columns=range(2, 4))
+    assert array.shape == (3, 256, 512) and present.all()
+    with rasterio.open(tmp_path / "local.tif") as b:
+        assert np.array_equal(array, b.read(window=((256, 512), (512, 1024))))
 
 
 def test_zanzibar_mosaic_bounds_are_exact_to_the_millimetre(shared_data, tmp_path):
