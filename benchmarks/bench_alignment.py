@@ -53,7 +53,7 @@ GRID = [{"factors": (1,) * n, "tta": True, "smooth": s} for n in (1, 2) for s in
 
 
 def mosaic(city: str, zoom: int, out: Path) -> Path:
-    """The city's XYZ tiles as one RGB GeoTIFF (EPSG:3857), missing tiles black."""
+    """The city's XYZ tiles as one RGB COG (EPSG:3857), missing tiles nodata (0), as `geolabel fetch` writes it."""
     folder = DATA / city / "tiles"
     mosaic_tiles(TileFolder(folder), local_tile_range(folder, zoom), out, source=city)
     return out
