@@ -219,14 +219,23 @@ class TileFolder:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
 
-    def path(self, tile: Tile) -> Path:
+    def _candidates(self, tile: Tile) -> list[Path]:
         z, x, y = tile
         base = self.folder / str(z) / str(x) / str(y)
-        return next((base.with_suffix(s) for s in self.SUFFIXES if base.with_suffix(s).is_file()), base)
+        return [base.with_suffix(s) for s in self.SUFFIXES]
+
+    def path(self, tile: Tile) -> Path:
+        """The file holding a tile (named in errors about it)."""
+        candidates = self._candidates(tile)
+        return next((p for p in candidates if p.is_file()), candidates[0])
 
     def get(self, tile: Tile) -> bytes | None:
-        path = self.path(tile)
-        return path.read_bytes() if path.is_file() else None
+        for path in self._candidates(tile):
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+        return None
 
 
 def _decode(data: bytes, tile_px: int) -> np.ndarray:
@@ -262,17 +271,6 @@ def tile_problem(data: bytes, tile_px: int) -> str | None:
     except ValueError as err:
         return str(err)
     return None
-
-
-def decode_tile(data: bytes, tile_px: int, source: str) -> np.ndarray:
-    """Decode tile bytes (JPEG/PNG/WebP/...) as (3, tile_px, tile_px) uint8 RGB; FetchError naming `source` if they are not one.
-
-    Transparent pixels become 0 (nodata); a grey tile is expanded to RGB.
-    """
-    try:
-        return _decode(data, tile_px)
-    except ValueError as err:
-        raise FetchError(f"{source}: {err}") from None
 
 
 def fetch_tiles(
@@ -320,7 +318,11 @@ def fetch_tiles(
 def read_tiles(tiles: TileCache | TileFolder, trange: TileRange, tile_px: int = 256, source: str = "tile",
                rows: range | None = None, columns: range | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The tiles of `trange` (or its `rows` x `columns`, offsets in tiles) as one (3, H, W) uint8 RGB array,
-    absent tiles 0, and the (rows, columns) boolean grid of the tiles present."""
+    absent tiles 0, and the (rows, columns) boolean grid of the tiles present.
+
+    Transparent pixels become 0 (nodata), a grey tile is expanded to RGB; a tile that is not an image of
+    `tile_px` pixels is a FetchError naming its file.
+    """
     rows = rows if rows is not None else range(trange.rows)
     columns = columns if columns is not None else range(trange.columns)
     array = np.zeros((3, len(rows) * tile_px, len(columns) * tile_px), np.uint8)
@@ -329,11 +331,13 @@ def read_tiles(tiles: TileCache | TileFolder, trange: TileRange, tile_px: int = 
         for j, c in enumerate(columns):
             tile = (trange.z, trange.x0 + c, trange.y0 + r)
             data = tiles.get(tile)
-            if data is not None:
-                present[i, j] = True
-                array[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = decode_tile(
-                    data, tile_px, f"{tiles.path(tile)} (tile {tile} of {source})"
-                )
+            if data is None:
+                continue
+            present[i, j] = True
+            try:
+                array[:, i * tile_px : (i + 1) * tile_px, j * tile_px : (j + 1) * tile_px] = _decode(data, tile_px)
+            except ValueError as err:  # named only when it fails: a folder's path costs a look-up per suffix
+                raise FetchError(f"{tiles.path(tile)} (tile {tile} of {source}): {err}") from None
     return array, present
 
 
