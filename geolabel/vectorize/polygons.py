@@ -367,6 +367,9 @@ def dp_polygons(
     min_area: float = 0.0,
     block_size: int = DEFAULT_BLOCK,
     background: int = 0,
+    regularize: bool = False,
+    regular_classes: Sequence[int] | None = None,
+    angle_tolerance: float = 20.0,
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster simplified by Douglas-Peucker (`tolerance` in metres).
 
@@ -379,36 +382,21 @@ def dp_polygons(
         min_area: polygons smaller than this many square metres are dropped.
         block_size: blocks polygonised independently and merged across seams.
         background: class id that is not polygonised.
+        regularize: square the outlines of `regular_classes` (default: the class named
+            "building", or class 1) to right angles within `angle_tolerance` degrees
+            (`regularize_polygon`).
     """
     arr, probs = _check(classes, probabilities)
     return polygonize_blocks(_array_blocks(arr, probs, block_size), arr.shape[1], arr.shape[0], block_size,
                              transform, crs, class_map=class_map, tolerance=tolerance, min_area=min_area,
-                             background=background)
+                             regularize=regularize, regular_classes=regular_classes,
+                             angle_tolerance=angle_tolerance, background=background)
 
 
-def regularized_polygons(
-    classes: np.ndarray,
-    transform: Affine,
-    crs=None,
-    probabilities: np.ndarray | None = None,
-    *,
-    class_map: ClassMap | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    min_area: float = 0.0,
-    block_size: int = DEFAULT_BLOCK,
-    background: int = 0,
-    regular_classes: Sequence[int] | None = None,
-    angle_tolerance: float = 20.0,
-) -> gpd.GeoDataFrame:
-    """Like `dp_polygons`, then building outlines regularised to right angles (`regularize_polygon`).
-
-    `regular_classes` default to the class named "building" (or class 1).
-    """
-    arr, probs = _check(classes, probabilities)
-    return polygonize_blocks(_array_blocks(arr, probs, block_size), arr.shape[1], arr.shape[0], block_size,
-                             transform, crs, class_map=class_map, tolerance=tolerance, min_area=min_area,
-                             regularize=True, regular_classes=regular_classes, angle_tolerance=angle_tolerance,
-                             background=background)
+def regularized_polygons(classes: np.ndarray, transform: Affine, crs=None,
+                         probabilities: np.ndarray | None = None, **options) -> gpd.GeoDataFrame:
+    """`dp_polygons` with `regularize=True` (the "regularized" polygoniser)."""
+    return dp_polygons(classes, transform, crs, probabilities, regularize=True, **options)
 
 
 def vertex_count(geoms) -> int:
