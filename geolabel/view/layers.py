@@ -25,6 +25,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 VECTOR_SUFFIXES = (".parquet", ".gpkg", ".geojson", ".json", ".shp", ".fgb")
 FOLDER_RASTERS = {"imagery.tif": "imagery", "classes.tif": "classes", "labels.tif": "classes",
                   "probabilities.tif": "probability"}
+DRAW_ORDER = ("imagery", "classes", "probability", "labels", "polygons", "changes")  # bottom to top
 FOLDER_VECTORS = {"changes": "changes", "polygons": "polygons", "labels": "labels"}
 VECTOR_PREFERENCE = (".parquet", ".gpkg", ".geojson")  # one file per layer: the first of these present
 
@@ -54,10 +55,6 @@ class Collection:
         if all(known.path.resolve() != layer.path.resolve() for known in self.layers):
             self.layers.append(layer)
 
-    def ordered(self) -> list[Layer]:
-        rank = {"imagery": 0, "classes": 1, "probability": 2, "labels": 3, "polygons": 4, "changes": 5}
-        return sorted(self.layers, key=lambda layer: rank[layer.kind])
-
 
 def collect_layers(paths: Sequence[str | os.PathLike]) -> Collection:
     """The layers of each path (a predict, mapupdate or dataset folder, or single files)."""
@@ -77,6 +74,7 @@ def collect_layers(paths: Sequence[str | os.PathLike]) -> Collection:
         if layer.is_raster:
             with open_raster(layer.path):  # unreadable rasters fail here, with the path named
                 pass
+    found.layers.sort(key=lambda layer: DRAW_ORDER.index(layer.kind))  # opaque imagery never hides the maps
     return found
 
 

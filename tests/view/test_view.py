@@ -22,6 +22,7 @@ from PIL import Image
 
 from geolabel.classes import STATUS_COLORS
 from geolabel.cli import main
+from geolabel.view import collect_layers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +104,12 @@ def test_export_is_one_self_contained_page(predict_folder, mapupdate_folder, tmp
     changes = next(layer for layer in config["layers"] if layer["kind"] == "changes")
     assert len(changes["data"]["features"]) > 5
     assert "Leaflet" in page and "url(data:image/png;base64," in page  # the layer-switcher icon inlined
+
+
+def test_layers_are_drawn_imagery_first_whatever_order_they_are_given_in(predict_folder, virac_dataset):
+    given = [predict_folder / "polygons.parquet", predict_folder / "classes.tif", virac_dataset[0]]
+    kinds = [layer.kind for layer in collect_layers(given).layers]
+    assert kinds == ["imagery", "classes", "polygons"]
 
 
 def test_view_refuses_what_it_cannot_show(tmp_path, capsys):
