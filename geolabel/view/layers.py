@@ -8,6 +8,7 @@ lines come from the items' licensor providers and datasets' manifests.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Sequence
@@ -53,7 +54,8 @@ class Collection:
 
     def add(self, layer: Layer) -> None:
         if all(known.path.resolve() != layer.path.resolve() for known in self.layers):
-            self.layers.append(layer)
+            # kept in DRAW_ORDER whatever order layers come in: opaque imagery never hides the maps
+            bisect.insort_right(self.layers, layer, key=lambda known: DRAW_ORDER.index(known.kind))
 
 
 def collect_layers(paths: Sequence[str | os.PathLike]) -> Collection:
@@ -74,7 +76,6 @@ def collect_layers(paths: Sequence[str | os.PathLike]) -> Collection:
         if layer.is_raster:
             with open_raster(layer.path):  # unreadable rasters fail here, with the path named
                 pass
-    found.layers.sort(key=lambda layer: DRAW_ORDER.index(layer.kind))  # opaque imagery never hides the maps
     return found
 
 
