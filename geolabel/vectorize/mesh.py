@@ -59,15 +59,13 @@ from geolabel.classes import IGNORE, ClassMap, building_class
 from geolabel.errors import InputError
 from geolabel.progress import logger, progress
 from geolabel.data.raster import ground_pixel_size
-from geolabel.vectorize.polygons import vertex_count
+from geolabel.vectorize.polygons import DEFAULT_BLOCK, vertex_count
 from geolabel.vectorize.separate import separate_buildings
 
 DEFAULT_LAMBDA = 0.5
 """Default complexity weight, metres: a vertex must save lambda^2 of mislabelled area."""
 DEFAULT_MU = 0.5
 """Default right-angle regularity weight, metres (per metre of edge and radian of deviation)."""
-DEFAULT_BLOCK = 1024
-"""Default block size in pixels for large rasters."""
 AUTO_PARALLEL_PIXELS = 8_000_000
 """With workers=None, rasters of this many pixels or more are meshed by one process per core."""
 
@@ -784,7 +782,7 @@ class LabelMesh:
     # ---- relocation
     _DIRS = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1], [1, 1], [-1, -1], [1, -1], [-1, 1.0]])
 
-    def relocate(self, steps: Sequence[float] = (0.5, 0.25, 0.125, 0.0625), sweeps: int = 2) -> int:
+    def relocate(self, steps: Sequence[float] = (0.5, 0.25, 0.125, 0.0625), sweeps: int = 1) -> int:
         """Move free chain vertices to lower the energy (pattern search, vertices 3 apart together).
 
         At each step a vertex is evaluated again only if it, or a vertex its energy depends on

@@ -461,13 +461,13 @@ def polygonize_raster(
                 frame = polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
                                           class_map=class_map, regularize=method == "regularized", **options)
             elif method == "mesh":  # streamed too: blocks read as the workers mesh (and separate) them
-                from geolabel.vectorize.mesh import DEFAULT_BLOCK as MESH_BLOCK, mesh_blocks
+                from geolabel.vectorize.mesh import mesh_blocks
 
                 blocks = ((int(w.row_off), int(w.col_off), src.read(1, window=w),
                            None if psrc is None else psrc.read(window=w), None)
-                          for w in iter_windows(src.width, src.height, MESH_BLOCK))
+                          for w in iter_windows(src.width, src.height, block_size))
                 frame = mesh_blocks(blocks, src.width, src.height, src.transform, src.crs, class_map=class_map,
-                                    block_size=MESH_BLOCK, separate_core_m=(core_m or DEFAULT_CORE_M) if separate else None,
+                                    block_size=block_size, separate_core_m=(core_m or DEFAULT_CORE_M) if separate else None,
                                     **options)
             else:
                 cls, probs = read(Window(0, 0, src.width, src.height))

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from geolabel.evaluate.metrics import instance_scores, polygon_scores
 from geolabel.vectorize.polygons import polygonize_raster
-from geolabel.vectorize.separate import building_instances, carve_instances, separate_buildings
+from geolabel.vectorize.separate import building_instances, carve_instances, distance_to_background, separate_buildings
 
 PIXEL = 0.3
 
@@ -44,6 +44,15 @@ def test_bridged_neighbours_come_apart_as_one_region_per_building(kampala):
     plain, split = instance_scores(blobs, ids), instance_scores(regions, ids)
     assert split["f1"] > plain["f1"] + 0.1 and split["recall"] > plain["recall"] + 0.1
     assert split["precision"] >= 0.9  # and the pieces are buildings, not slivers
+
+
+def test_distance_to_background_is_scipys_to_the_last_bit(kampala):
+    """The fast kernel gives the exact float64 distances of scipy's transform, so the cores,
+    floods and junction widths (and the polygons) are those scipy's would give."""
+    _, bridged, _, _ = kampala
+    expected = ndimage.distance_transform_edt(bridged)
+    assert np.array_equal(distance_to_background(bridged), expected)
+    assert distance_to_background(np.zeros((4, 4), bool)).sum() == 0
 
 
 def test_separate_buildings_leaves_isolated_buildings_whole(kampala):
