@@ -1,7 +1,8 @@
 """Training throughput of the segmentation models in float32 and bfloat16 vs this machine's conv peaks.
 
-For each model and precision: median time of a full training step (forward, CE - log
-soft-IoU loss, backward, AdamW update) on a batch of real Inria Austin crops, as pixels/s,
+For each model and precision: median time of the training step `geolabel train` runs
+(`SegmentationTask.train_step` under Keras' compiled train function: forward, CE - log
+soft-IoU loss, backward, AdamW update, pixel scores) on a batch of real Inria Austin crops, as pixels/s,
 and the achieved GFLOP/s counting a training step as 3x the forward FLOPs (backward ~ 2x
 forward), against the GFLOP/s of a large 3x3 convolution in the same precision measured in
 the same run. Writes benchmarks/results/train.md and .json.
@@ -49,6 +50,8 @@ def real_batch(batch: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, precision: str) -> dict:
+    """Median time of the step `geolabel train` runs: `SegmentationTask.train_step` compiled by Keras'
+    `fit` machinery (loss, backward, AdamW, the logged pixel scores)."""
     import keras
     import tensorflow as tf
 
@@ -56,20 +59,18 @@ def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: 
     from geolabel.models import build_model
     from geolabel.perf import flops_per_pixel
     from geolabel.precision import precision_scope
+    from geolabel.train.task import SegmentationTask
 
     with precision_scope(precision):
         model = build_model(name, 2, **config)
-    optimizer = keras.optimizers.AdamW(1e-3)
-    loss_fn = CrossEntropyJaccard()
-    xs, ys = tf.constant(x), tf.constant(y)
+    task = SegmentationTask(model, CrossEntropyJaccard(), num_classes=2)
+    task.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)  # as geolabel train compiles it
+    task.optimizer.build(task.other_variables)
+    batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    train_function = task.make_train_function()
 
-    @tf.function
     def step():
-        with tf.GradientTape() as tape:
-            loss = loss_fn(ys, model(xs, training=True))
-        grads = tape.gradient(loss, model.trainable_weights)
-        optimizer.apply(grads, model.trainable_weights)
-        return loss
+        return train_function(batches)["loss"]
 
     step().numpy()  # trace + warm-up
     times = []
@@ -140,7 +141,8 @@ def main() -> None:
         + ", ".join(f"{p} {peak[p]:.0f} GFLOP/s" for p in PRECISIONS)
         + f" (bfloat16 / float32 = {peak['bfloat16'] / peak['float32']:.1f}x).",
         "",
-        f"One training step = forward + CE-log(soft IoU) + backward + AdamW on {args.batch} real crops of "
+        f"One training step = `SegmentationTask.train_step` as `fit` compiles it (forward + CE-log(soft IoU) + "
+        f"backward + AdamW + pixel scores) on {args.batch} real crops of "
         f"{args.crop}x{args.crop}; GFLOP/s counts 3x the forward conv FLOPs; bfloat16 = Keras `mixed_bfloat16` "
         "(float32 weights, loss and softmax), what `TrainConfig.precision: auto` picks on this CPU.",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -70,6 +71,7 @@ def predict(
     from geolabel.predict.windows import MAX_PIXELS, check_job_size
     from geolabel.predict.run_inputs import RunInputs
     from geolabel.pretrained import PRETRAINED
+    from geolabel.vectorize.polygons import BLOCK_POLYGONIZERS, StreamedPolygons
 
     band_list = None
     if bands:
@@ -94,7 +96,7 @@ def predict(
     expects = RunInputs.of(model)  # scene normalisation, 16-bit scaling, resolution: read once
     factor, tags = model_resampling(expects.card, input_path, resample) if not endpoint else (1.0, {})
     with open_raster(input_path) as src:
-        width, height = src.width, src.height
+        width, height, transform, crs = src.width, src.height, src.transform, src.crs
     check_job_size(width, height, input_path, factor, None if yes else MAX_PIXELS)
     client = None
     if endpoint:
@@ -122,10 +124,21 @@ def predict(
         from geolabel.vectorize.mesh import start_workers_early
 
         start_workers_early(width, height)
+    polygon_options = {"min_area": min_area}
+    if polygonizer in ("dp", "regularized"):
+        polygon_options["tolerance"] = tolerance
+    if polygonizer == "polycnn":  # PolyCNN regresses outlines from the imagery around each object
+        polygon_options.update(image=input_path, model=polycnn_model)
+    streamed = None  # block polygonisers on the input's grid take the tiles as they are written
+    if polygonizer in BLOCK_POLYGONIZERS and factor == 1.0:
+        streamed = StreamedPolygons(width, height, transform, crs, method=polygonizer, separate=separate,
+                                    min_confidence=min_confidence, **polygon_options)
     predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
-    result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
-                               batch_size=batch_size, tta=int(tta), bands=band_list, scene_norm=scene_norm,
-                               scene_contrast=scene_contrast, tags=tags, scaling=expects.scaling)
+    with streamed or contextlib.nullcontext():
+        result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
+                                   batch_size=batch_size, tta=int(tta), bands=band_list, scene_norm=scene_norm,
+                                   scene_contrast=scene_contrast, tags=tags, scaling=expects.scaling,
+                                   on_tile=streamed.add if streamed else None)
     summary = {"classes": str(result.classes), "probabilities": str(result.probabilities),
                "preview": str(result.preview), "megapixels_per_second": round(result.megapixels_per_second, 3),
                **({"resampled": round(factor, 4)} if factor != 1.0 else {}), **tags}
@@ -135,13 +148,9 @@ def predict(
     if polygonizer is not None:
         from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
-        options = {"min_area": min_area}
-        if polygonizer in ("dp", "regularized"):
-            options["tolerance"] = tolerance
-        if polygonizer == "polycnn":  # PolyCNN regresses outlines from the imagery around each object
-            options.update(image=input_path, model=polycnn_model)
-        frame = polygonize_raster(result.classes, result.probabilities, method=polygonizer, separate=separate,
-                                  min_confidence=min_confidence, **options)
+        frame = streamed.frame if streamed else polygonize_raster(
+            result.classes, result.probabilities, method=polygonizer, separate=separate,
+            min_confidence=min_confidence, **polygon_options)
         credit = [*imagery_credit, *([tags["attribution"]] if "attribution" in tags else [])]  # the model card's line
         paths = write_polygons(frame, out_dir, "polygons", vector_formats, pmtiles=pmtiles, attribution=credit)
         summary.update({"polygons": str(next(iter(paths.values()))), **{f: str(p) for f, p in paths.items()}, "objects": len(frame)})

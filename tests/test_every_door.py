@@ -44,7 +44,7 @@ def kampala(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local(kampala):
     out = kampala.parent / "local"
-    result = CliRunner().invoke(cli, ["predict", str(kampala), "-o", str(out), *WINDOW])
+    result = CliRunner().invoke(cli, ["predict", str(kampala), "-o", str(out), *WINDOW, "--polygons"])
     assert result.exit_code == 0, (result.output, result.exception)
     return read(out)
 
@@ -52,6 +52,21 @@ def local(kampala):
 def read(folder) -> tuple[np.ndarray, np.ndarray]:
     with rasterio.open(folder / "classes.tif") as src, rasterio.open(folder / "probabilities.tif") as prob:
         return src.read(1), prob.read(2).astype(np.float32) / 255.0
+
+
+def test_polygons_made_beside_the_prediction_are_those_of_the_written_files(local, kampala):
+    """At the model's own resolution `predict --polygons` meshes the tiles as they are written
+    (`StreamedPolygons`): the same polygons as meshing the finished classes.tif."""
+    import geopandas as gpd
+
+    from geolabel.vectorize.polygons import polygonize_raster
+
+    out = kampala.parent / "local"
+    made = gpd.read_file(out / "polygons.gpkg")
+    again = polygonize_raster(out / "classes.tif", out / "probabilities.tif", method="mesh", min_area=2.0)
+    assert len(made) == len(again) > 5
+    assert made.union_all().symmetric_difference(again.union_all()).area < 1e-6 * again.area.sum()
+    assert sorted(made["confidence"].round(9)) == sorted(again["confidence"].round(9))
 
 
 def test_the_run_is_scene_standardised(local):

@@ -39,6 +39,8 @@ from geolabel.progress import logger, progress
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 """A batch of float32 windows (B, H, W, C) in [0, 255] -> probabilities (B, H, W, K)."""
+TileListener = Callable[[int, int, np.ndarray, np.ndarray, ClassMap], None]
+"""Told of each written output tile: (row, col, classes (h, w), probabilities (K, h, w) as written, class map)."""
 
 PALETTE = [(0, 0, 0), (230, 25, 75), (255, 225, 25), (60, 180, 75), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
@@ -354,6 +356,7 @@ def predict_raster(
     precision: str = "auto",
     tags: dict[str, str] | None = None,
     scaling: InputScaling | None = None,
+    on_tile: TileListener | None = None,
 ) -> PredictResult:
     """Label every pixel of a raster with `predict_fn`; write classes.tif, probabilities.tif, preview.png.
 
@@ -394,6 +397,8 @@ def predict_raster(
         tags: extra metadata tags for both COGs (e.g. the model's attribution).
         scaling: how the model's training chips were made from their imagery (`load_run_input`):
             its bands are the default `bands`, and 16-bit input is stretched to uint8 as they were.
+        on_tile: called with each output tile as it is written (row, col, classes, probabilities
+            as written, class map), e.g. `geolabel.vectorize.polygons.StreamedPolygons.add`.
 
     Returns:
         PredictResult with the output paths and timings.
@@ -421,7 +426,7 @@ def predict_raster(
                        fit_to_raster=fit_to_raster, batch_size=batch_size, tta=tta, classes=classes, bands=bands,
                        scene_norm=scene_norm, scene_contrast=scene_contrast, tile=tile,
                        probability_dtype=probability_dtype, preview_size=preview_size if preview else 0,
-                       queue_size=queue_size, precision=precision, tags=tags, scaling=scaling)
+                       queue_size=queue_size, precision=precision, tags=tags, scaling=scaling, on_tile=on_tile)
     preview_path = None
     if run.canvas is not None:
         preview_path = render_preview(run.canvas.image, run.src_dtype, run.canvas.classes, run.cmap, out / "preview.png")
@@ -509,7 +514,7 @@ class _Run:
 
 def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, window, overlap, fit_to_raster,
              batch_size, tta, classes, bands, scene_norm, scene_contrast, tile, probability_dtype, preview_size,
-             queue_size, precision, tags, scaling) -> _Run:
+             queue_size, precision, tags, scaling, on_tile: TileListener | None = None) -> _Run:
     """The windowed prediction of `region` (None: the whole raster), its tiles handed to
     `open_outputs(stack, grid, class_map, tags)`'s writers as they finish."""
     if probability_dtype not in ("uint8", "float32"):
@@ -661,6 +666,8 @@ def _predict(predict_fn, input_path, region: Window | None, open_outputs, *, win
                 else:
                     planes[:, ~valid] = np.nan
                 outputs.probabilities(planes, win)
+                if on_tile is not None:
+                    on_tile(row, col, cls, planes, cmap)
 
             state["blender"] = _Blender(plan, tile, weights, write_tile)
 

@@ -108,11 +108,14 @@ def predict_resampled(predict_fn: Any, input_path: str | os.PathLike, out_dir: s
                       factor: float, **options: Any) -> PredictResult:
     """`predict_raster` on the input resampled by `factor` (input pixel / model pixel), written on the input grid.
 
-    `options` are `predict_raster`'s. The preview shows the resampled input. Nothing appears under
+    `options` are `predict_raster`'s; `on_tile` only at factor 1 (resampled, the tiles are on the
+    model's grid, not the input's). The preview shows the resampled input. Nothing appears under
     the output names if any step fails.
     """
     if factor == 1.0:
         return predict_raster(predict_fn, input_path, out_dir, **options)
+    if options.get("on_tile") is not None:
+        raise ValueError("on_tile needs the input's own grid: the tiles of a resampled prediction are on the model's")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,12 @@ scale is within 1 % of true (UTM, national grids), geodesic ground metres otherw
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,6 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio import features
-from rasterio.windows import Window
 from scipy import ndimage
 
 from geolabel.classes import IGNORE, ClassMap, building_class
@@ -408,6 +410,10 @@ def vertex_count(geoms) -> int:
     return int(np.sum(rings))
 
 
+BLOCK_POLYGONIZERS = ("dp", "regularized", "mesh")
+"""The polygonisers that work block by block: they stream a raster and can take a prediction's tiles."""
+
+
 def polygonize_raster(
     classes_path: str | os.PathLike,
     probabilities_path: str | os.PathLike | None = None,
@@ -422,11 +428,12 @@ def polygonize_raster(
 ) -> gpd.GeoDataFrame:
     """Polygons of a class raster file (e.g. `classes.tif` of `geolabel predict`).
 
-    "dp", "regularized" and "mesh" read the raster block by block (bounded memory); other
-    registered polygonisers get the whole arrays. With `separate`, touching buildings are
-    split first (`geolabel.vectorize.separate`; `core_m` metres, default its
-    `DEFAULT_CORE_M`), so each building is one polygon; polygons whose `confidence` (mean
-    probability) is below `min_confidence` are dropped (when there are probabilities).
+    The `BLOCK_POLYGONIZERS` read the raster block by block (bounded memory,
+    `polygonize_block_stream`); other registered polygonisers get the whole arrays. With
+    `separate`, touching buildings are split first (`geolabel.vectorize.separate`; `core_m`
+    metres, default its `DEFAULT_CORE_M`), so each building is one polygon; polygons whose
+    `confidence` (mean probability) is below `min_confidence` are dropped (when there are
+    probabilities).
     """
     import json
 
@@ -440,51 +447,187 @@ def polygonize_raster(
         if class_map is None and "classes" in src.tags():
             names = tuple(json.loads(src.tags()["classes"]))
             class_map = ClassMap(names, tuple((0, 0, 0) for _ in names))
-        building = building_class(class_map)
-        pixel_m = math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height)))
-        with open_raster(probabilities_path) if probabilities_path else _null() as psrc:
+        with open_raster(probabilities_path) if probabilities_path else contextlib.nullcontext() as psrc:
             if psrc is not None and (psrc.width, psrc.height) != (src.width, src.height):
                 raise InputError(probabilities_path, "is not on the grid of the class raster")
-
-            def read(window: Window):
-                cls = src.read(1, window=window)
-                if separate:
-                    cls = separate_buildings(cls, building, pixel_m, core_m or DEFAULT_CORE_M)
-                if psrc is None:
-                    return cls, None
-                probs = psrc.read(window=window)
-                return cls, probs.astype(np.float32) / 255.0 if probs.dtype == np.uint8 else probs
-
-            if method in ("dp", "regularized"):
-                blocks = ((int(w.row_off), int(w.col_off), *read(w)) for w in progress(
-                    list(iter_windows(src.width, src.height, block_size)), desc="polygons", unit="block"))
-                frame = polygonize_blocks(blocks, src.width, src.height, block_size, src.transform, src.crs,
-                                          class_map=class_map, regularize=method == "regularized", **options)
-            elif method == "mesh":  # streamed too: blocks read as the workers mesh (and separate) them
-                from geolabel.vectorize.mesh import mesh_blocks
-
+            if method in BLOCK_POLYGONIZERS:
                 blocks = ((int(w.row_off), int(w.col_off), src.read(1, window=w),
-                           None if psrc is None else psrc.read(window=w), None)
+                           None if psrc is None else psrc.read(window=w))
                           for w in iter_windows(src.width, src.height, block_size))
-                frame = mesh_blocks(blocks, src.width, src.height, src.transform, src.crs, class_map=class_map,
-                                    block_size=block_size, separate_core_m=(core_m or DEFAULT_CORE_M) if separate else None,
-                                    **options)
-            else:
-                cls, probs = read(Window(0, 0, src.width, src.height))
-                frame = POLYGONIZERS[method](cls, src.transform, src.crs, probs, class_map=class_map, **options)
+                return polygonize_block_stream(blocks, src.width, src.height, src.transform, src.crs, method=method,
+                                               class_map=class_map, block_size=block_size, separate=separate,
+                                               core_m=core_m, min_confidence=min_confidence, **options)
+            cls = src.read(1)
+            if separate:
+                pixel_m = math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height)))
+                cls = separate_buildings(cls, building_class(class_map), pixel_m, core_m or DEFAULT_CORE_M)
+            probs = None if psrc is None else _unit_probabilities(psrc.read())
+            frame = POLYGONIZERS[method](cls, src.transform, src.crs, probs, class_map=class_map, **options)
+    return _confident(frame, min_confidence)
+
+
+def polygonize_block_stream(
+    blocks: Iterable[tuple[int, int, np.ndarray, np.ndarray | None]],
+    width: int,
+    height: int,
+    transform: Affine,
+    crs=None,
+    *,
+    method: str = "regularized",
+    class_map: ClassMap | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    separate: bool = True,
+    core_m: float | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    **options,
+) -> gpd.GeoDataFrame:
+    """`polygonize_raster` of a raster given as its `block_size` blocks, in any order: (row, col,
+    classes, probabilities as written (uint8 x 255 or float) or None). `method` is one of
+    `BLOCK_POLYGONIZERS`; mesh separates and meshes the blocks in its worker processes."""
+    from geolabel.vectorize.separate import DEFAULT_CORE_M, separate_buildings
+
+    if method not in BLOCK_POLYGONIZERS:
+        raise InputError("--polygons", f"{method!r} does not work block by block; use one of {', '.join(BLOCK_POLYGONIZERS)}")
+    core_m = core_m or DEFAULT_CORE_M
+    if method == "mesh":
+        from geolabel.vectorize.mesh import mesh_blocks
+
+        frame = mesh_blocks(((row, col, cls, probs, None) for row, col, cls, probs in blocks), width, height,
+                            transform, crs, class_map=class_map, block_size=block_size,
+                            separate_core_m=core_m if separate else None, **options)
+        return _confident(frame, min_confidence)
+    building = building_class(class_map)
+    pixel_m = math.sqrt(math.prod(ground_pixel_size(transform, crs, width, height)))
+    n_blocks = math.ceil(height / block_size) * math.ceil(width / block_size)
+
+    def prepared() -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
+        for row, col, cls, probs in progress(blocks, desc="polygons", total=n_blocks, unit="block"):
+            if separate:
+                cls = separate_buildings(cls, building, pixel_m, core_m)
+            yield row, col, cls, None if probs is None else _unit_probabilities(probs)
+
+    frame = polygonize_blocks(prepared(), width, height, block_size, transform, crs, class_map=class_map,
+                              regularize=method == "regularized", **options)
+    return _confident(frame, min_confidence)
+
+
+def _unit_probabilities(probs: np.ndarray) -> np.ndarray:
+    return probs.astype(np.float32) / 255.0 if probs.dtype == np.uint8 else probs
+
+
+def _confident(frame: gpd.GeoDataFrame, min_confidence: float) -> gpd.GeoDataFrame:
+    """Objects whose mean probability is at least `min_confidence` (all of them without probabilities)."""
     if min_confidence > 0:
         frame = frame[~(frame["confidence"] < min_confidence)].reset_index(drop=True)
     return frame
 
 
-class _null:
-    """A context manager that yields None (no probabilities file)."""
+class StreamedPolygons:
+    """`polygonize_block_stream` in a thread of its own, fed the tiles a prediction writes, so a
+    raster's polygons are made beside its prediction instead of after it, from the very pixels
+    the files get:
 
-    def __enter__(self):
-        return None
+        with StreamedPolygons(width, height, transform, crs, method="mesh") as polygons:
+            predict_raster(model, image, out, on_tile=polygons.add)
+        frame = polygons.frame
 
-    def __exit__(self, *exc):
-        return False
+    Tiles (on a `tile` grid from the raster's corner) are gathered into the polygoniser's
+    blocks; a complete block is handed over at once, at most `ahead` waiting, so memory holds
+    one row of blocks and a slow polygoniser holds the prediction back rather than piling up.
+    A polygoniser's error stops the prediction (`add` raises it); a prediction's error stops
+    the polygoniser.
+    """
+
+    def __init__(self, width: int, height: int, transform: Affine, crs=None, *, tile: int = 512,
+                 block_size: int = DEFAULT_BLOCK, ahead: int = 2, **options):
+        if block_size % tile:
+            raise InputError("block_size", f"{block_size} px is not a multiple of the prediction's {tile} px tiles")
+        self.width, self.height, self.transform, self.crs = width, height, transform, crs
+        self.tile, self.block_size, self.options = tile, block_size, options
+        self.frame: gpd.GeoDataFrame | None = None
+        self._parts: dict[tuple[int, int], list] = {}  # block corner -> [classes, probabilities, tiles missing]
+        self._tiles_missing = math.ceil(height / tile) * math.ceil(width / tile)
+        self._ready: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StreamedPolygons:
+        return self
+
+    def add(self, row: int, col: int, classes: np.ndarray, probabilities: np.ndarray, class_map: ClassMap) -> None:
+        """Take one written tile (classes (h, w), probabilities (K, h, w) as written) at (`row`, `col`)."""
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:  # the class map is known once the prediction writes
+            self._thread = threading.Thread(target=self._polygonize, args=(class_map,), name="geolabel-polygons",
+                                            daemon=True)
+            self._thread.start()
+        size = self.block_size
+        r0, c0 = row - row % size, col - col % size
+        part = self._parts.get((r0, c0))
+        if part is None:
+            h, w = min(size, self.height - r0), min(size, self.width - c0)
+            part = self._parts[(r0, c0)] = [np.empty((h, w), classes.dtype),
+                                            np.empty((len(probabilities), h, w), probabilities.dtype),
+                                            math.ceil(h / self.tile) * math.ceil(w / self.tile)]
+        h, w = classes.shape
+        self._tiles_missing -= 1
+        part[0][row - r0:row - r0 + h, col - c0:col - c0 + w] = classes
+        part[1][:, row - r0:row - r0 + h, col - c0:col - c0 + w] = probabilities
+        part[2] -= 1
+        if part[2] == 0:
+            del self._parts[(r0, c0)]
+            self._hand_over((r0, c0, part[0], part[1]))
+
+    def _hand_over(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _blocks(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        while True:
+            try:
+                item = self._ready.get(timeout=0.1)
+            except queue.Empty:
+                item = False
+            if self._stop.is_set():
+                raise _Abandoned
+            if item is None:
+                return
+            if item is not False:
+                yield item
+
+    def _polygonize(self, class_map: ClassMap) -> None:
+        try:
+            self.frame = polygonize_block_stream(self._blocks(), self.width, self.height, self.transform, self.crs,
+                                                 class_map=class_map, block_size=self.block_size, **self.options)
+        except _Abandoned:
+            pass
+        except BaseException as err:  # noqa: BLE001  (raised by add and on exit)
+            self._error = err
+            self._stop.set()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._stop.set()
+        elif self._tiles_missing:
+            self._stop.set()
+            if self._error is None:
+                self._error = RuntimeError("the prediction did not write every tile of the raster")
+        else:
+            self._hand_over(None)
+        if self._thread is not None:
+            self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+
+class _Abandoned(Exception):
+    """The prediction feeding a `StreamedPolygons` failed: its polygoniser stops."""
 
 
 def write_polygons(frame: gpd.GeoDataFrame, out_dir: str | os.PathLike, name: str = "polygons",

@@ -8,6 +8,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from scipy import ndimage
 
 from geolabel.classes import BUILDINGS
 from geolabel.errors import InputError
@@ -153,9 +154,9 @@ def test_polygonize_raster_file_reads_class_names_and_confidence(tmp_path, austi
 
 
 def test_mesh_from_a_file_streams_its_blocks_and_equals_the_in_memory_mesh(tmp_path, austin_mask):
-    """`polygonize_raster(method="mesh")` reads 1024 px blocks as they are meshed (memory flat in
-    the raster's size): on a 2000 px raster of real buildings (4 blocks, objects across the seams)
-    it returns exactly what `mesh_polygons` returns on the whole arrays."""
+    """`polygonize_raster(method="mesh")` reads its blocks as they are meshed (memory flat in the
+    raster's size): on a 2000 px raster of real buildings (4 blocks of 1024 px, objects across the
+    seams) it returns exactly what `mesh_polygons` returns on the whole arrays."""
     from geolabel.data.raster import GeoBlock, write_raster
     from geolabel.vectorize.mesh import mesh_polygons
 
@@ -166,11 +167,61 @@ def test_mesh_from_a_file_streams_its_blocks_and_equals_the_in_memory_mesh(tmp_p
                  tags={"classes": '["background", "building"]'})
     write_raster(tmp_path / "probabilities.tif", GeoBlock(probs, transform, crs, None))
     streamed = polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method="mesh",
-                                 separate=False, min_confidence=0.0)
-    whole = mesh_polygons(mask, transform, crs, probs, class_map=BUILDINGS)
+                                 block_size=1024, separate=False, min_confidence=0.0)
+    whole = mesh_polygons(mask, transform, crs, probs, class_map=BUILDINGS, block_size=1024)
     assert len(streamed) == len(whole) > 400
     assert [g.wkb for g in streamed.geometry] == [g.wkb for g in whole.geometry]
     np.testing.assert_allclose(streamed["confidence"], whole["confidence"])
     separated = polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method="mesh",
-                                  min_confidence=0.0)
+                                  block_size=1024, min_confidence=0.0)
     assert len(separated) > len(streamed)  # the workers split touching buildings too
+
+
+@pytest.mark.parametrize("method", ["mesh", "regularized"])
+def test_polygons_of_tiles_as_a_prediction_writes_them_equal_those_of_the_written_files(tmp_path, austin_mask,
+                                                                                         method):
+    """`StreamedPolygons` (the polygons `geolabel predict --polygons` makes beside the prediction)
+    fed a real raster's 512 px tiles, out of order, returns exactly what `polygonize_raster`
+    returns from the files: the same blocks, separated, meshed and filtered the same way."""
+    from geolabel.data.raster import GeoBlock, write_raster
+    from geolabel.vectorize.polygons import StreamedPolygons
+
+    tile, transform, crs = austin_mask
+    mask = np.block([[tile, tile[:, ::-1]], [tile[::-1], tile[::-1, ::-1]]])
+    rng = np.random.default_rng(0)
+    objects, n = ndimage.label(mask)
+    confidence = np.r_[0, rng.choice([150, 240], size=n)][objects]  # some objects below 0.8, dropped
+    probs = np.stack([255 - confidence, confidence]).astype(np.uint8)
+    write_raster(tmp_path / "classes.tif", GeoBlock(mask[None], transform, crs, 255),
+                 tags={"classes": '["background", "building"]'})
+    write_raster(tmp_path / "probabilities.tif", GeoBlock(probs, transform, crs, None))
+    from_files = polygonize_raster(tmp_path / "classes.tif", tmp_path / "probabilities.tif", method=method,
+                                   block_size=1024)
+    corners = [(r, c) for r in range(0, 2000, 512) for c in range(0, 2000, 512)]
+    with StreamedPolygons(2000, 2000, transform, crs, method=method, block_size=1024) as streamed:
+        for k in rng.permutation(len(corners)):
+            r, c = corners[k]
+            streamed.add(r, c, mask[r:r + 512, c:c + 512], probs[:, r:r + 512, c:c + 512], BUILDINGS)
+    assert len(streamed.frame) == len(from_files) > 100
+
+    def rows(frame):  # blocks come in another order, so do the objects
+        return sorted(zip((g.wkb for g in frame.geometry), frame["class"], frame["area"], frame["confidence"]))
+
+    assert rows(streamed.frame) == rows(from_files)
+
+
+def test_streamed_polygons_stop_with_the_prediction_and_want_every_tile(austin_mask):
+    from geolabel.vectorize.polygons import StreamedPolygons
+
+    mask, transform, crs = austin_mask
+    probs = np.stack([1 - mask, mask]).astype(np.uint8) * 255
+    with pytest.raises(KeyError):  # the prediction's own error comes out, the polygoniser stops
+        with StreamedPolygons(1000, 1000, transform, crs, method="mesh", block_size=512) as streamed:
+            streamed.add(0, 0, mask[:512, :512], probs[:, :512, :512], BUILDINGS)
+            raise KeyError("prediction failed")
+    assert streamed.frame is None
+    with pytest.raises(RuntimeError, match="every tile"):
+        with StreamedPolygons(1000, 1000, transform, crs, method="mesh", block_size=512) as streamed:
+            streamed.add(0, 0, mask[:512, :512], probs[:, :512, :512], BUILDINGS)
+    with pytest.raises(InputError, match="multiple"):
+        StreamedPolygons(1000, 1000, transform, crs, tile=512, block_size=600)
