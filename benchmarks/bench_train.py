@@ -67,7 +67,8 @@ def time_training(name: str, config: dict, x: np.ndarray, y: np.ndarray, steps: 
     task.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)  # as geolabel train compiles it
     task.optimizer.build(task.other_variables)
     batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-    train_function = task.make_train_function()
+    task.make_train_function()
+    train_function = task.train_function
 
     def step():
         return train_function(batches)["loss"]
