@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -225,3 +227,11 @@ def test_streamed_polygons_stop_with_the_prediction_and_want_every_tile(austin_m
             streamed.add(0, 0, mask[:512, :512], probs[:, :512, :512], BUILDINGS)
     with pytest.raises(InputError, match="multiple"):
         StreamedPolygons(1000, 1000, transform, crs, tile=512, block_size=600)
+    added = []
+    with pytest.raises(InputError, match="tolerance"):  # the polygoniser's error stops the prediction's writer
+        with StreamedPolygons(1000, 1000, transform, crs, method="dp", tolerance=-1.0, block_size=512) as streamed:
+            for _ in range(100):  # the thread fails at once: a later tile gets its error
+                streamed.add(0, 0, mask[:512, :512], probs[:, :512, :512], BUILDINGS)
+                added.append(1)
+                time.sleep(0.05)
+    assert len(added) < 100
