@@ -71,7 +71,7 @@ def predict(
     from geolabel.predict.windows import MAX_PIXELS, check_job_size
     from geolabel.predict.run_inputs import RunInputs
     from geolabel.pretrained import PRETRAINED
-    from geolabel.vectorize.polygons import BLOCK_POLYGONIZERS, StreamedPolygons
+    from geolabel.vectorize.polygons import BLOCK_POLYGONIZERS, PolygonSpec, StreamedPolygons
 
     band_list = None
     if bands:
@@ -88,6 +88,7 @@ def predict(
             raise InputError("--polycnn-model", "--polygons polycnn needs the PolyCNN model (geolabel polycnn-train writes one)")
     elif pmtiles:
         raise InputError("--pmtiles", "needs --polygons: the archive holds the polygons")
+    spec = PolygonSpec(polygonizer, tolerance, min_area, min_confidence, separate) if polygonizer else None
     if input_path is None and model is not None:  # one argument: the input (`--endpoint URL`, or the shipped model)
         model, input_path = (None if endpoint else PRETRAINED), model
     if input_path is None or (model is None and not endpoint):
@@ -116,23 +117,16 @@ def predict(
         if pmtiles:
             raise click.UsageError("--beam writes polygons.gpkg and polygons.geojson only; drop --pmtiles")
         click.echo(json.dumps(predict_cli(model, input_path, out_dir, beam_args, window=window, overlap=overlap, batch_size=batch_size,
-                                          tta=int(tta), bands=band_list, polygonizer=polygonizer, tolerance=tolerance, min_area=min_area,
-                                          min_confidence=min_confidence, separate=separate, scene_norm=scene_norm,
+                                          tta=int(tta), bands=band_list, polygons=spec, scene_norm=scene_norm,
                                           scene_contrast=scene_contrast, scaling=expects.scaling)))
         return
     if polygonizer == "mesh":
         from geolabel.vectorize.mesh import start_workers_early
 
         start_workers_early(width, height)
-    polygon_options = {"min_area": min_area}
-    if polygonizer in ("dp", "regularized"):
-        polygon_options["tolerance"] = tolerance
-    if polygonizer == "polycnn":  # PolyCNN regresses outlines from the imagery around each object
-        polygon_options.update(image=input_path, model=polycnn_model)
     streamed = None  # block polygonisers on the input's grid take the tiles as they are written
     if polygonizer in BLOCK_POLYGONIZERS and factor == 1.0:
-        streamed = StreamedPolygons(width, height, transform, crs, method=polygonizer, separate=separate,
-                                    min_confidence=min_confidence, **polygon_options)
+        streamed = StreamedPolygons(width, height, transform, crs, method=spec.method, **spec.options())
     predict_fn = client or keras_predict_fn(load_model(model), jit_compile=xla, precision=precision)
     with streamed or contextlib.nullcontext():
         result = predict_resampled(predict_fn, input_path, out_dir, factor=factor, window=window, overlap=overlap,
@@ -148,9 +142,9 @@ def predict(
     if polygonizer is not None:
         from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
-        frame = streamed.frame if streamed else polygonize_raster(
-            result.classes, result.probabilities, method=polygonizer, separate=separate,
-            min_confidence=min_confidence, **polygon_options)
+        extra = {"image": input_path, "model": polycnn_model} if polygonizer == "polycnn" else {}  # it reads the imagery
+        frame = streamed.frame if streamed else polygonize_raster(result.classes, result.probabilities,
+                                                                  method=spec.method, **spec.options(), **extra)
         credit = [*imagery_credit, *([tags["attribution"]] if "attribution" in tags else [])]  # the model card's line
         paths = write_polygons(frame, out_dir, "polygons", vector_formats, pmtiles=pmtiles, attribution=credit)
         summary.update({"polygons": str(next(iter(paths.values()))), **{f: str(p) for f, p in paths.items()}, "objects": len(frame)})

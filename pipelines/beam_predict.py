@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from geolabel.vectorize.separate import DEFAULT_MIN_CONFIDENCE
 from rasterio.windows import Window
 
 from geolabel.atomic import write_text_atomic
@@ -34,6 +33,7 @@ from geolabel.classes import IGNORE
 from geolabel.errors import InputError
 from geolabel.pipelines.config import LOCAL_BEAM_ARGS
 from geolabel.progress import logger
+from geolabel.vectorize.polygons import PolygonSpec
 
 PARTS = "parts"
 
@@ -95,33 +95,6 @@ def _part(out_dir: Path, kind: str, index: int) -> Path:
 
 
 @dataclass(frozen=True)
-class PolygonSpec:
-    """How to vectorise: a `geolabel.vectorize.POLYGONIZERS` name and its options.
-
-    "dp" and "regularized" run per block on the workers (pieces cut by a seam wait for
-    the merge step, as in `geolabel.vectorize.polygons.polygonize_blocks`); any other
-    polygoniser runs once on the merged rasters.
-    """
-
-    method: str = "regularized"
-    tolerance: float = 0.5
-    min_area: float = 2.0
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    separate: bool = True
-
-    @property
-    def blockwise(self) -> bool:
-        return self.method in ("dp", "regularized")
-
-    def options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"min_area": self.min_area, "min_confidence": self.min_confidence,
-                                   "separate": self.separate}
-        if self.blockwise:
-            options["tolerance"] = self.tolerance
-        return options
-
-
-@dataclass(frozen=True)
 class Grid:
     """The whole raster's georeferencing, as the polygon steps need it."""
 
@@ -142,6 +115,13 @@ class Grid:
         scale, metric_crs = metric_frame(src.transform, src.crs, src.width, src.height)
         return cls(src.width, src.height, src.transform, src.crs, scale, metric_crs,
                    math.sqrt(math.prod(ground_pixel_size(src.transform, src.crs, src.width, src.height))))
+
+
+def on_workers(spec: PolygonSpec) -> bool:
+    """dp and regularized run per block on the workers (pieces cut by a seam wait for the merge
+    step, as in `geolabel.vectorize.polygons.polygonize_blocks`); any other polygoniser runs once
+    on the merged rasters."""
+    return spec.method in ("dp", "regularized")
 
 
 def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:
@@ -248,7 +228,7 @@ class PredictBlock:
                      tags=probability_tags(run.tags, dtype), blocksize=blocksize,
                      band_descriptions=list(run.class_map.names), overview_resampling="average")
         done, waiting = [], []
-        if self.polygons is not None and self.polygons.blockwise:
+        if self.polygons is not None and on_workers(self.polygons):
             scale = 255.0 if probs.dtype == np.uint8 else 1.0
             done, waiting = block_pieces(classes, probs.astype(np.float32) / scale, block, self.grid, self.polygons,
                                          run.class_map.names)
@@ -367,7 +347,7 @@ def predict_raster_beam(
         if polygons is not None:
             from geolabel.vectorize.polygons import polygonize_raster, write_polygons
 
-            if polygons.blockwise:
+            if on_workers(polygons):
                 with rasterio.open(out / "classes.tif") as src:
                     names = tuple(json.loads(src.tags().get("classes", '["background", "building"]')))
                 items = sorted(items, key=lambda item: item["block"].index)
@@ -417,18 +397,16 @@ def _write_preview(input_path: str, out: Path, predict_options: dict[str, Any]) 
 
 
 def predict_cli(model: str, input_path: str, out_dir: str, beam_args: str, *, window: int, overlap: int, batch_size: int,
-                tta: int, bands: list[int] | None, polygonizer: str | None, tolerance: float, min_area: float,
-                min_confidence: float, separate: bool, scene_norm: bool = False, scene_contrast: bool = True,
-                scaling: Any = None) -> dict:
+                tta: int, bands: list[int] | None, polygons: PolygonSpec | None, scene_norm: bool = False,
+                scene_contrast: bool = True, scaling: Any = None) -> dict:
     """What `geolabel predict ... --beam [--beam-args FLAGS]` runs; returns the summary the command prints."""
     import shlex
 
-    spec = PolygonSpec(polygonizer, tolerance, min_area, min_confidence, separate) if polygonizer else None
-    paths = predict_raster_beam(model, input_path, out_dir, window=window, overlap=overlap, polygons=spec,
+    paths = predict_raster_beam(model, input_path, out_dir, window=window, overlap=overlap, polygons=polygons,
                                 beam_args=shlex.split(beam_args or ""), batch_size=batch_size, tta=tta, bands=bands,
                                 scene_norm=scene_norm, scene_contrast=scene_contrast, scaling=scaling)
     summary = {key: str(path) for key, path in paths.items()}
-    if spec is not None:
+    if polygons is not None:
         import pyogrio
 
         summary["objects"] = int(pyogrio.read_info(paths["polygons"])["features"])

@@ -414,6 +414,25 @@ BLOCK_POLYGONIZERS = ("dp", "regularized", "mesh")
 """The polygonisers that work block by block: they stream a raster and can take a prediction's tiles."""
 
 
+@dataclass(frozen=True)
+class PolygonSpec:
+    """How to vectorise a prediction, whichever door it comes through (`geolabel predict
+    --polygons`, its `--beam` run): a `geolabel.vectorize.POLYGONIZERS` name and its options."""
+
+    method: str = "regularized"
+    tolerance: float = DEFAULT_TOLERANCE
+    min_area: float = 2.0
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    separate: bool = True
+
+    def options(self) -> dict:
+        """Keyword arguments of `polygonize_raster` / `StreamedPolygons` besides `method`."""
+        options = {"min_area": self.min_area, "min_confidence": self.min_confidence, "separate": self.separate}
+        if self.method in ("dp", "regularized"):
+            options["tolerance"] = self.tolerance
+        return options
+
+
 def polygonize_raster(
     classes_path: str | os.PathLike,
     probabilities_path: str | os.PathLike | None = None,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from affine import Affine
 
-from geolabel.pipelines.beam_predict import Grid, PolygonSpec, block_pieces, merge_pieces, plan_blocks
+from geolabel.pipelines.beam_predict import Grid, block_pieces, merge_pieces, plan_blocks
+from geolabel.vectorize.polygons import PolygonSpec
 
 
 def test_blocks_cover_the_raster_once_with_clipped_halo():

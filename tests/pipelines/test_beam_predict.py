@@ -56,8 +56,9 @@ def test_beam_prediction_equals_local_predict(scene, local):
     import rasterio
 
     from tests.cog import cog_problems
-    from geolabel.vectorize.polygons import polygonize_raster
-    from geolabel.pipelines.beam_predict import PolygonSpec, predict_raster_beam
+    from geolabel.pipelines.beam_predict import predict_raster_beam
+    from geolabel.vectorize.polygons import PolygonSpec, polygonize_raster
+
     options = OPTIONS
     # a tiny model's buildings are not confident: keep them all, to compare the polygons
     out = predict_raster_beam(scene / "model.keras", scene / "image.tif", scene / "beam", block_size=128,
@@ -92,14 +93,17 @@ def test_beam_prediction_equals_local_predict(scene, local):
 
 
 def test_predict_command_with_beam_flag(scene, local, capsys):
+    import geopandas as gpd
     import rasterio
 
     from geolabel.cli import main
 
     out = scene / "cli"
     main(["predict", str(scene / "model.keras"), str(scene / "image.tif"), "-o", str(out), "--window", "64", "--overlap", "16",
-          "--batch-size", "4", "--beam", "--beam-args", "--direct_running_mode=in_memory --direct_num_workers=1"])
+          "--batch-size", "4", "--beam", "--beam-args", "--direct_running_mode=in_memory --direct_num_workers=1",
+          "--polygons", "dp", "--min-confidence", "0"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["beam"]["runner_args"] == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert summary["objects"] == len(gpd.read_file(summary["polygons"])) > 0  # the flags' PolygonSpec reached Beam
     with rasterio.open(out / "classes.tif") as a, rasterio.open(local / "classes.tif") as b:
         assert np.array_equal(a.read(), b.read())
