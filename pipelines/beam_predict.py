@@ -33,7 +33,7 @@ from geolabel.classes import IGNORE
 from geolabel.errors import InputError
 from geolabel.pipelines.config import LOCAL_BEAM_ARGS
 from geolabel.progress import logger
-from geolabel.vectorize.polygons import PolygonSpec
+from geolabel.vectorize.polygons import PIECE_POLYGONIZERS, PolygonSpec
 
 PARTS = "parts"
 
@@ -121,7 +121,7 @@ def on_workers(spec: PolygonSpec) -> bool:
     """dp and regularized run per block on the workers (pieces cut by a seam wait for the merge
     step, as in `geolabel.vectorize.polygons.polygonize_blocks`); any other polygoniser runs once
     on the merged rasters."""
-    return spec.method in ("dp", "regularized")
+    return spec.method in PIECE_POLYGONIZERS
 
 
 def _regular_classes(spec: PolygonSpec, names: tuple[str, ...]) -> set[int]:

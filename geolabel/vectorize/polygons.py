@@ -410,7 +410,9 @@ def vertex_count(geoms) -> int:
     return int(np.sum(rings))
 
 
-BLOCK_POLYGONIZERS = ("dp", "regularized", "mesh")
+PIECE_POLYGONIZERS = ("dp", "regularized")
+"""Douglas-Peucker and its squared outlines: a tolerance, and blocks finished apart (`polygonize_blocks`)."""
+BLOCK_POLYGONIZERS = (*PIECE_POLYGONIZERS, "mesh")
 """The polygonisers that work block by block: they stream a raster and can take a prediction's tiles."""
 
 
@@ -428,7 +430,7 @@ class PolygonSpec:
     def options(self) -> dict:
         """Keyword arguments of `polygonize_raster` / `StreamedPolygons` besides `method`."""
         options = {"min_area": self.min_area, "min_confidence": self.min_confidence, "separate": self.separate}
-        if self.method in ("dp", "regularized"):
+        if self.method in PIECE_POLYGONIZERS:
             options["tolerance"] = self.tolerance
         return options
 
@@ -608,17 +610,15 @@ class StreamedPolygons:
                 continue
 
     def _blocks(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-        while True:
+        while not self._stop.is_set():
             try:
                 item = self._ready.get(timeout=0.1)
             except queue.Empty:
-                item = False
-            if self._stop.is_set():
-                raise _Abandoned
+                continue
             if item is None:
                 return
-            if item is not False:
-                yield item
+            yield item
+        raise _Abandoned
 
     def _polygonize(self, class_map: ClassMap) -> None:
         try:
