@@ -79,9 +79,12 @@ class KerasPredictor:
         except Exception:  # a foreign model: no stride requirement known
             self.stride = 1
         self.channels = int(model.inputs[0].shape[-1]) if getattr(model, "inputs", None) else None
-        self._step = self._compile()
+        self._steps: dict[int, Callable[[np.ndarray], np.ndarray]] = {}  # transform count -> compiled step
 
-    def _compile(self) -> Callable[[np.ndarray], Any]:
+    def _compile(self, transforms: int) -> Callable[[np.ndarray], np.ndarray]:
+        import keras
+
+        ks = TTA_TRANSFORMS[check_tta(transforms)]
         model = self.model
         if self.backend == "tensorflow":
             import tensorflow as tf
@@ -91,22 +94,31 @@ class KerasPredictor:
 
             model = with_portable_rewrites(with_fused_group_norm(with_precision(model, self.precision)))
 
+        def averaged(x: Any) -> Any:  # the transforms inside the step: no numpy round trip per transform
+            total = None
+            for k in ks:
+                out = keras.ops.cast(model(_d4(x, k, keras.ops), training=False), "float32")
+                out = _d4_inverse(out, k, keras.ops)
+                total = out if total is None else total + out
+            return total / len(ks) if len(ks) > 1 else total
+
+        if self.backend == "tensorflow":
             # One trace per window shape: relaxing H and W to None would break bilinear
             # upsampling in Keras 3, and predict_raster keeps a single shape anyway.
-            @tf.function(jit_compile=self.jit_compile)
-            def step(x):
-                return model(x, training=False)
-
+            step = tf.function(averaged, jit_compile=self.jit_compile)
             return lambda batch: np.asarray(step(tf.convert_to_tensor(batch)), np.float32)
         if self.backend == "jax":
             import jax
 
-            jitted = jax.jit(lambda x: model(x, training=False))
-            return lambda batch: np.asarray(jitted(batch))
-        return lambda batch: np.asarray(model.predict_on_batch(batch))
+            jitted = jax.jit(averaged)
+            return lambda batch: np.asarray(jitted(batch), np.float32)
+        return lambda batch: tta_predict(lambda x: np.asarray(model.predict_on_batch(x)), batch, transforms=transforms)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._step(np.asarray(batch, np.float32))
+    def __call__(self, batch: np.ndarray, transforms: int = 1) -> np.ndarray:
+        """Probabilities of `batch`, averaged over `transforms` dihedral transforms (`tta_predict`)."""
+        if transforms not in self._steps:
+            self._steps[transforms] = self._compile(transforms)
+        return self._steps[transforms](np.asarray(batch, np.float32))
 
 
 def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "auto") -> KerasPredictor:
@@ -117,18 +129,17 @@ def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "au
 # --------------------------------------------------------------------------- D4 test-time augmentation
 
 
-def _d4(batch: np.ndarray, k: int) -> np.ndarray:
-    """Transform k (0..7) of the dihedral group on (B, H, W, C): k % 4 quarter turns, then a flip if k >= 4."""
-    out = np.rot90(batch, k % 4, axes=(1, 2))
-    if k >= 4:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+def _d4(batch: Any, k: int, ops: Any = np) -> Any:
+    """Transform k (0..7) of the dihedral group on (B, H, W, C): k % 4 quarter turns, then a flip if k >= 4.
+    `ops`: numpy, or keras.ops inside a compiled step."""
+    out = ops.rot90(batch, k % 4, axes=(1, 2)) if k % 4 else batch
+    return ops.flip(out, axis=2) if k >= 4 else out
 
 
-def _d4_inverse(batch: np.ndarray, k: int) -> np.ndarray:
+def _d4_inverse(batch: Any, k: int, ops: Any = np) -> Any:
     if k >= 4:
-        batch = batch[:, :, ::-1]
-    return np.rot90(batch, -(k % 4), axes=(1, 2))
+        batch = ops.flip(batch, axis=2)
+    return ops.rot90(batch, 4 - k % 4, axes=(1, 2)) if k % 4 else batch
 
 
 def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:
@@ -172,11 +183,14 @@ def tta_predict(
         transforms: 1, 2, 4 or 8.
     """
     ks = TTA_TRANSFORMS[check_tta(transforms)]
+    if isinstance(predict_fn, KerasPredictor) and not vectors and not isinstance(inputs, (list, tuple)):
+        return predict_fn(inputs, transforms=transforms)  # the transforms run inside its compiled step
     if ks == (0,):
         return np.asarray(predict_fn(inputs), np.float32)
     total = None
     for k in ks:
-        x = [_d4(a, k) for a in inputs] if isinstance(inputs, (list, tuple)) else _d4(inputs, k)
+        x = [np.ascontiguousarray(_d4(a, k)) for a in inputs] if isinstance(inputs, (list, tuple)) \
+            else np.ascontiguousarray(_d4(inputs, k))
         out = _d4_inverse(np.asarray(predict_fn(x), np.float32), k)
         if vectors:
             out = _d4_vectors_inverse(out, k)

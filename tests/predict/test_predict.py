@@ -323,6 +323,20 @@ def test_tta_maps_each_transform_back_before_averaging():
     np.testing.assert_allclose(tta_predict(rows, x, transforms=4), np.full((1, 6, 6, 1), 2.5))
 
 
+@pytest.mark.parametrize("transforms", [1, 2, 4, 8])
+def test_a_keras_predictor_averages_the_transforms_in_its_step_as_tta_predict_does(austin, unet, transforms):
+    """Transforms run inside the compiled step give the mean of one model call per transform (a
+    U-Net on real imagery: not symmetric, so each transform changes the answer)."""
+    from geolabel.predict import tta_predict
+
+    with rasterio.open(austin) as src:
+        x = src.read(window=Window(0, 0, 128, 128)).transpose(1, 2, 0)[None].astype(np.float32)
+    fn = keras_predict_fn(unet, precision="float32")
+    one_call_each = tta_predict(lambda batch: fn(batch), x, transforms=transforms)
+    np.testing.assert_allclose(tta_predict(fn, x, transforms=transforms), one_call_each, atol=1e-6)
+    assert (np.abs(one_call_each - fn(x)).max() > 1e-4) == (transforms > 1)
+
+
 def test_scene_norm_predicts_the_standardised_scene(austin, tmp_path):
     from geolabel.data.standardize import raster_band_stats, standardize
 
