@@ -51,7 +51,8 @@ _STOP = object()
 
 
 class KerasPredictor:
-    """A `predict_fn` running a Keras segmentation model as one compiled step per batch shape.
+    """A `predict_fn` running a Keras segmentation model as one compiled step per batch shape and
+    test-time transform count (the transforms and their float32 mean inside the step).
 
     Args:
         model: a Keras model following geolabel's model contract.
