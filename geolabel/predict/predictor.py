@@ -130,17 +130,28 @@ def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "au
 # --------------------------------------------------------------------------- D4 test-time augmentation
 
 
+def _rot90(batch: Any, k: int, ops: Any) -> Any:
+    """`np.rot90(batch, k, axes=(1, 2))` from flips and a transpose (Keras 3.15's `ops.rot90` turns
+    non-square TensorFlow tensors wrongly by a half turn)."""
+    k %= 4
+    if k == 2:
+        return ops.flip(ops.flip(batch, axis=1), axis=2)
+    if k == 0:
+        return batch
+    return ops.flip(ops.transpose(batch, (0, 2, 1, 3)), axis=1 if k == 1 else 2)
+
+
 def _d4(batch: Any, k: int, ops: Any = np) -> Any:
     """Transform k (0..7) of the dihedral group on (B, H, W, C): k % 4 quarter turns, then a flip if k >= 4.
     `ops`: numpy, or keras.ops inside a compiled step."""
-    out = ops.rot90(batch, k % 4, axes=(1, 2)) if k % 4 else batch
+    out = _rot90(batch, k, ops)
     return ops.flip(out, axis=2) if k >= 4 else out
 
 
 def _d4_inverse(batch: Any, k: int, ops: Any = np) -> Any:
     if k >= 4:
         batch = ops.flip(batch, axis=2)
-    return ops.rot90(batch, 4 - k % 4, axes=(1, 2)) if k % 4 else batch
+    return _rot90(batch, -k, ops)
 
 
 def _d4_vectors_inverse(field: np.ndarray, k: int) -> np.ndarray:

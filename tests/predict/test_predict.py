@@ -326,15 +326,29 @@ def test_tta_maps_each_transform_back_before_averaging():
 @pytest.mark.parametrize("transforms", [1, 2, 4, 8])
 def test_a_keras_predictor_averages_the_transforms_in_its_step_as_tta_predict_does(austin, unet, transforms):
     """Transforms run inside the compiled step give the mean of one model call per transform (a
-    U-Net on real imagery: not symmetric, so each transform changes the answer)."""
+    U-Net on a non-square window of real imagery: not symmetric, so each transform changes the answer)."""
     from geolabel.predict import tta_predict
 
     with rasterio.open(austin) as src:
-        x = src.read(window=Window(0, 0, 128, 128)).transpose(1, 2, 0)[None].astype(np.float32)
+        x = src.read(window=Window(0, 0, 128, 96)).transpose(1, 2, 0)[None].astype(np.float32)
     fn = keras_predict_fn(unet, precision="float32")
     one_call_each = tta_predict(lambda batch: fn(batch), x, transforms=transforms)
     np.testing.assert_allclose(tta_predict(fn, x, transforms=transforms), one_call_each, atol=1e-6)
     assert (np.abs(one_call_each - fn(x)).max() > 1e-4) == (transforms > 1)
+
+
+@pytest.mark.parametrize("ops", ["numpy", "keras"])
+def test_d4_is_numpys_dihedral_group_on_non_square_batches(ops):
+    from geolabel.predict.predictor import _d4, _d4_inverse
+
+    x = np.arange(2 * 3 * 5 * 2, dtype=np.float32).reshape(2, 3, 5, 2)
+    namespace = np if ops == "numpy" else keras.ops
+    for k in range(8):
+        expected = np.rot90(x, k % 4, axes=(1, 2))[:, :, ::-1] if k >= 4 else np.rot90(x, k, axes=(1, 2))
+        turned = keras.ops.convert_to_numpy(_d4(keras.ops.convert_to_tensor(x) if ops == "keras" else x, k, namespace))
+        np.testing.assert_array_equal(turned, expected)
+        back = _d4_inverse(keras.ops.convert_to_tensor(turned) if ops == "keras" else turned, k, namespace)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(back), x)
 
 
 def test_scene_norm_predicts_the_standardised_scene(austin, tmp_path):
