@@ -131,8 +131,8 @@ def keras_predict_fn(model: Any, jit_compile: bool = False, precision: str = "au
 
 
 def _rot90(batch: Any, k: int, ops: Any) -> Any:
-    """`np.rot90(batch, k, axes=(1, 2))` from flips and a transpose: Keras 3.15's `ops.rot90` mixes
-    batch items of non-square TensorFlow tensors for k > 1 (tensorflow#127248, fixed by keras#23435)."""
+    """`np.rot90(batch, k, axes=(1, 2))` from flips and a transpose: Keras 3.15's `ops.rot90` gets
+    non-square TensorFlow tensors wrong for k > 1 (tensorflow#127248, fixed by keras#23435)."""
     k %= 4
     if k == 2:
         return ops.flip(ops.flip(batch, axis=1), axis=2)
